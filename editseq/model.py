@@ -1,0 +1,404 @@
+"""Decoder-only transformer (Flax NNX): TinyCodeLM by default, plus the options of Llama/Gemma 2/Phi-3.
+
+Layers are stacked on a leading `layers` axis and run with `jax.lax.scan`, so compile time does not
+grow with depth. Parameters are fp32 (`param_dtype`) and are cast to the compute `dtype` at use;
+norms, softmax, RoPE and the output logits are computed in fp32.
+
+Parameters carry logical axis names in their `out_sharding` metadata; `editseq.sharding` maps them
+onto a mesh. Eager sharding is off so that a model can be built without a mesh (tests, CPU); the
+trainer places parameters with `jax.jit(..., out_shardings=...)`.
+
+RoPE uses the "rotate half" layout (the two halves of each head are the real and imaginary parts),
+the layout of Hugging Face's Llama/OLMo/Gemma/Phi-3 weights, so they load without a permutation.
+
+KV cache (`init_cache`): `{"k", "v": [layers, batch, slots, kv_heads, head_dim], "slot_pos":
+[batch, slots] int32, "index": int32 scalar}`. Layer `i`'s cache is `cache["k"][i]`; stacking
+keeps the scan over layers and lets XLA update the cache in place.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from editseq import sharding
+
+Array = jax.Array
+Cache = dict[str, Array]
+
+# Large finite negative: fully masked rows (left padding) give a uniform softmax instead of NaN.
+_MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
+_NO_WINDOW = jnp.iinfo(jnp.int32).max
+
+_REMAT_POLICIES = {
+    "full": None,  # save nothing, recompute the whole layer
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Architecture and numerics of a `Transformer`. Defaults are TinyCodeLM's (OLMo-1 style)."""
+
+  vocab_size: int
+  num_layers: int
+  d_model: int
+  num_heads: int
+  mlp_dim: int
+  num_kv_heads: int = 0  # 0: num_heads (multi-head); fewer: grouped-query attention.
+  head_dim: int = 0  # 0: d_model // num_heads.
+  mlp_activation: str = "silu"  # "silu" (SwiGLU) or "gelu" (GeGLU, tanh approximation).
+  norm: str = "layernorm"  # "layernorm" or "rmsnorm".
+  norm_scale: bool = False  # Learnable per-channel scale; OLMo-1 / TinyCodeLM use none.
+  norm_eps: float = 1e-5
+  post_norms: bool = False  # Gemma 2: also normalise attention/MLP outputs before the residual.
+  tie_embeddings: bool = True
+  embed_scale: bool = False  # Gemma: multiply input embeddings by sqrt(d_model).
+  rope_base: float = 10000.0
+  rope_scaling_factor: float = 1.0  # Llama 3.1 "llama3" frequency scaling; 1 = off.
+  rope_low_freq_factor: float = 1.0
+  rope_high_freq_factor: float = 4.0
+  rope_original_max_len: int = 8192
+  query_scale: float = 0.0  # 0: head_dim ** -0.5 (Gemma 2 uses query_pre_attn_scalar ** -0.5).
+  attn_logit_softcap: float = 0.0  # 0 = off; Gemma 2: 50.
+  final_logit_softcap: float = 0.0  # 0 = off; Gemma 2: 30.
+  sliding_window: int = 0  # 0 = off; a query at p sees keys at p - window < pos <= p.
+  sliding_window_layers: str = "all"  # "all" (Phi-3) or "even" (Gemma 2: layers 0, 2, 4, ...).
+  max_seq_len: int = 2048  # Longest sequence the model is meant for (checked by callers).
+  init_std: float = 0.02
+  dtype: str = "bfloat16"  # Compute dtype.
+  param_dtype: str = "float32"
+  remat: str = "none"  # "none", "full", "dots" or "dots_no_batch" (per layer).
+
+  def __post_init__(self):
+    def fail(msg):
+      raise ValueError(f"ModelConfig: {msg}")
+
+    for name in ("vocab_size", "num_layers", "d_model", "num_heads", "mlp_dim", "max_seq_len"):
+      if getattr(self, name) <= 0:
+        fail(f"{name} must be positive, got {getattr(self, name)}")
+    if self.num_kv_heads == 0:
+      object.__setattr__(self, "num_kv_heads", self.num_heads)
+    if self.head_dim == 0:
+      if self.d_model % self.num_heads:
+        fail(f"d_model {self.d_model} is not divisible by num_heads {self.num_heads}; set head_dim")
+      object.__setattr__(self, "head_dim", self.d_model // self.num_heads)
+    if self.num_kv_heads < 0 or self.num_heads % self.num_kv_heads:
+      fail(f"num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}")
+    if self.head_dim % 2:
+      fail(f"head_dim must be even for RoPE, got {self.head_dim}")
+    choices = {
+        "mlp_activation": ("silu", "gelu"),
+        "norm": ("layernorm", "rmsnorm"),
+        "sliding_window_layers": ("all", "even"),
+        "remat": ("none", *_REMAT_POLICIES),
+        "dtype": ("float32", "bfloat16", "float16"),
+        "param_dtype": ("float32", "bfloat16"),
+    }
+    for name, allowed in choices.items():
+      if getattr(self, name) not in allowed:
+        fail(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+    if self.sliding_window < 0:
+      fail(f"sliding_window must be >= 0, got {self.sliding_window}")
+
+  @classmethod
+  def from_config_dict(cls, model: Mapping[str, Any], train: Mapping[str, Any] | None = None
+                       ) -> "ModelConfig":
+    """Builds from `config.model`; `config.train` (if given) supplies dtypes and remat."""
+    fields = dict(model.to_dict() if hasattr(model, "to_dict") else model)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+      raise ValueError(f"unknown config.model keys: {', '.join(unknown)}")
+    if train is not None:
+      fields.update(dtype=train["compute_dtype"], param_dtype=train["param_dtype"],
+                    remat=train["remat"])
+    missing = sorted(f.name for f in dataclasses.fields(cls)
+                     if f.default is dataclasses.MISSING and f.name not in fields)
+    if missing:
+      raise ValueError(f"missing config.model keys: {', '.join(missing)}")
+    return cls(**fields)
+
+  @property
+  def window_per_layer(self) -> tuple[int, ...]:
+    """Sliding-window size of each layer (0 = global attention)."""
+    if not self.sliding_window:
+      return (0,) * self.num_layers
+    if self.sliding_window_layers == "all":
+      return (self.sliding_window,) * self.num_layers
+    return tuple(self.sliding_window if i % 2 == 0 else 0 for i in range(self.num_layers))
+
+
+def _param(rngs: nnx.Rngs, cfg: ModelConfig, shape, axes, std: float | None) -> nnx.Param:
+  """A parameter with logical axis names; std=None means ones (norm scales)."""
+  dtype = jnp.dtype(cfg.param_dtype)
+  if std is None:
+    value = jnp.ones(shape, dtype)
+  else:
+    value = std * jax.random.normal(rngs.params(), shape, dtype)
+  return nnx.Param(value, out_sharding=axes, eager_sharding=False)
+
+
+class Norm(nnx.Module):
+  """LayerNorm or RMSNorm over the last axis, computed in fp32, optional scale and no bias."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.kind, self.eps = cfg.norm, cfg.norm_eps
+    self.scale = _param(rngs, cfg, (cfg.d_model,), ("norm",), None) if cfg.norm_scale else None
+
+  def __call__(self, x: Array) -> Array:
+    y = x.astype(jnp.float32)
+    if self.kind == "layernorm":
+      y = y - jnp.mean(y, axis=-1, keepdims=True)
+    y = y * jax.lax.rsqrt(jnp.mean(jnp.square(y), axis=-1, keepdims=True) + self.eps)
+    if self.scale is not None:
+      y = y * self.scale[...].astype(jnp.float32)
+    return y.astype(x.dtype)
+
+
+def rope_frequencies(cfg: ModelConfig) -> Array:
+  """Inverse frequencies [head_dim // 2], with Llama 3.1's smooth long-context scaling if set."""
+  exponents = jnp.arange(0, cfg.head_dim, 2, dtype=jnp.float32) / cfg.head_dim
+  inv_freq = 1.0 / (cfg.rope_base ** exponents)
+  if cfg.rope_scaling_factor == 1.0:
+    return inv_freq
+  factor, low, high = cfg.rope_scaling_factor, cfg.rope_low_freq_factor, cfg.rope_high_freq_factor
+  wavelen = 2 * math.pi / inv_freq
+  low_freq_wavelen = cfg.rope_original_max_len / low
+  high_freq_wavelen = cfg.rope_original_max_len / high
+  scaled = jnp.where(wavelen > low_freq_wavelen, inv_freq / factor, inv_freq)
+  smooth = (cfg.rope_original_max_len / wavelen - low) / (high - low)
+  smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+  medium = (wavelen >= high_freq_wavelen) & (wavelen <= low_freq_wavelen)
+  return jnp.where(medium, smoothed, scaled)
+
+
+def apply_rope(x: Array, sin: Array, cos: Array) -> Array:
+  """Rotates x [B, T, N, D] by positions given as sin/cos [B, T, D/2] (rotate-half layout)."""
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  sin, cos = sin[:, :, None, :], cos[:, :, None, :]
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x.dtype)
+
+
+def _softcap(x: Array, cap: float) -> Array:
+  return cap * jnp.tanh(x / cap) if cap else x
+
+
+class Attention(nnx.Module):
+  """Multi-head / grouped-query attention with RoPE, no biases, optional logit soft-capping."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    d, h, kv, hd = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    out_std = cfg.init_std / math.sqrt(2 * cfg.num_layers)
+    self.q = _param(rngs, cfg, (d, h, hd), ("embed", "heads", "head_dim"), cfg.init_std)
+    self.k = _param(rngs, cfg, (d, kv, hd), ("embed", "kv_heads", "head_dim"), cfg.init_std)
+    self.v = _param(rngs, cfg, (d, kv, hd), ("embed", "kv_heads", "head_dim"), cfg.init_std)
+    self.o = _param(rngs, cfg, (h, hd, d), ("heads", "head_dim", "embed"), out_std)
+
+  def __call__(self, x, sin, cos, mask, kv_cache=None):
+    """x [B, T, d]; mask [B, T, S] (S = T, or the cache's slots); kv_cache = (k_all, v_all, layer, index)."""
+    cfg = self.cfg
+    dt = x.dtype
+    q = jnp.einsum("btd,dhk->bthk", x, self.q[...].astype(dt))
+    k = jnp.einsum("btd,dhk->bthk", x, self.k[...].astype(dt))
+    v = jnp.einsum("btd,dhk->bthk", x, self.v[...].astype(dt))
+    q = sharding.constrain(apply_rope(q, sin, cos), ("act_batch", "act_length", "act_heads", None))
+    k = sharding.constrain(apply_rope(k, sin, cos), ("act_batch", "act_length", "act_kv_heads", None))
+    v = sharding.constrain(v, ("act_batch", "act_length", "act_kv_heads", None))
+    new_cache = None
+    if kv_cache is not None:
+      k_all, v_all, layer, index = kv_cache
+      start = (layer, 0, index, 0, 0)
+      k_all = jax.lax.dynamic_update_slice(k_all, k[None].astype(k_all.dtype), start)
+      v_all = jax.lax.dynamic_update_slice(v_all, v[None].astype(v_all.dtype), start)
+      k = jax.lax.dynamic_index_in_dim(k_all, layer, 0, keepdims=False).astype(dt)
+      v = jax.lax.dynamic_index_in_dim(v_all, layer, 0, keepdims=False).astype(dt)
+      new_cache = (k_all, v_all)
+    b, t, h, hd = q.shape
+    kv = cfg.num_kv_heads
+    q = q.reshape(b, t, kv, h // kv, hd)
+    scale = cfg.query_scale or hd ** -0.5
+    scores = jnp.einsum("btkgd,bskd->bkgts", q * jnp.asarray(scale, dt), k,
+                        preferred_element_type=jnp.float32)
+    scores = _softcap(scores, cfg.attn_logit_softcap)
+    scores = jnp.where(mask[:, None, None], scores, _MASK_VALUE)
+    probs = jax.nn.softmax(scores, axis=-1).astype(dt)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, h, hd)
+    out = sharding.constrain(out, ("act_batch", "act_length", "act_heads", None))
+    return jnp.einsum("bthk,hkd->btd", out, self.o[...].astype(dt)), new_cache
+
+
+class GatedMLP(nnx.Module):
+  """SwiGLU / GeGLU feed-forward: down(act(gate(x)) * up(x))."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    d, m = cfg.d_model, cfg.mlp_dim
+    self.activation = cfg.mlp_activation
+    self.gate = _param(rngs, cfg, (d, m), ("embed", "mlp"), cfg.init_std)
+    self.up = _param(rngs, cfg, (d, m), ("embed", "mlp"), cfg.init_std)
+    self.down = _param(rngs, cfg, (m, d), ("mlp", "embed"),
+                       cfg.init_std / math.sqrt(2 * cfg.num_layers))
+
+  def __call__(self, x: Array) -> Array:
+    dt = x.dtype
+    gate = jnp.einsum("btd,dm->btm", x, self.gate[...].astype(dt))
+    up = jnp.einsum("btd,dm->btm", x, self.up[...].astype(dt))
+    act = jax.nn.silu(gate) if self.activation == "silu" else jax.nn.gelu(gate, approximate=True)
+    hidden = sharding.constrain(act * up, ("act_batch", "act_length", "act_mlp"))
+    return jnp.einsum("btm,md->btd", hidden, self.down[...].astype(dt))
+
+
+class Block(nnx.Module):
+  """Pre-norm decoder layer (optionally with Gemma 2's post-norms)."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.attn_norm = Norm(cfg, rngs=rngs)
+    self.attn = Attention(cfg, rngs=rngs)
+    self.mlp_norm = Norm(cfg, rngs=rngs)
+    self.mlp = GatedMLP(cfg, rngs=rngs)
+    self.post_attn_norm = Norm(cfg, rngs=rngs) if cfg.post_norms else None
+    self.post_mlp_norm = Norm(cfg, rngs=rngs) if cfg.post_norms else None
+
+  def __call__(self, x, sin, cos, mask, kv_cache=None):
+    h, new_cache = self.attn(self.attn_norm(x), sin, cos, mask, kv_cache)
+    if self.post_attn_norm is not None:
+      h = self.post_attn_norm(h)
+    x = x + h
+    h = self.mlp(self.mlp_norm(x))
+    if self.post_mlp_norm is not None:
+      h = self.post_mlp_norm(h)
+    x = sharding.constrain(x + h, ("act_batch", "act_length", "act_embed"))
+    return x, new_cache
+
+
+def attention_mask(q_pos: Array, k_pos: Array, q_seg: Array | None = None,
+                   k_seg: Array | None = None) -> Array:
+  """[B, Tq, Tk] bool: key valid (pos >= 0), not in the future, and in the query's segment."""
+  mask = (k_pos[:, None, :] >= 0) & (k_pos[:, None, :] <= q_pos[:, :, None])
+  if q_seg is not None:
+    mask &= q_seg[:, :, None] == k_seg[:, None, :]
+  return mask
+
+
+class Transformer(nnx.Module):
+  """Decoder-only LM. `model(tokens, positions, segment_ids)` -> fp32 logits [B, T, vocab]."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.embed = _param(rngs, cfg, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), cfg.init_std)
+    make_layers = nnx.vmap(lambda r: Block(cfg, rngs=r), in_axes=0, out_axes=0,
+                           transform_metadata={nnx.PARTITION_NAME: "layers"})
+    self.layers = make_layers(rngs.split(cfg.num_layers))
+    self.final_norm = Norm(cfg, rngs=rngs)
+    self.lm_head = (None if cfg.tie_embeddings else
+                    _param(rngs, cfg, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), cfg.init_std))
+
+  def __call__(self, tokens: Array, positions: Array | None = None,
+               segment_ids: Array | None = None, cache: Cache | None = None):
+    """Training/scoring when `cache` is None; otherwise appends `tokens` to the cache.
+
+    Returns logits [B, T, vocab] (fp32), and with a cache `(logits, new_cache)`.
+    """
+    cfg = self.cfg
+    dt = jnp.dtype(cfg.dtype)
+    b, t = tokens.shape
+    if positions is None:
+      if cache is not None:
+        raise ValueError("decoding with a cache needs explicit positions (-1 for left padding)")
+      positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    if cache is not None and segment_ids is not None:
+      raise ValueError("segment_ids are not supported with a cache; left-pad with position -1")
+    positions = positions.astype(jnp.int32)
+
+    x = jnp.take(self.embed[...], tokens, axis=0).astype(dt)
+    if cfg.embed_scale:
+      x = x * jnp.asarray(math.sqrt(cfg.d_model), dt)
+    x = sharding.constrain(x, ("act_batch", "act_length", "act_embed"))
+
+    angles = positions[..., None].astype(jnp.float32) * rope_frequencies(cfg)
+    sin, cos = jnp.sin(angles), jnp.cos(angles)
+
+    if cache is None:
+      k_pos, carry = positions, (x, None)
+      mask = attention_mask(positions, positions, segment_ids, segment_ids)
+    else:
+      index = cache["index"]
+      slot_pos = jax.lax.dynamic_update_slice(cache["slot_pos"], positions, (0, index))
+      k_pos, carry = slot_pos, (x, (cache["k"], cache["v"]))
+      mask = attention_mask(positions, slot_pos)
+    dist = positions[:, :, None] - k_pos[:, None, :]
+
+    windows = jnp.asarray([w or _NO_WINDOW for w in cfg.window_per_layer], jnp.int32)
+    graphdef, layer_state = nnx.split(self.layers)
+
+    def body(carry, xs):
+      x, kv = carry
+      state, layer, window = xs
+      block = nnx.merge(graphdef, state)
+      layer_mask = mask & (dist < window) if cfg.sliding_window else mask
+      kv_cache = None if kv is None else (*kv, layer, cache["index"])
+      x, new_kv = block(x, sin, cos, layer_mask, kv_cache)
+      return (x, new_kv), None
+
+    if cfg.remat != "none" and cache is None:
+      body = jax.checkpoint(body, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
+    layer_ids = jnp.arange(cfg.num_layers, dtype=jnp.int32)
+    (x, kv), _ = jax.lax.scan(body, carry, (layer_state, layer_ids, windows))
+
+    x = self.final_norm(x)
+    head = self.embed[...].T if self.lm_head is None else self.lm_head[...]
+    logits = jnp.einsum("btd,dv->btv", x, head.astype(dt), preferred_element_type=jnp.float32)
+    logits = sharding.constrain(_softcap(logits, cfg.final_logit_softcap),
+                                ("act_batch", "act_length", "act_vocab"))
+    if cache is None:
+      return logits
+    new_cache = {"k": kv[0], "v": kv[1], "slot_pos": slot_pos, "index": index + t}
+    return logits, new_cache
+
+  def init_cache(self, batch: int, max_len: int, dtype: Any = None) -> Cache:
+    """An empty KV cache of `max_len` slots (dtype defaults to the compute dtype)."""
+    return init_cache(self.cfg, batch, max_len, dtype)
+
+  def num_params(self) -> int:
+    return count_params(nnx.state(self, nnx.Param))
+
+
+def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype: Any = None) -> Cache:
+  shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
+  dtype = jnp.dtype(dtype or cfg.dtype)
+  return {
+      "k": jnp.zeros(shape, dtype),
+      "v": jnp.zeros(shape, dtype),
+      "slot_pos": jnp.full((batch, max_len), -1, jnp.int32),
+      "index": jnp.zeros((), jnp.int32),
+  }
+
+
+CACHE_LOGICAL_AXES = {
+    "k": ("layers", "cache_batch", "cache_length", "cache_kv_heads", "head_dim"),
+    "v": ("layers", "cache_batch", "cache_length", "cache_kv_heads", "head_dim"),
+    "slot_pos": ("cache_batch", "cache_length"),
+    "index": (),
+}
+
+
+def count_params(state) -> int:
+  """Number of scalars in a (possibly abstract) parameter state."""
+  return sum(math.prod(x.shape) for x in jax.tree.leaves(state))
+
+
+def abstract_model(cfg: ModelConfig) -> Transformer:
+  """The model with `jax.ShapeDtypeStruct` parameters (no allocation)."""
+  return nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
+
+
+def param_count(cfg: ModelConfig) -> int:
+  return abstract_model(cfg).num_params()

@@ -1,0 +1,191 @@
+"""Properties of editseq.model.Transformer: causality, packing, KV-cache decoding, options, errors."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from flax import nnx
+
+from editseq import model as model_lib
+
+TINY = model_lib.ModelConfig(vocab_size=97, num_layers=2, d_model=32, num_heads=4, mlp_dim=64,
+                             dtype="float32")
+# Every option at once: GQA, Gemma 2 style sliding window on even layers, softcaps, post-norms,
+# scaled RMSNorm, GeGLU, embedding scaling, untied head, head_dim != d_model / heads.
+GEMMA_LIKE = dataclasses.replace(
+    TINY, num_layers=3, num_kv_heads=2, head_dim=12, sliding_window=4, sliding_window_layers="even",
+    attn_logit_softcap=5.0, final_logit_softcap=3.0, post_norms=True, norm="rmsnorm",
+    norm_scale=True, mlp_activation="gelu", embed_scale=True, tie_embeddings=False,
+    query_scale=0.2)
+CONFIGS = pytest.mark.parametrize("cfg", [TINY, GEMMA_LIKE], ids=["tinycodelm", "gemma_like"])
+
+
+def make(cfg, seed=0):
+  return model_lib.Transformer(cfg, rngs=nnx.Rngs(seed))
+
+
+def tokens(shape, seed=1, vocab=97):
+  return jax.random.randint(jax.random.key(seed), shape, 0, vocab, dtype=jnp.int32)
+
+
+def arange_positions(batch, start, stop):
+  return jnp.broadcast_to(jnp.arange(start, stop, dtype=jnp.int32), (batch, stop - start))
+
+
+@CONFIGS
+def test_future_tokens_do_not_change_past_logits(cfg):
+  model = make(cfg)
+  x = tokens((2, 10))
+  y = x.at[:, 6:].set((x[:, 6:] + 1) % cfg.vocab_size)
+  a, b = model(x), model(y)
+  np.testing.assert_allclose(a[:, :6], b[:, :6], atol=1e-6)
+  assert not np.allclose(a[:, 6:], b[:, 6:])
+
+
+@CONFIGS
+def test_packed_segments_equal_separate_runs(cfg):
+  model = make(cfg)
+  lengths = (5, 7, 3)
+  parts = [tokens((1, n), seed=10 + i) for i, n in enumerate(lengths)]
+  packed = jnp.concatenate(parts + [jnp.zeros((1, 2), jnp.int32)], axis=1)
+  segment_ids = jnp.asarray([sum(([i + 1] * n for i, n in enumerate(lengths)), []) + [0, 0]])
+  positions = jnp.asarray([sum((list(range(n)) for n in lengths), []) + [0, 1]])
+  logits = model(packed, positions=positions, segment_ids=segment_ids)
+  start = 0
+  for part, n in zip(parts, lengths):
+    np.testing.assert_allclose(logits[:, start:start + n], model(part), atol=1e-5)
+    start += n
+
+
+@CONFIGS
+def test_kv_cache_decoding_matches_full_forward(cfg):
+  model = make(cfg)
+  x = tokens((3, 11))
+  full = model(x)
+  # Prefill 6 tokens, then one token at a time.
+  cache = model.init_cache(3, 16, jnp.float32)
+  logits, cache = model(x[:, :6], positions=arange_positions(3, 0, 6), cache=cache)
+  steps = [logits]
+  for i in range(6, 11):
+    logits, cache = model(x[:, i:i + 1], positions=arange_positions(3, i, i + 1), cache=cache)
+    steps.append(logits)
+  np.testing.assert_allclose(jnp.concatenate(steps, axis=1), full, atol=1e-5)
+  assert int(cache["index"]) == 11
+  np.testing.assert_array_equal(cache["slot_pos"][:, :11], arange_positions(3, 0, 11))
+  assert (cache["slot_pos"][:, 11:] == -1).all()
+
+
+@CONFIGS
+def test_left_padding_is_never_attended(cfg):
+  model = make(cfg)
+  short, long = tokens((1, 4), seed=3), tokens((1, 7), seed=4)
+  pad = 3
+  batch = jnp.concatenate([jnp.concatenate([jnp.full((1, pad), 5), short], 1), long], 0)
+  positions = jnp.asarray([[-1] * pad + list(range(4)), list(range(7))], jnp.int32)
+  cache = model.init_cache(2, 10, jnp.float32)
+  logits, cache = model(batch, positions=positions, cache=cache)
+  np.testing.assert_allclose(logits[0, pad:], model(short)[0], atol=1e-5)
+  np.testing.assert_allclose(logits[1], model(long)[0], atol=1e-5)
+  # The next decoded token continues each row at its own position.
+  nxt = tokens((2, 1), seed=5)
+  step, _ = model(nxt, positions=jnp.asarray([[4], [7]], jnp.int32), cache=cache)
+  np.testing.assert_allclose(step[0, 0], model(jnp.concatenate([short, nxt[:1]], 1))[0, -1],
+                             atol=1e-5)
+  np.testing.assert_allclose(step[1, 0], model(jnp.concatenate([long, nxt[1:]], 1))[0, -1],
+                             atol=1e-5)
+
+
+def test_sliding_window_limits_the_receptive_field():
+  # One layer, window 3: the logit at position p only depends on tokens p-2..p.
+  cfg = dataclasses.replace(TINY, num_layers=1, sliding_window=3)
+  model = make(cfg)
+  x = tokens((1, 9))
+  y = x.at[:, 2].set((x[:, 2] + 1) % cfg.vocab_size)
+  a, b = model(x), model(y)
+  np.testing.assert_allclose(a[:, 5:], b[:, 5:], atol=1e-6)
+  assert not np.allclose(a[:, 2:5], b[:, 2:5])
+
+
+def test_remat_gives_the_same_gradients():
+  x = tokens((2, 8))
+
+  def grads(cfg):
+    model = make(cfg)
+
+    def loss(model):
+      return jnp.mean(jax.nn.logsumexp(model(x), axis=-1))
+
+    return nnx.grad(loss)(model)
+
+  reference = grads(TINY)
+  for policy in ("full", "dots", "dots_no_batch"):
+    got = grads(dataclasses.replace(TINY, remat=policy))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+                 nnx.to_pure_dict(reference), nnx.to_pure_dict(got))
+
+
+def test_bfloat16_compute_keeps_fp32_params_and_logits():
+  model = make(dataclasses.replace(TINY, dtype="bfloat16"))
+  logits = model(tokens((2, 8)))
+  assert logits.dtype == jnp.float32
+  assert {p.dtype for p in jax.tree.leaves(nnx.state(model, nnx.Param))} == {jnp.dtype("float32")}
+  np.testing.assert_allclose(logits, make(TINY)(tokens((2, 8))), atol=0.05)
+  cache = model.init_cache(2, 8)
+  assert cache["k"].dtype == jnp.bfloat16
+
+
+@CONFIGS
+def test_every_parameter_has_logical_axes(cfg):
+  state = nnx.state(make(cfg), nnx.Param)
+  for path, variable in jax.tree.leaves_with_path(state, is_leaf=lambda v: isinstance(v, nnx.Param)):
+    axes = variable.get_metadata()["out_sharding"]
+    assert len(axes) == variable.ndim, (path, axes)
+  layer_axes = [v.get_metadata()["out_sharding"][0] for v in jax.tree.leaves(
+      nnx.state(make(cfg).layers, nnx.Param), is_leaf=lambda v: isinstance(v, nnx.Param))]
+  assert set(layer_axes) == {"layers"}
+
+
+def test_param_count_matches_allocated_model():
+  for cfg in (TINY, GEMMA_LIKE):
+    assert model_lib.param_count(cfg) == make(cfg).num_params()
+  d, v, m, layers = 32, 97, 64, 2
+  assert model_lib.param_count(TINY) == v * d + layers * (4 * d * d + 3 * d * m)
+
+
+def test_from_config_dict():
+  model_dict = ml_collections.ConfigDict(dict(vocab_size=128, num_layers=2, d_model=32,
+                                              num_heads=4, num_kv_heads=2, mlp_dim=64))
+  train = ml_collections.ConfigDict(dict(compute_dtype="float32", param_dtype="float32",
+                                         remat="full", steps=3))
+  cfg = model_lib.ModelConfig.from_config_dict(model_dict, train)
+  assert (cfg.num_kv_heads, cfg.head_dim, cfg.dtype, cfg.remat) == (2, 8, "float32", "full")
+  assert model_lib.ModelConfig.from_config_dict(model_dict).dtype == "bfloat16"
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(num_kv_heads=3), "not a multiple of num_kv_heads"),
+    (dict(d_model=30, head_dim=0), "not divisible by num_heads"),
+    (dict(norm="batchnorm"), "norm must be one of"),
+    (dict(remat="sometimes"), "remat must be one of"),
+    (dict(num_layers=0), "num_layers must be positive"),
+    (dict(head_dim=7), "head_dim must be even"),
+])
+def test_bad_model_config_raises(changes, message):
+  with pytest.raises(ValueError, match=message):
+    dataclasses.replace(TINY, **changes)
+
+
+def test_unknown_or_missing_config_keys_raise():
+  base = dict(vocab_size=128, num_layers=2, d_model=32, num_heads=4, mlp_dim=64)
+  with pytest.raises(ValueError, match="unknown config.model keys: n_layers"):
+    model_lib.ModelConfig.from_config_dict({**base, "n_layers": 3})
+  with pytest.raises(ValueError, match="missing config.model keys: mlp_dim"):
+    model_lib.ModelConfig.from_config_dict({k: v for k, v in base.items() if k != "mlp_dim"})
+
+
+def test_decoding_without_positions_raises():
+  model = make(TINY)
+  with pytest.raises(ValueError, match="explicit positions"):
+    model(tokens((1, 2)), cache=model.init_cache(1, 4))
