@@ -161,9 +161,9 @@ class _Worker:
                                      stderr=self._stderr, env=_ENV, close_fds=True)
         hello = self._read(_START_TIMEOUT_S)
         if hello is None or not hello.get("ready"):
+            message = self.stderr_text() or "no message"
             self.close()
-            raise SandboxUnavailableError(
-                "the sandbox worker did not start: " + (self.stderr_text() or "no message"))
+            raise SandboxUnavailableError(f"the sandbox worker did not start: {message}")
 
     def stderr_text(self) -> str:
         self._stderr.seek(0)
