@@ -26,6 +26,12 @@ def make(cfg, seed=0):
   return model_lib.Transformer(cfg, rngs=nnx.Rngs(seed))
 
 
+@nnx.jit
+def run(model, x, positions=None, segment_ids=None, cache=None):
+  """The model's forward, compiled once per shape (eager scans would retrace on every call)."""
+  return model(x, positions=positions, segment_ids=segment_ids, cache=cache)
+
+
 def tokens(shape, seed=1, vocab=97):
   return jax.random.randint(jax.random.key(seed), shape, 0, vocab, dtype=jnp.int32)
 
@@ -39,7 +45,7 @@ def test_future_tokens_do_not_change_past_logits(cfg):
   model = make(cfg)
   x = tokens((2, 10))
   y = x.at[:, 6:].set((x[:, 6:] + 1) % cfg.vocab_size)
-  a, b = model(x), model(y)
+  a, b = run(model, x), run(model, y)
   np.testing.assert_allclose(a[:, :6], b[:, :6], atol=1e-6)
   assert not np.allclose(a[:, 6:], b[:, 6:])
 
@@ -52,10 +58,10 @@ def test_packed_segments_equal_separate_runs(cfg):
   packed = jnp.concatenate(parts + [jnp.zeros((1, 2), jnp.int32)], axis=1)
   segment_ids = jnp.asarray([sum(([i + 1] * n for i, n in enumerate(lengths)), []) + [0, 0]])
   positions = jnp.asarray([sum((list(range(n)) for n in lengths), []) + [0, 1]])
-  logits = model(packed, positions=positions, segment_ids=segment_ids)
+  logits = run(model, packed, positions=positions, segment_ids=segment_ids)
   start = 0
   for part, n in zip(parts, lengths):
-    np.testing.assert_allclose(logits[:, start:start + n], model(part), atol=1e-5)
+    np.testing.assert_allclose(logits[:, start:start + n], run(model, part), atol=1e-5)
     start += n
 
 
@@ -63,13 +69,13 @@ def test_packed_segments_equal_separate_runs(cfg):
 def test_kv_cache_decoding_matches_full_forward(cfg):
   model = make(cfg)
   x = tokens((3, 11))
-  full = model(x)
+  full = run(model, x)
   # Prefill 6 tokens, then one token at a time.
   cache = model.init_cache(3, 16, jnp.float32)
-  logits, cache = model(x[:, :6], positions=arange_positions(3, 0, 6), cache=cache)
+  logits, cache = run(model, x[:, :6], positions=arange_positions(3, 0, 6), cache=cache)
   steps = [logits]
   for i in range(6, 11):
-    logits, cache = model(x[:, i:i + 1], positions=arange_positions(3, i, i + 1), cache=cache)
+    logits, cache = run(model, x[:, i:i + 1], positions=arange_positions(3, i, i + 1), cache=cache)
     steps.append(logits)
   np.testing.assert_allclose(jnp.concatenate(steps, axis=1), full, atol=1e-5)
   assert int(cache["index"]) == 11
@@ -85,15 +91,15 @@ def test_left_padding_is_never_attended(cfg):
   batch = jnp.concatenate([jnp.concatenate([jnp.full((1, pad), 5), short], 1), long], 0)
   positions = jnp.asarray([[-1] * pad + list(range(4)), list(range(7))], jnp.int32)
   cache = model.init_cache(2, 10, jnp.float32)
-  logits, cache = model(batch, positions=positions, cache=cache)
-  np.testing.assert_allclose(logits[0, pad:], model(short)[0], atol=1e-5)
-  np.testing.assert_allclose(logits[1], model(long)[0], atol=1e-5)
+  logits, cache = run(model, batch, positions=positions, cache=cache)
+  np.testing.assert_allclose(logits[0, pad:], run(model, short)[0], atol=1e-5)
+  np.testing.assert_allclose(logits[1], run(model, long)[0], atol=1e-5)
   # The next decoded token continues each row at its own position.
   nxt = tokens((2, 1), seed=5)
-  step, _ = model(nxt, positions=jnp.asarray([[4], [7]], jnp.int32), cache=cache)
-  np.testing.assert_allclose(step[0, 0], model(jnp.concatenate([short, nxt[:1]], 1))[0, -1],
+  step, _ = run(model, nxt, positions=jnp.asarray([[4], [7]], jnp.int32), cache=cache)
+  np.testing.assert_allclose(step[0, 0], run(model, jnp.concatenate([short, nxt[:1]], 1))[0, -1],
                              atol=1e-5)
-  np.testing.assert_allclose(step[1, 0], model(jnp.concatenate([long, nxt[1:]], 1))[0, -1],
+  np.testing.assert_allclose(step[1, 0], run(model, jnp.concatenate([long, nxt[1:]], 1))[0, -1],
                              atol=1e-5)
 
 
@@ -103,7 +109,7 @@ def test_sliding_window_limits_the_receptive_field():
   model = make(cfg)
   x = tokens((1, 9))
   y = x.at[:, 2].set((x[:, 2] + 1) % cfg.vocab_size)
-  a, b = model(x), model(y)
+  a, b = run(model, x), run(model, y)
   np.testing.assert_allclose(a[:, 5:], b[:, 5:], atol=1e-6)
   assert not np.allclose(a[:, 2:5], b[:, 2:5])
 
@@ -117,7 +123,7 @@ def test_remat_gives_the_same_gradients():
     def loss(model):
       return jnp.mean(jax.nn.logsumexp(model(x), axis=-1))
 
-    return nnx.grad(loss)(model)
+    return nnx.jit(nnx.grad(loss))(model)
 
   reference = grads(TINY)
   for policy in ("full", "dots", "dots_no_batch"):
@@ -128,7 +134,7 @@ def test_remat_gives_the_same_gradients():
 
 def test_bfloat16_compute_keeps_fp32_params_and_logits():
   model = make(dataclasses.replace(TINY, dtype="bfloat16"))
-  logits = model(tokens((2, 8)))
+  logits = run(model, tokens((2, 8)))
   assert logits.dtype == jnp.float32
   assert {p.dtype for p in jax.tree.leaves(nnx.state(model, nnx.Param))} == {jnp.dtype("float32")}
   np.testing.assert_allclose(logits, make(TINY)(tokens((2, 8))), atol=0.05)
@@ -188,4 +194,4 @@ def test_unknown_or_missing_config_keys_raise():
 def test_decoding_without_positions_raises():
   model = make(TINY)
   with pytest.raises(ValueError, match="explicit positions"):
-    model(tokens((1, 2)), cache=model.init_cache(1, 4))
+    run(model, tokens((1, 2)), cache=model.init_cache(1, 4))
