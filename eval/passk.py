@@ -1,0 +1,71 @@
+"""The unbiased pass@k estimator (Chen et al., 2021) and coverage curves.
+
+Per problem with n samples of which c pass, pass@k = 1 - C(n-c, k) / C(n, k): the chance that a
+random size-k subset of the n samples contains a passing one. The ratio of binomials is computed
+as the product prod_{i=n-c+1}^{n} (1 - k/i), which stays exact enough in floating point for any
+n (the binomials themselves overflow floats beyond n ~ 1000).
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k of one problem with `c` correct among `n` samples."""
+    if not 0 <= c <= n:
+        raise ValueError(f"need 0 <= c <= n, got n={n}, c={c}")
+    if not 1 <= k <= n:
+        raise ValueError(f"need 1 <= k <= n, got n={n}, k={k}")
+    if n - c < k:
+        return 1.0
+    ratio = 1.0
+    for i in range(n - c + 1, n + 1):
+        ratio *= 1.0 - k / i
+    return 1.0 - ratio
+
+
+def mean_pass_at_k(counts: Sequence[tuple[int, int]], k: int) -> float:
+    """Mean pass@k over problems given as (n, c) pairs; every problem needs n >= k."""
+    if not counts:
+        raise ValueError("no problems")
+    smallest = min(n for n, _ in counts)
+    if k > smallest:
+        raise ValueError(f"pass@{k} needs at least {k} samples for every problem; "
+                         f"the smallest problem has {smallest}")
+    return sum(pass_at_k(n, c, k) for n, c in counts) / len(counts)
+
+
+def pass_at_ks(counts: Sequence[tuple[int, int]], ks: Sequence[int] = (1, 10, 100)
+               ) -> dict[str, float]:
+    """{"pass@k": value} for each k that every problem has enough samples for."""
+    if not counts:
+        return {}
+    smallest = min(n for n, _ in counts)
+    return {f"pass@{k}": mean_pass_at_k(counts, k) for k in ks if k <= smallest}
+
+
+def coverage_curve(counts: Sequence[tuple[int, int]], max_k: int | None = None) -> list[float]:
+    """[pass@1, pass@2, ..., pass@K] with K = max_k or the smallest n (the paper's coverage)."""
+    if not counts:
+        raise ValueError("no problems")
+    smallest = min(n for n, _ in counts)
+    max_k = smallest if max_k is None else max_k
+    return [mean_pass_at_k(counts, k) for k in range(1, max_k + 1)]
+
+
+def counts_by_problem(task_ids: Sequence[str], passed: Sequence[bool]) -> dict[str, tuple[int, int]]:
+    """(n, c) per task id from per-sample verdicts, in first-seen order."""
+    if len(task_ids) != len(passed):
+        raise ValueError("task_ids and passed differ in length")
+    totals: dict[str, list[int]] = {}
+    for task_id, ok in zip(task_ids, passed):
+        entry = totals.setdefault(task_id, [0, 0])
+        entry[0] += 1
+        entry[1] += bool(ok)
+    return {task_id: (n, c) for task_id, (n, c) in totals.items()}
+
+
+def summarize(counts: Mapping[str, tuple[int, int]], ks: Sequence[int] = (1, 10, 100)) -> dict:
+    values = list(counts.values())
+    return {"num_problems": len(values), "num_samples": sum(n for n, _ in values),
+            **pass_at_ks(values, ks)}
