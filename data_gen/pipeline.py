@@ -1,0 +1,456 @@
+"""Apache Beam pipeline: program sources -> LintSeq / baseline examples -> sharded TFRecords.
+
+    python -m data_gen.pipeline --output_dir OUT            # embedded default data, all variants
+    python -m data_gen.pipeline --output_dir OUT --source jsonl --input data.jsonl \\
+        --instruction_key q --response_key a
+    python -m data_gen.pipeline --output_dir gs://B/out --runner=DataflowRunner \\
+        --project P --region R --temp_location gs://B/tmp --setup_file ./setup.py
+
+Flags this module does not define are Beam pipeline options, so one command runs on any runner.
+Without `--runner` the job runs on Beam's portable in-process runner (`FnApiRunner`, what
+`DirectRunner` uses for batch jobs, named directly so that Beam does not first try to download
+its Prism runner); `--direct_num_workers=2 --direct_running_mode=multi_processing` uses 2 cores.
+
+Output (docs/ARCHITECTURE.md section 2): `OUT/<variant>/editseq-<split>.tfrecord-XXXXX-of-YYYYY`,
+TFDS metadata, `stats.json` and `stats.txt`. The bytes are a function of the input and the
+settings only, never of the runner, worker count or bundle boundaries:
+- each program's split comes from a hash of its source id, its shard from another hash of it;
+- the number of shards per split comes from the split's example count;
+- each shard is written by one worker, records sorted by (source_id, sample_index), each
+  `tf.train.Example` serialized with sorted map keys;
+- records with the same source id are reduced to one (the smallest (instruction, program)),
+  the others counted as `duplicate_source_id`;
+- LintSeq itself is deterministic per (program, seed, sample index).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import math
+import os
+import sys
+import time
+import uuid
+
+import apache_beam as beam
+from apache_beam import pvalue
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+from apache_beam.options import pipeline_options
+
+from data_gen import dataset
+from data_gen import sources as sources_lib
+from data_gen import stats as stats_lib
+
+
+class UsageError(ValueError):
+  """A bad setting or flag, reported to the user in one line before anything runs."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """Everything besides the input that determines the output bytes."""
+  num_samples: int = 5
+  seed: int = 0
+  validation_fraction: float = 0.05
+  examples_per_shard: int = 50_000
+  max_program_bytes: int = 100_000
+  max_program_lines: int = 1_000
+  time_limit_s: float = 10.0
+  max_programs: int | None = None
+
+  def validate(self) -> None:
+    if self.num_samples < 1:
+      raise UsageError(f"num_samples must be >= 1, got {self.num_samples}")
+    if not 0.0 <= self.validation_fraction < 1.0:
+      raise UsageError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
+    for name in ("examples_per_shard", "max_program_bytes", "max_program_lines"):
+      if getattr(self, name) < 1:
+        raise UsageError(f"{name} must be >= 1, got {getattr(self, name)}")
+    if self.time_limit_s <= 0:
+      raise UsageError(f"time_limit_s must be > 0, got {self.time_limit_s}")
+    if self.max_programs is not None and self.max_programs < 1:
+      raise UsageError(f"max_programs must be >= 1, got {self.max_programs}")
+
+
+def stable_hash(text: str, salt: str) -> int:
+  """A 64-bit hash that is the same in every process and on every machine (unlike `hash`)."""
+  digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8, person=salt.encode("ascii"))
+  return int.from_bytes(digest.digest(), "big")
+
+
+def split_of(source_id: str, validation_fraction: float) -> str:
+  """`validation` for a stable `validation_fraction` of the source ids, else `train`."""
+  return "validation" if stable_hash(source_id, "split") < validation_fraction * 2**64 else "train"
+
+
+def num_shards(num_examples: int, examples_per_shard: int) -> int:
+  return max(1, math.ceil(num_examples / examples_per_shard))
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading and checking programs (shared by all variants).
+
+def _read_shard(item, sources):
+  index, shard = item
+  yield from sources[index].read(shard)
+
+
+def _check_program(item, settings: Settings):
+  """(source_id, (instruction, text)) for a usable program, else a tagged (reason, 1)."""
+  if isinstance(item, sources_lib.Skip):
+    yield pvalue.TaggedOutput("skip", (item.reason, 1))
+    return
+  try:
+    text = sources_lib.program_text(item.program, max_bytes=settings.max_program_bytes,
+                                    max_lines=settings.max_program_lines)
+  except sources_lib.BadProgram as e:
+    yield pvalue.TaggedOutput("skip", (e.reason, 1))
+    return
+  yield item.source_id, (item.instruction, text)
+
+
+def _dedupe(keyed):
+  """Keeps one record per source id, whatever order the duplicates arrived in."""
+  source_id, values = keyed
+  values = sorted(values)
+  if len(values) > 1:
+    yield pvalue.TaggedOutput("skip", ("duplicate_source_id", len(values) - 1))
+  yield source_id, values[0]
+
+
+class _SampleTransform(beam.PTransform):
+  """At most `max_programs` programs: those with the smallest hash of their source id.
+
+  A deterministic uniform sample, for quick runs; the rest are counted as `over_max_programs`.
+  """
+
+  def __init__(self, max_programs: int):
+    super().__init__()
+    self.max_programs = max_programs
+
+  def expand(self, programs):
+    kept = (programs
+            | "Smallest" >> beam.combiners.Top.Of(
+                self.max_programs, key=lambda kv: stable_hash(kv[0], "sample"), reverse=True)
+            | "Flatten" >> beam.FlatMap(lambda kept: kept))
+    over = (programs
+            | "Count" >> beam.combiners.Count.Globally()
+            | "Over" >> beam.Map(lambda n, cap: ("over_max_programs", max(0, n - cap)),
+                                 self.max_programs))
+    return kept, over
+
+
+# ---------------------------------------------------------------------------------------------
+# Generating one variant's examples.
+
+class _Generate(beam.DoFn):
+  """Program -> examples of one variant. LintSeq and TensorFlow are loaded once per worker."""
+
+  def __init__(self, variant: str, settings: Settings, progress: bool):
+    super().__init__()
+    self.variant, self.settings, self.progress = variant, settings, progress
+    self.programs = Metrics.counter("editseq", f"{variant}_programs")
+    self.sequences = Metrics.counter("editseq", f"{variant}_sequences")
+    self.skipped = Metrics.counter("editseq", f"{variant}_skipped")
+
+  def setup(self):
+    from data_gen import edit_format, lintseq
+    self._edit_format, self._lintseq = edit_format, lintseq
+    self._bar = None
+    if self.progress:
+      import tqdm
+      self._bar = tqdm.tqdm(desc=f"{self.variant:>14}", unit=" programs", leave=False,
+                            position=dataset.VARIANTS.index(self.variant), file=sys.stderr)
+
+  def teardown(self):
+    if getattr(self, "_bar", None) is not None:
+      self._bar.close()
+
+  def _sequences(self, instruction: str, program: str) -> list[tuple[str, str, list[int]]]:
+    """(prompt, completion, added lines per diff) per sample; raises LintSeqError."""
+    ef = self._edit_format
+    if self.variant == "baseline":
+      return [(ef.baseline_prompt(instruction), ef.baseline_completion(program),
+               [len(program.splitlines())])]
+    sequences = self._lintseq.lintseq(
+        program, num_samples=self.settings.num_samples, seed=self.settings.seed,
+        use_linter=self.variant == "lintseq", max_lines=self.settings.max_program_lines,
+        time_limit_s=self.settings.time_limit_s)
+    prompt = ef.lintseq_prompt(instruction)
+    return [(prompt, ef.lintseq_completion(diffs),
+             [sum(line.startswith("+") for line in d.split("\n")) for d in diffs])
+            for diffs in sequences]
+
+  def process(self, element):
+    source_id, (instruction, program) = element
+    start = time.perf_counter()
+    try:
+      samples = self._sequences(instruction, program)
+    except self._lintseq.LintSeqError as e:
+      self.skipped.inc()
+      yield pvalue.TaggedOutput("skip", (e.reason, 1))
+      return
+    finally:
+      if self._bar is not None:
+        self._bar.update()
+    split = split_of(source_id, self.settings.validation_fraction)
+    for sample_index, (prompt, completion, diff_sizes) in enumerate(samples):
+      record = dataset.serialize_example({
+          "instruction": instruction, "program": program, "prompt": prompt,
+          "completion": completion, "source_id": source_id, "sample_index": sample_index,
+          "num_edits": len(diff_sizes), "variant": self.variant})
+      yield split, (source_id, sample_index, record)
+    self.programs.inc()
+    self.sequences.inc(len(samples))
+    yield pvalue.TaggedOutput("summary", stats_lib.program_summary(
+        [len(s[2]) for s in samples], [n for s in samples for n in s[2]],
+        time.perf_counter() - start))
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing shards and metadata.
+
+def _assign_shard(element, counts, examples_per_shard):
+  split, (source_id, sample_index, record) = element
+  shards = num_shards(counts[split], examples_per_shard)
+  return (split, stable_hash(source_id, "shard") % shards, shards), (source_id, sample_index, record)
+
+
+def _write_shard(grouped, variant_dir):
+  """Writes one shard, records sorted; returns (split, index, num_shards, num_records)."""
+  import tensorflow as tf
+  (split, index, shards), records = grouped
+  records = sorted(records, key=lambda r: (r[0], r[1]))
+  path = os.path.join(variant_dir, dataset.shard_filename(split, index, shards))
+  tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+  with tf.io.TFRecordWriter(tmp) as writer:
+    for _, _, record in records:
+      writer.write(record)
+  tf.io.gfile.rename(tmp, path, overwrite=True)
+  return split, index, shards, len(records)
+
+
+def _finalize(_, variant_dir, variant, written, summary, skipped, settings_dict):
+  """Fills empty shards, removes files of earlier runs, writes TFDS metadata and the stats."""
+  import tensorflow as tf
+  lengths: dict[str, list[int]] = {}
+  for split, index, shards, count in written:
+    lengths.setdefault(split, [0] * shards)[index] = count
+  expected = set()
+  for split, shard_lengths in lengths.items():
+    for index, count in enumerate(shard_lengths):
+      name = dataset.shard_filename(split, index, len(shard_lengths))
+      expected.add(name)
+      if count == 0:  # a hash left this shard empty: write it so the file set is complete.
+        with tf.io.TFRecordWriter(os.path.join(variant_dir, name)):
+          pass
+  for name in tf.io.gfile.listdir(variant_dir):
+    if (dataset.is_shard_filename(name) and name not in expected) or ".tmp-" in name:
+      tf.io.gfile.remove(os.path.join(variant_dir, name))
+  if lengths:
+    dataset.write_metadata(variant_dir, lengths, description=(
+        f"editseq {variant} examples generated by data_gen.pipeline with {settings_dict}"))
+  report = stats_lib.make_report(variant, summary, dict(skipped), lengths, settings_dict)
+  stats_lib.write_report(variant_dir, report)
+
+
+class _WriteVariant(beam.PTransform):
+  def __init__(self, variant, output_dir, settings: Settings, shared_skips, progress):
+    super().__init__()
+    self.variant, self.settings, self.progress = variant, settings, progress
+    self.variant_dir = os.path.join(output_dir, variant)
+    self.shared_skips = shared_skips
+
+  def expand(self, programs):
+    out = programs | "Generate" >> beam.ParDo(
+        _Generate(self.variant, self.settings, self.progress)).with_outputs(
+            "skip", "summary", main="examples")
+    counts = (out.examples | "SplitKeys" >> beam.Map(lambda e: (e[0], 1))
+              | "CountSplits" >> beam.CombinePerKey(sum))
+    written = (out.examples
+               | "AssignShard" >> beam.Map(_assign_shard, beam.pvalue.AsDict(counts),
+                                           self.settings.examples_per_shard)
+               | "GroupShards" >> beam.GroupByKey()
+               | "WriteShards" >> beam.Map(_write_shard, self.variant_dir))
+    summary = out.summary | "Summarize" >> beam.CombineGlobally(stats_lib.MergeSummaries())
+    skipped = ((self.shared_skips, out.skip) | "AllSkips" >> beam.Flatten()
+               | "CountSkips" >> beam.CombinePerKey(sum))
+    return (programs.pipeline
+            | "Once" >> beam.Create([None])
+            | "Finalize" >> beam.Map(
+                _finalize, self.variant_dir, self.variant, beam.pvalue.AsList(written),
+                beam.pvalue.AsSingleton(summary), beam.pvalue.AsList(skipped),
+                dataclasses.asdict(self.settings)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry points.
+
+def _unknown_beam_flags(args: list[str]) -> list[str]:
+  """Flags that no registered Beam `PipelineOptions` class defines (typos, usually)."""
+  parser = argparse.ArgumentParser(allow_abbrev=False, add_help=False)
+  seen = set()
+  for cls in pipeline_options.PipelineOptions.__subclasses__():
+    if str(cls) not in seen:
+      seen.add(str(cls))
+      cls._add_argparse_args(parser)  # pylint: disable=protected-access
+  _, unknown = parser.parse_known_args(args)
+  return [a for a in unknown if a.startswith("-")]
+
+
+def _make_pipeline(pipeline_args: list[str]) -> beam.Pipeline:
+  options = pipeline_options.PipelineOptions(pipeline_args)
+  if options.view_as(pipeline_options.StandardOptions).runner is None:
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    return beam.Pipeline(runner=fn_runner.FnApiRunner(), options=options)
+  return beam.Pipeline(options=options)
+
+
+def default_sources() -> list[sources_lib.Source]:
+  """The embedded default: instruction data mined from the standard library."""
+  return [sources_lib.StdlibInstructionSource()]
+
+
+def run(sources: list[sources_lib.Source] | None = None, output_dir: str = "",
+        variants: tuple[str, ...] = dataset.VARIANTS, num_samples: int = 5, seed: int = 0,
+        validation_fraction: float = 0.05, examples_per_shard: int = 50_000,
+        max_program_bytes: int = 100_000, max_program_lines: int = 1_000,
+        time_limit_s: float = 10.0, max_programs: int | None = None,
+        pipeline_args: tuple[str, ...] = (), progress: bool = False) -> dict[str, dict]:
+  """Generates the variants' datasets under `output_dir`; returns {variant: stats report}.
+
+  `sources` defaults to `default_sources()`; `pipeline_args` are Beam pipeline options.
+  Raises UsageError (bad settings) or SourceError (bad source) before anything runs.
+  """
+  settings = Settings(num_samples=num_samples, seed=seed, validation_fraction=validation_fraction,
+                      examples_per_shard=examples_per_shard, max_program_bytes=max_program_bytes,
+                      max_program_lines=max_program_lines, time_limit_s=time_limit_s,
+                      max_programs=max_programs)
+  settings.validate()
+  if not output_dir:
+    raise UsageError("output_dir is required")
+  if not variants or any(v not in dataset.VARIANTS for v in variants):
+    raise UsageError(f"variants must be a non-empty subset of {dataset.VARIANTS}, got {variants}")
+  unknown = _unknown_beam_flags(list(pipeline_args))
+  if unknown:
+    raise UsageError(f"unknown flag(s) {' '.join(unknown)}: neither a data_gen flag nor a Beam "
+                     "pipeline option")
+  sources = list(sources) if sources is not None else default_sources()
+  shards = [(i, shard) for i, source in enumerate(sources) for shard in source.shards()]
+  for variant in variants:
+    if not FileSystems.exists(os.path.join(output_dir, variant)):
+      FileSystems.mkdirs(os.path.join(output_dir, variant))
+
+  start = time.perf_counter()
+  with _make_pipeline(list(pipeline_args)) as p:
+    items = (p | "Shards" >> beam.Create(shards) | "SpreadShards" >> beam.Reshuffle()
+             | "Read" >> beam.FlatMap(_read_shard, sources))
+    checked = items | "Check" >> beam.FlatMap(_check_program, settings).with_outputs(
+        "skip", main="ok")
+    deduped = (checked.ok | "GroupIds" >> beam.GroupByKey()
+               | "Dedupe" >> beam.FlatMap(_dedupe).with_outputs("skip", main="programs"))
+    skip_parts = [checked.skip, deduped.skip]
+    programs = deduped.programs
+    if settings.max_programs is not None:
+      programs, over = programs | "Sample" >> _SampleTransform(settings.max_programs)
+      skip_parts.append(over)
+    shared_skips = tuple(skip_parts) | "SharedSkips" >> beam.Flatten()
+    programs = programs | "SpreadPrograms" >> beam.Reshuffle()
+    for variant in variants:
+      _ = programs | f"Write_{variant}" >> _WriteVariant(
+          variant, output_dir, settings, shared_skips, progress)
+  elapsed = time.perf_counter() - start
+
+  reports = {}
+  for variant in variants:
+    variant_dir = os.path.join(output_dir, variant)
+    report = stats_lib.read_report(variant_dir)
+    report["elapsed_s"] = round(elapsed, 2)
+    report["sequences_per_s"] = round(report["sequences_out"] / elapsed, 1)
+    stats_lib.write_report(variant_dir, report)
+    reports[variant] = report
+  return reports
+
+
+def _parse_args(argv):
+  parser = argparse.ArgumentParser(
+      prog="python -m data_gen.pipeline", allow_abbrev=False,
+      description="Generate LintSeq / baseline instruction data as sharded TFRecords (+ TFDS "
+                  "metadata and stats). Unknown flags are passed to Beam as pipeline options.")
+  parser.add_argument("--output_dir", required=True, help="output folder (local or gs://...)")
+  parser.add_argument("--source", default="stdlib_instructions",
+                      choices=["stdlib_instructions", "stdlib", "pytree", "jsonl", "hf", "tfds"],
+                      help="stdlib_instructions (default): instruction pairs mined from the "
+                           "standard library; stdlib: its .py files; pytree: .py files under "
+                           "--input; jsonl/hf/tfds: instruction datasets")
+  parser.add_argument("--input", nargs="+", default=[],
+                      help="folder (pytree) or JSONL file(s), .gz allowed (jsonl)")
+  parser.add_argument("--instruction_key", default="instruction",
+                      help="field with the instruction (\"\" for none)")
+  parser.add_argument("--response_key", default="response",
+                      help="field with the program or a markdown response")
+  parser.add_argument("--tfds_name", default="")
+  parser.add_argument("--tfds_split", default="train")
+  parser.add_argument("--tfds_data_dir", default=None)
+  parser.add_argument("--hf_dataset", default="")
+  parser.add_argument("--hf_config", default=None)
+  parser.add_argument("--hf_split", default="train")
+  parser.add_argument("--variants", default=",".join(dataset.VARIANTS),
+                      help="comma-separated subset of " + ",".join(dataset.VARIANTS))
+  parser.add_argument("--num_samples", type=int, default=5, help="edit sequences per program")
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--validation_fraction", type=float, default=0.05)
+  parser.add_argument("--examples_per_shard", type=int, default=50_000)
+  parser.add_argument("--max_program_bytes", type=int, default=100_000)
+  parser.add_argument("--max_program_lines", type=int, default=1_000)
+  parser.add_argument("--time_limit_s", type=float, default=10.0,
+                      help="LintSeq time cap per program; slower programs are skipped")
+  parser.add_argument("--max_programs", type=int, default=None,
+                      help="keep a deterministic sample of at most this many programs")
+  parser.add_argument("--no_progress", action="store_true", help="no progress bars")
+  return parser.parse_known_args(argv)
+
+
+def _sources_from_args(args) -> list[sources_lib.Source]:
+  if args.source == "stdlib_instructions":
+    return default_sources()
+  if args.source == "stdlib":
+    return [sources_lib.stdlib_tree()]
+  if args.source == "pytree":
+    if not args.input:
+      raise sources_lib.SourceError("--source pytree needs --input FOLDER")
+    return [sources_lib.PyTreeSource(root) for root in args.input]
+  if args.source == "jsonl":
+    return [sources_lib.JsonlSource(args.input, args.instruction_key, args.response_key)]
+  if args.source == "hf":
+    if not args.hf_dataset:
+      raise sources_lib.SourceError("--source hf needs --hf_dataset NAME")
+    return [sources_lib.HuggingFaceSource(args.hf_dataset, args.hf_split, args.hf_config,
+                                          args.instruction_key, args.response_key)]
+  return [sources_lib.TfdsSource(args.tfds_name, args.tfds_split, args.tfds_data_dir,
+                                 args.instruction_key, args.response_key)]
+
+
+def main(argv=None) -> int:
+  args, pipeline_args = _parse_args(sys.argv[1:] if argv is None else argv)
+  try:
+    reports = run(
+        sources=_sources_from_args(args), output_dir=args.output_dir,
+        variants=tuple(v for v in args.variants.split(",") if v), num_samples=args.num_samples,
+        seed=args.seed, validation_fraction=args.validation_fraction,
+        examples_per_shard=args.examples_per_shard, max_program_bytes=args.max_program_bytes,
+        max_program_lines=args.max_program_lines, time_limit_s=args.time_limit_s,
+        max_programs=args.max_programs, pipeline_args=tuple(pipeline_args),
+        progress=not args.no_progress)
+  except (UsageError, sources_lib.SourceError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  for report in reports.values():
+    print(stats_lib.format_text(report), end="")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

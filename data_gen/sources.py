@@ -1,0 +1,265 @@
+"""Program sources for the data_gen pipeline: each yields (source_id, instruction, program) records.
+
+A source is split into shards (small picklable strings: a file, a module) that Beam workers read
+independently, so reading scales with the workers. Records carry a stable `source_id` (the same
+program gets the same id on every run and machine); anything unusable is yielded as a `Skip` with
+a reason, so the pipeline can count it instead of losing it silently.
+
+File sources hand over raw bytes; `program_text` decodes and validates them (and dataset text)
+in the pipeline with the same rules for every source.
+"""
+from __future__ import annotations
+
+import abc
+import ast
+import dataclasses
+import json
+import os
+from typing import Iterator
+
+from apache_beam.io.filesystems import FileSystems
+
+from data_gen import edit_format
+from data_gen import stdlib_instructions
+
+
+class SourceError(ValueError):
+  """A source is misconfigured (missing input, missing package): a user mistake, not bad data."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+  source_id: str
+  instruction: str
+  program: bytes | str  # bytes from file trees, text from datasets; see `program_text`.
+
+
+@dataclasses.dataclass(frozen=True)
+class Skip:
+  source_id: str
+  reason: str
+
+
+class BadProgram(ValueError):
+  """A program that is skipped; `reason` is the counter name in the stats report."""
+
+  def __init__(self, reason: str):
+    super().__init__(reason)
+    self.reason = reason
+
+
+def program_text(raw: bytes | str, *, max_bytes: int, max_lines: int) -> str:
+  """Decodes and validates one program; raises `BadProgram` with the skip reason.
+
+  Reasons: `too_many_bytes`, `binary` (a NUL byte), `not_utf8`, `empty` (only whitespace),
+  `too_many_lines`, `syntax_error`. A leading UTF-8 byte-order mark is dropped.
+  """
+  size = len(raw.encode("utf-8")) if isinstance(raw, str) else len(raw)
+  if size > max_bytes:
+    raise BadProgram("too_many_bytes")
+  if (b"\x00" if isinstance(raw, bytes) else "\x00") in raw:
+    raise BadProgram("binary")
+  if isinstance(raw, bytes):
+    try:
+      raw = raw.decode("utf-8")
+    except UnicodeDecodeError:
+      raise BadProgram("not_utf8") from None
+  text = raw.removeprefix("\ufeff")
+  if not text.strip():
+    raise BadProgram("empty")
+  if text.count("\n") + (not text.endswith("\n")) > max_lines:
+    raise BadProgram("too_many_lines")
+  try:
+    ast.parse(text)
+  except (SyntaxError, ValueError, MemoryError, RecursionError):
+    raise BadProgram("syntax_error") from None
+  return text
+
+
+class Source(abc.ABC):
+  """A collection of programs, read shard by shard."""
+
+  @abc.abstractmethod
+  def shards(self) -> list[str]:
+    """Shard descriptors, in a fixed order; computed once, on the machine that builds the job."""
+
+  @abc.abstractmethod
+  def read(self, shard: str) -> Iterator[Record | Skip]:
+    """Records of one shard; runs on the workers."""
+
+
+class PyTreeSource(Source):
+  """Every `.py` file under a folder, one program per file, instruction "" (pretraining-style).
+
+  Ids are `<name>:<path relative to root>`. Folders named in `exclude` are not entered (by
+  default third-party packages and caches, which live inside the standard library folder).
+  """
+
+  def __init__(self, root: str, name: str | None = None,
+               exclude: tuple[str, ...] = ("site-packages", "dist-packages", "__pycache__")):
+    if not os.path.isdir(root):
+      raise SourceError(f"--input {root!r} is not a folder")
+    self.root = root
+    self.name = name or os.path.basename(os.path.normpath(root))
+    self.exclude = frozenset(exclude)
+
+  def shards(self) -> list[str]:
+    found = []
+    for dirpath, dirnames, filenames in os.walk(self.root):
+      dirnames[:] = sorted(d for d in dirnames if d not in self.exclude)
+      rel_dir = os.path.relpath(dirpath, self.root)
+      found += [os.path.normpath(os.path.join(rel_dir, f)) for f in filenames if f.endswith(".py")]
+    return sorted(found, key=lambda p: p.split(os.sep))
+
+  def read(self, shard: str) -> Iterator[Record | Skip]:
+    source_id = f"{self.name}:{shard.replace(os.sep, '/')}"
+    try:
+      with open(os.path.join(self.root, shard), "rb") as f:
+        data = f.read()
+    except OSError:
+      yield Skip(source_id, "unreadable")
+      return
+    yield Record(source_id, "", data)
+
+
+def stdlib_tree() -> PyTreeSource:
+  """The running Python's standard library as a tree of programs (ids `stdlib:<path>`)."""
+  return PyTreeSource(stdlib_instructions.stdlib_root(), name="stdlib")
+
+
+class StdlibInstructionSource(Source):
+  """The embedded default instruction data (see `stdlib_instructions`), one shard per module."""
+
+  def __init__(self, root: str | None = None):
+    self.root = root or stdlib_instructions.stdlib_root()
+
+  def shards(self) -> list[str]:
+    return stdlib_instructions.module_files(self.root)
+
+  def read(self, shard: str) -> Iterator[Record | Skip]:
+    text = stdlib_instructions.read_module(self.root, shard)
+    if text is None:
+      return
+    for pair in stdlib_instructions.pairs_from_module(text, shard):
+      yield Record(pair.source_id, pair.instruction, pair.program)
+
+
+def response_program(response: str) -> str:
+  """The program in a response: its ```python blocks when it is markdown, else the text itself.
+
+  A response with code fences but no Python block raises `BadProgram("no_python_block")`.
+  Several Python blocks are joined with a blank line, in order.
+  """
+  if "```" not in response:
+    return response
+  blocks = edit_format.extract_python_blocks(response)
+  if not blocks:
+    raise BadProgram("no_python_block")
+  return "\n\n".join(block.rstrip("\n") for block in blocks) + "\n"
+
+
+def _example_record(source_id: str, row: dict, instruction_key: str, response_key: str):
+  """A Record from one dataset row, or a Skip (`missing_key`, `no_python_block`)."""
+  instruction = row.get(instruction_key, "") if instruction_key else ""
+  response = row.get(response_key)
+  if not isinstance(instruction, str) or not isinstance(response, str):
+    return Skip(source_id, "missing_key")
+  try:
+    return Record(source_id, instruction, response_program(response))
+  except BadProgram as e:
+    return Skip(source_id, e.reason)
+
+
+class JsonlSource(Source):
+  """JSON-lines instruction data (local or any Beam filesystem, `.gz` read transparently).
+
+  Each line is an object; `instruction_key` ("" for none) and `response_key` name its fields.
+  Ids are `<file name>:<line number>` (1-based). Undecodable lines are skipped as `bad_json`.
+  """
+
+  def __init__(self, paths: list[str], instruction_key: str = "instruction",
+               response_key: str = "response"):
+    if not paths:
+      raise SourceError("the jsonl source needs --input FILE.jsonl")
+    for path in paths:
+      if not FileSystems.exists(path):
+        raise SourceError(f"--input {path!r} does not exist")
+    if not response_key:
+      raise SourceError("--response_key must name the field holding the program")
+    self.paths = list(paths)
+    self.instruction_key = instruction_key
+    self.response_key = response_key
+
+  def shards(self) -> list[str]:
+    return list(self.paths)
+
+  def read(self, shard: str) -> Iterator[Record | Skip]:
+    name = os.path.basename(shard)
+    with FileSystems.open(shard) as f:
+      for number, line in enumerate(f, start=1):
+        if not line.strip():
+          continue
+        source_id = f"{name}:{number}"
+        try:
+          row = json.loads(line)
+        except ValueError:
+          yield Skip(source_id, "bad_json")
+          continue
+        if not isinstance(row, dict):
+          yield Skip(source_id, "bad_json")
+          continue
+        yield _example_record(source_id, row, self.instruction_key, self.response_key)
+
+
+class HuggingFaceSource(Source):
+  """A Hugging Face dataset split (needs the optional `datasets` package). Ids `hf:<name>:<split>:<row>`."""
+
+  def __init__(self, dataset: str, split: str = "train", config: str | None = None,
+               instruction_key: str = "instruction", response_key: str = "response"):
+    try:
+      import datasets  # noqa: F401  (optional dependency, checked before the job starts)
+    except ImportError:
+      raise SourceError(
+          "the hf source needs the Hugging Face `datasets` package: pip install datasets") from None
+    self.dataset, self.split, self.config = dataset, split, config
+    self.instruction_key, self.response_key = instruction_key, response_key
+
+  def shards(self) -> list[str]:
+    return [self.split]
+
+  def read(self, shard: str) -> Iterator[Record | Skip]:
+    import datasets
+    rows = datasets.load_dataset(self.dataset, self.config, split=shard)
+    for index, row in enumerate(rows):
+      yield _example_record(f"hf:{self.dataset}:{shard}:{index}", row,
+                            self.instruction_key, self.response_key)
+
+
+class TfdsSource(Source):
+  """A TFDS dataset split, read in its stored order. Ids `tfds:<name>:<split>:<index>`.
+
+  Text features may be stored as bytes (`tfds.features.Text`); they are decoded as UTF-8.
+  """
+
+  def __init__(self, name: str, split: str = "train", data_dir: str | None = None,
+               instruction_key: str = "instruction", response_key: str = "response"):
+    if not name:
+      raise SourceError("the tfds source needs --tfds_name")
+    self.name, self.split, self.data_dir = name, split, data_dir
+    self.instruction_key, self.response_key = instruction_key, response_key
+
+  def shards(self) -> list[str]:
+    return [self.split]
+
+  def read(self, shard: str) -> Iterator[Record | Skip]:
+    import tensorflow_datasets as tfds
+    builder = tfds.builder(self.name, data_dir=self.data_dir)
+    dataset = builder.as_dataset(split=shard, shuffle_files=False)
+    for index, row in enumerate(tfds.as_numpy(dataset)):
+      source_id = f"tfds:{self.name}:{shard}:{index}"
+      try:
+        row = {k: v.decode("utf-8") if isinstance(v, bytes) else v for k, v in row.items()}
+      except UnicodeDecodeError:
+        yield Skip(source_id, "not_utf8")
+        continue
+      yield _example_record(source_id, row, self.instruction_key, self.response_key)
