@@ -1,0 +1,216 @@
+"""Text formats of LintSeq data: insertion diffs, `<|diff|>`-separated completions, markdown code.
+
+A *diff* is one or more hunks in unified format with zero context lines and no `---`/`+++`
+header, its lines joined by "\\n" and no trailing newline (docs/ARCHITECTURE.md §1):
+
+    @@ -4,0 +5,2 @@
+    +    if hi is None:
+    +        hi = len(a)
+
+A program is the list of its lines, `program == "\\n".join(lines)`, so a final newline is an
+empty last line and every character of the program survives a round trip. Hunks are
+insertion-only: the header's old range always has length 0 and is informational; a hunk's `+`
+lines are inserted so that the first becomes line `+start` of the file. Applying hunks is
+`apply_diff`, the one function used both to rebuild generated programs
+(`data_gen.lintseq.apply_diffs`) and to decode model completions (`decode_lintseq_completion`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Iterable, Sequence
+
+DIFF_TOKEN = "<|diff|>"
+# What follows the instruction and every diff but the last in a LintSeq example.
+SEPARATOR = "\n" + DIFF_TOKEN
+
+_HUNK_HEADER = re.compile(r"@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
+
+
+class MalformedDiffError(ValueError):
+    """A diff that is not a well-formed insertion diff for the program it is applied to."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Hunk:
+    """Insert `lines` so that the first of them becomes line `new_start` (1-based)."""
+
+    old_start: int
+    new_start: int
+    lines: tuple[str, ...]
+
+
+def format_hunk(hunk: Hunk) -> str:
+    """One hunk as text, with difflib's range conventions (`+5` for one line, `+5,2` for two)."""
+    count = len(hunk.lines)
+    new_range = f"{hunk.new_start}" if count == 1 else f"{hunk.new_start},{count}"
+    header = f"@@ -{hunk.old_start},0 +{new_range} @@"
+    return "\n".join([header, *("+" + line for line in hunk.lines)])
+
+
+def insertion_diff(new_lines: Sequence[str], inserted: Sequence[int]) -> str:
+    """The diff that inserts the lines at 0-based positions `inserted` (ascending) of `new_lines`."""
+    if not inserted:
+        raise ValueError("an insertion diff needs at least one inserted line")
+    hunks = []
+    run_start = previous = inserted[0]
+    for position in [*inserted[1:], None]:
+        if position is not None and position == previous + 1:
+            previous = position
+            continue
+        lines_before = run_start - sum(len(h.lines) for h in hunks)
+        hunks.append(Hunk(lines_before, run_start + 1, tuple(new_lines[run_start:previous + 1])))
+        if position is not None:
+            run_start = previous = position
+    return "\n".join(format_hunk(h) for h in hunks)
+
+
+def _parse_header(line: str) -> tuple[int, int, int]:
+    match = _HUNK_HEADER.fullmatch(line)
+    if match is None:
+        raise MalformedDiffError(f"not a hunk header: {line[:80]!r}")
+    old_start, old_count, new_start, new_count = match.groups()
+    if old_count is None or int(old_count) != 0:
+        raise MalformedDiffError(f"hunk removes lines (not insertion-only): {line!r}")
+    count = 1 if new_count is None else int(new_count)
+    if count == 0:
+        raise MalformedDiffError(f"empty hunk: {line!r}")
+    return int(old_start), int(new_start), count
+
+
+def apply_diff(lines: list[str], diff: str) -> int:
+    """Applies `diff` to `lines` in place, hunk by hunk; returns the number of hunks applied.
+
+    Raises MalformedDiffError at the first malformed hunk (bad header, wrong number of `+`
+    lines, a line that is not an insertion, a start outside the file); the hunks before it
+    stay applied and the error's `hunks_applied` attribute says how many there were.
+    """
+    diff_lines = diff.split("\n")
+    applied = 0
+    i = 0
+    try:
+        if not diff:
+            raise MalformedDiffError("empty diff")
+        while i < len(diff_lines):
+            old_start, new_start, count = _parse_header(diff_lines[i])
+            body = diff_lines[i + 1:i + 1 + count]
+            if len(body) < count:
+                raise MalformedDiffError(f"hunk announces {count} lines, has {len(body)}")
+            if not all(line.startswith("+") for line in body):
+                raise MalformedDiffError("hunk line without a leading '+'")
+            if not 1 <= new_start <= len(lines) + 1:
+                raise MalformedDiffError(f"hunk starts at line {new_start} of a {len(lines)}-line file")
+            lines[new_start - 1:new_start - 1] = [line[1:] for line in body]
+            applied += 1
+            i += 1 + count
+    except MalformedDiffError as error:
+        error.hunks_applied = applied
+        raise
+    return applied
+
+
+def lintseq_prompt(instruction: str) -> str:
+    """What a LintSeq model is conditioned on (and prompted with at evaluation)."""
+    return instruction + SEPARATOR
+
+
+def lintseq_completion(diffs: Sequence[str]) -> str:
+    """The target text of a LintSeq example: the diffs joined by `SEPARATOR`."""
+    if not diffs:
+        raise ValueError("a LintSeq completion needs at least one diff")
+    for diff in diffs:
+        if not diff or DIFF_TOKEN in diff or diff.endswith("\n"):
+            raise ValueError(f"not a diff that survives the text format: {diff[:80]!r}")
+    return SEPARATOR.join(diffs)
+
+
+def baseline_prompt(instruction: str) -> str:
+    """What a baseline (whole-program) model is conditioned on."""
+    return instruction + "\n"
+
+
+def baseline_completion(program: str) -> str:
+    """The target text of a baseline example: the program itself."""
+    return program
+
+
+def split_diffs(text: str) -> list[str]:
+    """Splits a LintSeq completion into its diffs; inverse of `lintseq_completion`.
+
+    Tolerates the reference's trailing `"\\n<|diff|>"` separators and a leading one: pieces
+    left empty by them are dropped (a real diff is never empty).
+    """
+    diffs = []
+    for piece in text.split(DIFF_TOKEN):
+        if piece.endswith("\n"):
+            piece = piece[:-1]
+        if piece:
+            diffs.append(piece)
+    return diffs
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodedProgram:
+    """The program a LintSeq completion decodes to.
+
+    `num_diffs` counts the diffs applied completely and `num_hunks` all hunks applied. When
+    `malformed` is true, decoding stopped at the first malformed piece (described by `error`)
+    and `program` holds everything applied before it.
+    """
+
+    program: str
+    num_diffs: int
+    num_hunks: int
+    malformed: bool
+    error: str | None = None
+
+
+def decode_lintseq_completion(text: str) -> DecodedProgram:
+    """Decodes a (possibly truncated or garbled) model completion into a program."""
+    lines: list[str] = []
+    num_diffs = num_hunks = 0
+    for diff in split_diffs(text):
+        try:
+            num_hunks += apply_diff(lines, diff)
+        except MalformedDiffError as error:
+            num_hunks += error.hunks_applied
+            return DecodedProgram("\n".join(lines), num_diffs, num_hunks, True, str(error))
+        num_diffs += 1
+    return DecodedProgram("\n".join(lines), num_diffs, num_hunks, False)
+
+
+_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})\s*([^`\s]*)[^`]*$")
+_PYTHON_INFO = frozenset({"python", "py", "python3"})
+
+
+def extract_python_blocks(markdown: str) -> str:
+    """The contents of the ```python fenced blocks of `markdown`, one after another.
+
+    Fences follow CommonMark: ``` or ~~~ (three or more), closed by the same character at
+    least as many times; an unclosed block runs to the end. Blocks tagged `python`, `py` or
+    `python3` (any case) are kept, each ending with a newline, separated by a blank line;
+    other blocks and prose are dropped. Returns "" when there is no python block.
+    """
+    blocks: list[list[str]] = []
+    fence: str | None = None
+    keep = False
+    for line in markdown.split("\n"):
+        line = line.rstrip("\r")
+        match = _FENCE.match(line)
+        if fence is None:
+            if match:
+                fence = match.group(1)
+                keep = match.group(2).lower() in _PYTHON_INFO
+                if keep:
+                    blocks.append([])
+        elif match and match.group(1)[0] == fence[0] and len(match.group(1)) >= len(fence) \
+                and not match.group(2):
+            fence = None
+        elif keep:
+            blocks[-1].append(line)
+    return "\n".join("".join(line + "\n" for line in block) for block in blocks)
+
+
+def join_lines(lines: Iterable[str]) -> str:
+    """A program from its lines (the inverse of `program.split("\\n")`)."""
+    return "\n".join(lines)
