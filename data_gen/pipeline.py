@@ -40,6 +40,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.options import pipeline_options
 
 from data_gen import dataset
+from data_gen import edit_format
 from data_gen import sources as sources_lib
 from data_gen import stats as stats_lib
 
@@ -108,6 +109,9 @@ def _check_program(item, settings: Settings):
   except sources_lib.BadProgram as e:
     yield pvalue.TaggedOutput("skip", (e.reason, 1))
     return
+  if edit_format.DIFF_TOKEN in item.instruction:
+    yield pvalue.TaggedOutput("skip", ("contains_diff_token", 1))
+    return
   yield item.source_id, (item.instruction, text)
 
 
@@ -161,8 +165,7 @@ class _Generate(beam.DoFn):
     self._bar = None
     if self.progress:
       import tqdm
-      self._bar = tqdm.tqdm(desc=f"{self.variant:>14}", unit=" programs", leave=False,
-                            position=dataset.VARIANTS.index(self.variant), file=sys.stderr)
+      self._bar = tqdm.tqdm(desc="data_gen", unit=" programs", file=sys.stderr)
 
   def teardown(self):
     if getattr(self, "_bar", None) is not None:
@@ -358,9 +361,9 @@ def run(sources: list[sources_lib.Source] | None = None, output_dir: str = "",
       skip_parts.append(over)
     shared_skips = tuple(skip_parts) | "SharedSkips" >> beam.Flatten()
     programs = programs | "SpreadPrograms" >> beam.Reshuffle()
-    for variant in variants:
+    for variant in variants:  # one progress bar: the variants see the same programs.
       _ = programs | f"Write_{variant}" >> _WriteVariant(
-          variant, output_dir, settings, shared_skips, progress)
+          variant, output_dir, settings, shared_skips, progress and variant == variants[0])
   elapsed = time.perf_counter() - start
 
   reports = {}

@@ -52,7 +52,8 @@ def program_text(raw: bytes | str, *, max_bytes: int, max_lines: int) -> str:
   """Decodes and validates one program; raises `BadProgram` with the skip reason.
 
   Reasons: `too_many_bytes`, `binary` (a NUL byte), `not_utf8`, `empty` (only whitespace),
-  `too_many_lines`, `syntax_error`. A leading UTF-8 byte-order mark is dropped.
+  `too_many_lines`, `contains_diff_token` (the text would collide with the edit separator),
+  `syntax_error`. A leading UTF-8 byte-order mark is dropped.
   """
   size = len(raw.encode("utf-8")) if isinstance(raw, str) else len(raw)
   if size > max_bytes:
@@ -69,6 +70,8 @@ def program_text(raw: bytes | str, *, max_bytes: int, max_lines: int) -> str:
     raise BadProgram("empty")
   if text.count("\n") + (not text.endswith("\n")) > max_lines:
     raise BadProgram("too_many_lines")
+  if edit_format.DIFF_TOKEN in text:
+    raise BadProgram("contains_diff_token")
   try:
     ast.parse(text)
   except (SyntaxError, ValueError, MemoryError, RecursionError):
@@ -147,15 +150,15 @@ class StdlibInstructionSource(Source):
 def response_program(response: str) -> str:
   """The program in a response: its ```python blocks when it is markdown, else the text itself.
 
-  A response with code fences but no Python block raises `BadProgram("no_python_block")`.
-  Several Python blocks are joined with a blank line, in order.
+  A response with code fences but no Python block raises `BadProgram("no_python_block")`;
+  several Python blocks are joined (see `edit_format.extract_python_blocks`).
   """
-  if "```" not in response:
+  if "```" not in response and "~~~" not in response:
     return response
-  blocks = edit_format.extract_python_blocks(response)
-  if not blocks:
+  program = edit_format.extract_python_blocks(response)
+  if not program.strip():
     raise BadProgram("no_python_block")
-  return "\n\n".join(block.rstrip("\n") for block in blocks) + "\n"
+  return program
 
 
 def _example_record(source_id: str, row: dict, instruction_key: str, response_key: str):
@@ -196,7 +199,7 @@ class JsonlSource(Source):
   def read(self, shard: str) -> Iterator[Record | Skip]:
     name = os.path.basename(shard)
     with FileSystems.open(shard) as f:
-      for number, line in enumerate(f, start=1):
+      for number, line in enumerate(iter(f.readline, b""), start=1):
         if not line.strip():
           continue
         source_id = f"{name}:{number}"
@@ -249,6 +252,14 @@ class TfdsSource(Source):
     self.instruction_key, self.response_key = instruction_key, response_key
 
   def shards(self) -> list[str]:
+    import tensorflow_datasets as tfds
+    try:
+      builder = tfds.builder(self.name, data_dir=self.data_dir)
+    except tfds.core.DatasetNotFoundError:
+      raise SourceError(f"no TFDS dataset {self.name!r} (data_dir {self.data_dir})") from None
+    if not builder.is_prepared():
+      raise SourceError(f"TFDS dataset {self.name!r} is not prepared in {builder.data_dir}: "
+                        f"run `tfds build {self.name}` first")
     return [self.split]
 
   def read(self, shard: str) -> Iterator[Record | Skip]:

@@ -199,14 +199,15 @@ def _statement_lines(node: ast.stmt, lines: list[str]) -> list[str]:
 
 
 def _assemble(imports: list[str], chunks: list[tuple[bool, list[str]]]) -> str:
-  """Imports, then code chunks; two blank lines around defs and classes (PEP 8), none elsewhere."""
+  """Imports, then code chunks: two blank lines around defs and classes (PEP 8), one after the
+  imports, none between consecutive assignments."""
   text = "\n".join(imports)
-  previous_is_def = bool(imports)
+  after_imports, previous_is_def = bool(imports), False
   for is_def, chunk_lines in chunks:
     if text:
-      text += "\n\n\n" if (is_def or previous_is_def) else "\n"
+      text += "\n\n\n" if (is_def or previous_is_def) else ("\n\n" if after_imports else "\n")
     text += "\n".join(chunk_lines)
-    previous_is_def = is_def
+    after_imports, previous_is_def = False, is_def
   return text + "\n"
 
 
