@@ -135,25 +135,28 @@ def _mesh_shape(mesh_config: Mapping[str, Any], num_devices: int) -> tuple[int, 
   return tuple(sizes)
 
 
+def device_array(mesh_config: Mapping[str, Any], devices: Sequence[Any]) -> np.ndarray:
+  """Devices arranged as the (data, fsdp, tensor) mesh; see `make_mesh`."""
+  ici = _mesh_shape(mesh_config, len(devices))
+  dcn = int(mesh_config.get("dcn_data", 1))
+  if dcn == 1:
+    return mesh_utils.create_device_mesh(ici, devices=devices, allow_split_physical_axes=True)
+  # TPU slices carry slice_index; elsewhere (multi-host GPU) each process is one DCN granule.
+  return mesh_utils.create_hybrid_device_mesh(
+      ici, (dcn, 1, 1), devices=devices, allow_split_physical_axes=True,
+      process_is_granule=not hasattr(devices[0], "slice_index"))
+
+
 def make_mesh(mesh_config: Mapping[str, Any], devices: Sequence[jax.Device] | None = None) -> Mesh:
   """Mesh with axes ("data", "fsdp", "tensor"), all `Auto`.
 
   `mesh_config` holds data/fsdp/tensor (one may be -1 = the rest) and dcn_data. With
-  dcn_data > 1 the data axis spans slices (multi-slice / multi-host over DCN): the mesh is built
-  with `create_hybrid_device_mesh` so that fsdp/tensor stay inside a slice's fast interconnect.
+  dcn_data > 1 the data axis spans slices (multi-slice / multi-host over DCN), so that the
+  fsdp/tensor collectives stay inside a slice's fast interconnect.
   """
   devices = list(jax.devices() if devices is None else devices)
-  ici = _mesh_shape(mesh_config, len(devices))
-  dcn = int(mesh_config.get("dcn_data", 1))
-  if dcn > 1:
-    device_array = mesh_utils.create_hybrid_device_mesh(
-        ici, (dcn, 1, 1), devices=devices, allow_split_physical_axes=True)
-  elif devices[0].platform == "cpu":
-    device_array = np.asarray(devices).reshape(ici)
-  else:
-    device_array = mesh_utils.create_device_mesh(ici, devices=devices,
-                                                 allow_split_physical_axes=True)
-  return Mesh(device_array, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+  return Mesh(device_array(mesh_config, devices), MESH_AXES,
+              axis_types=(AxisType.Auto,) * len(MESH_AXES))
 
 
 def _logical_axes(variable: nnx.Variable) -> tuple[str | None, ...]:
