@@ -340,6 +340,11 @@ def run(sources: list[sources_lib.Source] | None = None, output_dir: str = "",
   if unknown:
     raise UsageError(f"unknown flag(s) {' '.join(unknown)}: neither a data_gen flag nor a Beam "
                      "pipeline option")
+  options = pipeline_options.PipelineOptions(list(pipeline_args))
+  if options.view_as(pipeline_options.DirectOptions).direct_running_mode == "multi_threading":
+    raise UsageError("--direct_running_mode=multi_threading is not supported: the work is "
+                     "CPU-bound Python (one GIL) and CPython 3.11's AST parser is not thread-safe "
+                     "(gh-106905); use --direct_running_mode=multi_processing")
   sources = list(sources) if sources is not None else default_sources()
   shards = [(i, shard) for i, source in enumerate(sources) for shard in source.shards()]
   for variant in variants:

@@ -1,0 +1,246 @@
+"""The Beam pipeline end to end on real standard-library code (DirectRunner's FnApiRunner).
+
+One module-scoped run feeds most checks: TFDS round trip, record contents, shard order, stats
+accounting and bad-input counts. Determinism is checked against a second run with other worker
+settings, byte for byte.
+"""
+import collections
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+
+import pytest
+
+from data_gen import dataset, edit_format, lintseq, pipeline, sources
+from tests.conftest import REPO_ROOT
+
+STDLIB = sysconfig.get_paths()["stdlib"]
+NUM_SAMPLES = 2
+SETTINGS = dict(num_samples=NUM_SAMPLES, seed=3, validation_fraction=0.3, examples_per_shard=40,
+                max_program_lines=400)
+
+
+def _make_inputs(root):
+  """Real stdlib modules (instruction pairs and whole files) plus one file of each kind of bad input."""
+  lib = root / "lib"
+  lib.mkdir()
+  for name in ("bisect.py", "textwrap.py", "heapq.py", "shlex.py", "colorsys.py"):
+    shutil.copy(os.path.join(STDLIB, name), lib / name)
+  shutil.copytree(os.path.join(STDLIB, "json"), lib / "json",
+                  ignore=shutil.ignore_patterns("__pycache__"))
+
+  tree = root / "tree"
+  tree.mkdir()
+  for name in ("bisect.py", "colorsys.py", "keyword.py"):
+    shutil.copy(os.path.join(STDLIB, name), tree / name)
+  shutil.copy(os.path.join(STDLIB, "argparse.py"), tree / "huge.py")  # > max_program_lines.
+  (tree / "latin1.py").write_bytes("s = 'caf\xe9'\n".encode("latin-1"))
+  (tree / "image.py").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+  (tree / "empty.py").write_bytes(b"")
+  (tree / "broken.py").write_text("def f(:\n    return 1\n")
+  (tree / "token.py").write_text("SEP = '<|diff|>'\n")
+
+  twin = root / "twin" / "tree"  # same source name "tree": ids collide with the tree above.
+  twin.mkdir(parents=True)
+  (twin / "keyword.py").write_text("x = 1\n")
+
+  jsonl = root / "data.jsonl"
+  rows = [json.dumps({"q": "Add two numbers.", "a": "Sure:\n```python\ndef add(a, b):\n"
+                                                     "    return a + b\n```\n"}),
+          json.dumps({"q": "Say hi.", "a": "```bash\necho hi\n```"}),
+          "{oops"]
+  jsonl.write_text("\n".join(rows) + "\n")
+  return lambda: [sources.StdlibInstructionSource(str(lib)), sources.PyTreeSource(str(tree)),
+                  sources.PyTreeSource(str(twin)), sources.JsonlSource([str(jsonl)], "q", "a")]
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory):
+  root = tmp_path_factory.mktemp("pipeline")
+  make_sources = _make_inputs(root)
+  out = root / "out"
+  reports = pipeline.run(sources=make_sources(), output_dir=str(out), **SETTINGS)
+  return make_sources, out, reports
+
+
+def _expected_programs(make_sources):
+  """The programs the pipeline should keep, computed without Beam: id -> (instruction, program)."""
+  found = collections.defaultdict(list)
+  for source in make_sources():
+    for shard in source.shards():
+      for item in source.read(shard):
+        if isinstance(item, sources.Record):
+          try:
+            text = sources.program_text(item.program, max_bytes=100_000,
+                                        max_lines=SETTINGS["max_program_lines"])
+          except sources.BadProgram:
+            continue
+          found[item.source_id].append((item.instruction, text))
+  return {k: min(v) for k, v in found.items()}
+
+
+def _shard_files(variant_dir):
+  return sorted(n for n in os.listdir(variant_dir) if dataset.is_shard_filename(n))
+
+
+def test_outputs_load_with_tfds_and_match_the_inputs(generated):
+  make_sources, out, reports = generated
+  expected = _expected_programs(make_sources)
+  for variant in dataset.VARIANTS:
+    variant_dir = str(out / variant)
+    builder = dataset.builder(variant_dir)
+    assert set(builder.info.splits) == {"train", "validation"}
+    rows = {split: list(dataset.read_examples(variant_dir, split)) for split in builder.info.splits}
+    for split, split_rows in rows.items():
+      assert builder.info.splits[split].num_examples == len(split_rows)
+      assert reports[variant]["splits"][split]["examples"] == len(split_rows)
+      for row in split_rows:
+        assert pipeline.split_of(row["source_id"], SETTINGS["validation_fraction"]) == split
+    all_rows = rows["train"] + rows["validation"]
+    keys = [(r["source_id"], r["sample_index"]) for r in all_rows]
+    assert len(set(keys)) == len(keys) == reports[variant]["sequences_out"]
+    by_id = collections.defaultdict(list)
+    for row in all_rows:
+      by_id[row["source_id"]].append(row)
+      assert (row["instruction"], row["program"]) == expected[row["source_id"]]
+      assert row["variant"] == variant
+      if variant == "baseline":
+        assert row["prompt"] == edit_format.baseline_prompt(row["instruction"])
+        assert row["completion"] == row["program"] and row["num_edits"] == 1
+      else:
+        assert row["prompt"] == edit_format.lintseq_prompt(row["instruction"])
+        diffs = edit_format.split_diffs(row["completion"])
+        assert len(diffs) == row["num_edits"] >= 1
+        assert lintseq.apply_diffs(diffs) == row["program"]
+    if variant == "baseline":  # nothing lost, nothing duplicated.
+      assert set(by_id) == set(expected)
+    else:
+      assert set(by_id) <= set(expected)
+      assert all(sorted(r["sample_index"] for r in v) == list(range(NUM_SAMPLES))
+                 for v in by_id.values())
+
+
+def test_sequences_match_lintseq_called_directly(generated):
+  _, out, _ = generated
+  rows = list(dataset.read_examples(str(out / "lintseq"), "train"))[:6]
+  for row in rows:
+    direct = lintseq.lintseq_sample(row["program"], seed=SETTINGS["seed"],
+                                    sample_index=row["sample_index"])
+    assert edit_format.split_diffs(row["completion"]) == direct
+
+
+def test_shards_are_sorted_and_named_like_tfds(generated):
+  import tensorflow as tf
+  _, out, reports = generated
+  variant_dir = str(out / "lintseq")
+  names = _shard_files(variant_dir)
+  train = [n for n in names if n.startswith("editseq-train.")]
+  assert len(train) == reports["lintseq"]["splits"]["train"]["shards"] > 1
+  assert train == [dataset.shard_filename("train", i, len(train)) for i in range(len(train))]
+  for name in names:
+    keys = []
+    for raw in tf.data.TFRecordDataset(os.path.join(variant_dir, name)).as_numpy_iterator():
+      example = tf.train.Example.FromString(raw)
+      f = example.features.feature
+      keys.append((f["source_id"].bytes_list.value[0], f["sample_index"].int64_list.value[0]))
+    assert keys == sorted(keys)
+
+
+def test_stats_account_for_every_program(generated):
+  _, out, reports = generated
+  for variant, report in reports.items():
+    assert report == {**json.loads((out / variant / "stats.json").read_text())}
+    assert report["programs_in"] == report["programs_out"] + sum(report["skipped"].values())
+    assert "programs out" in (out / variant / "stats.txt").read_text()
+  assert len({r["programs_in"] for r in reports.values()}) == 1
+  shared = {"not_utf8": 1, "binary": 1, "empty": 1, "syntax_error": 1, "too_many_lines": 1,
+            "contains_diff_token": 1, "duplicate_source_id": 1, "bad_json": 1,
+            "no_python_block": 1}
+  assert reports["baseline"]["skipped"] == shared
+  for variant in ("lintseq", "lintseq_nolint"):
+    assert {k: v for k, v in reports[variant]["skipped"].items() if k in shared} == shared
+    edits = reports[variant]["edits_per_sequence"]
+    assert edits["count"] == reports[variant]["sequences_out"]
+    assert 1 <= edits["p50"] <= edits["p90"] <= edits["max"]
+
+
+def test_two_worker_processes_give_identical_bytes(generated, tmp_path):
+  make_sources, out, _ = generated
+  other = tmp_path / "out"
+  pipeline.run(sources=make_sources(), output_dir=str(other), variants=("lintseq", "baseline"),
+               pipeline_args=("--direct_num_workers=2", "--direct_running_mode=multi_processing"),
+               **SETTINGS)
+  for variant in ("lintseq", "baseline"):
+    names = _shard_files(out / variant)
+    assert names == _shard_files(other / variant)
+    for name in names:
+      assert (out / variant / name).read_bytes() == (other / variant / name).read_bytes(), name
+
+
+def test_rerun_in_place_replaces_old_shards(generated, tmp_path):
+  make_sources, _, _ = generated
+  out = tmp_path / "out"
+  settings = {**SETTINGS, "examples_per_shard": 1000}
+  pipeline.run(sources=make_sources(), output_dir=str(out), variants=("baseline",),
+               **{**SETTINGS, "examples_per_shard": 5})
+  assert len(_shard_files(out / "baseline")) > 2
+  report = pipeline.run(sources=make_sources(), output_dir=str(out), variants=("baseline",),
+                        **settings)["baseline"]
+  assert _shard_files(out / "baseline") == [dataset.shard_filename("train", 0, 1),
+                                            dataset.shard_filename("validation", 0, 1)]
+  assert sum(1 for _ in dataset.read_examples(str(out / "baseline"))) == (
+      report["splits"]["train"]["examples"])
+
+
+def test_max_programs_takes_a_stable_sample(generated, tmp_path):
+  make_sources, _, full = generated
+  reports = pipeline.run(sources=make_sources(), output_dir=str(tmp_path), variants=("baseline",),
+                         max_programs=10, **SETTINGS)
+  report = reports["baseline"]
+  assert report["programs_out"] == 10
+  assert report["programs_in"] == full["baseline"]["programs_in"]
+  assert report["skipped"]["over_max_programs"] == full["baseline"]["programs_out"] - 10
+
+
+def test_time_cap_skips_slow_programs_for_lintseq_only(tmp_path):
+  data = tmp_path / "mbpp.jsonl"
+  with open(os.path.join(STDLIB, "textwrap.py")) as f:
+    program = f.read()
+  data.write_text(json.dumps({"instruction": "Wrap text.", "response": program}) + "\n")
+  code = pipeline.main(["--output_dir", str(tmp_path / "out"), "--source", "jsonl",
+                        "--input", str(data), "--time_limit_s", "1e-9", "--no_progress",
+                        "--variants", "lintseq,baseline"])
+  assert code == 0
+  lint = json.loads((tmp_path / "out" / "lintseq" / "stats.json").read_text())
+  base = json.loads((tmp_path / "out" / "baseline" / "stats.json").read_text())
+  assert lint["skipped"] == {"timeout": 1} and lint["programs_out"] == 0
+  assert base["programs_out"] == 1
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--output_dir", "OUT", "--num_sample", "3"], "unknown flag(s) --num_sample"),
+    (["--output_dir", "OUT", "--source", "pytree"], "needs --input"),
+    (["--output_dir", "OUT", "--variants", "lintseq,bogus"], "variants must be"),
+    (["--output_dir", "OUT", "--num_samples", "0"], "num_samples must be"),
+    (["--output_dir", "OUT", "--direct_running_mode=multi_threading"], "multi_processing"),
+    (["--output_dir", "OUT", "--source", "jsonl", "--input", "/no/such.jsonl"], "does not exist"),
+])
+def test_user_mistakes_are_one_line_errors(argv, message, capsys):
+  assert pipeline.main(argv) == 2
+  err = capsys.readouterr().err
+  assert message in err and err.count("\n") == 1 and err.startswith("error: ")
+
+
+def test_cli_help_and_exit_code():
+  env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+  done = subprocess.run([sys.executable, "-m", "data_gen.pipeline", "--help"], env=env,
+                        capture_output=True, text=True, check=True)
+  assert "--instruction_key" in done.stdout and "Beam" in done.stdout
+  done = subprocess.run([sys.executable, "-m", "data_gen.pipeline", "--output_dir", "x",
+                         "--max_program_lines", "0"], env=env, capture_output=True, text=True)
+  assert done.returncode == 2
+  assert done.stderr.strip().splitlines()[-1].startswith("error: max_program_lines")
+  assert "Traceback" not in done.stderr
