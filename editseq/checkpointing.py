@@ -1,0 +1,130 @@
+"""Checkpoints: `WORKDIR/config.json` plus orbax steps `WORKDIR/checkpoints/<step>/{state,data}`.
+
+`state` is the train state pytree {"step", "params", "opt_state"} (params as a nested dict of
+arrays, the layout of `nnx.to_pure_dict`), `data` the input iterator's JSON state. Saves are
+asynchronous (the device-to-host copy is synchronous, so the caller may donate the state right
+after `save` returns); a step folder only appears once complete, so a run killed mid-save
+resumes from the previous step.
+"""
+import json
+import os
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+from etils import epath
+from orbax.checkpoint import checkpoint_managers
+
+CONFIG_FILE = "config.json"
+CHECKPOINT_DIR = "checkpoints"
+STATE_ITEM = "state"
+DATA_ITEM = "data"
+
+
+def save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """Writes the run's full config as JSON (process 0 only)."""
+  if jax.process_index() != 0:
+    return
+  path = epath.Path(workdir) / CONFIG_FILE
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict | None:
+  """The config a run in `workdir` was started with, or None if there is none."""
+  path = epath.Path(workdir) / CONFIG_FILE
+  if not path.exists():
+    return None
+  return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def resolve_step_dir(path: str) -> tuple[epath.Path, epath.Path]:
+  """(workdir, step folder) for a workdir (its latest step) or a step folder.
+
+  Raises FileNotFoundError with a readable message when `path` holds no checkpoint.
+  """
+  path = epath.Path(path)
+  if (path / STATE_ITEM).exists():
+    return path.parent.parent, path
+  steps = ocp.utils.checkpoint_steps(path / CHECKPOINT_DIR) if (path / CHECKPOINT_DIR).exists() else []
+  if not steps:
+    raise FileNotFoundError(f"no checkpoint in {path} (expected {path}/{CHECKPOINT_DIR}/<step>/ "
+                            f"or a step folder holding '{STATE_ITEM}/')")
+  return path, path / CHECKPOINT_DIR / str(max(steps))
+
+
+def is_hf_model_dir(path: str) -> bool:
+  """A Hugging Face model folder (config.json + safetensors/bin weights), not one of our runs."""
+  path = epath.Path(path)
+  if not path.is_dir() or (path / CHECKPOINT_DIR).exists() or (path / STATE_ITEM).exists():
+    return False
+  weights = [*path.glob("*.safetensors"), *path.glob("pytorch_model*.bin")]
+  return (path / "config.json").exists() and bool(weights)
+
+
+def _restore_args(abstract_tree):
+  return ocp.checkpoint_utils.construct_restore_args(abstract_tree)
+
+
+def load_params(step_dir: epath.Path, abstract_params):
+  """Restores only the parameters of a step folder (no optimizer state is read).
+
+  `abstract_params` is a tree of `jax.ShapeDtypeStruct`s whose shardings say where each array goes.
+  """
+  target = {"params": abstract_params}
+  restored = ocp.PyTreeCheckpointer().restore(
+      step_dir / STATE_ITEM,
+      args=ocp.args.PyTreeRestore(target, restore_args=_restore_args(target),
+                                  partial_restore=True))
+  return restored["params"]
+
+
+class Checkpointer:
+  """Keep-last-k, every-N-steps (and on preemption) checkpoints of state + iterator state."""
+
+  def __init__(self, workdir: str, *, every: int, keep: int):
+    policies = [checkpoint_managers.PreemptionCheckpointingPolicy()]
+    if every > 0:
+      policies.append(checkpoint_managers.FixedIntervalPolicy(every))
+    self._manager = ocp.CheckpointManager(
+        epath.Path(workdir) / CHECKPOINT_DIR,
+        options=ocp.CheckpointManagerOptions(
+            save_decision_policy=checkpoint_managers.AnySavePolicy(policies),
+            preservation_policy=checkpoint_managers.LatestN(keep),
+            enable_async_checkpointing=True,
+            create=True),
+        item_names=(STATE_ITEM, DATA_ITEM))
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def reached_preemption(self, step: int) -> bool:
+    """True on every process at the same step once any of them was told to stop (multi-host)."""
+    return self._manager.reached_preemption(step)
+
+  def should_save(self, step: int) -> bool:
+    """Every N steps, or when every process reached a preemption sync point (multi-host)."""
+    return self._manager.should_save(step)
+
+  def save(self, step: int, state, data_state: dict, *, force: bool = False) -> None:
+    self._manager.save(
+        step,
+        args=ocp.args.Composite(**{STATE_ITEM: ocp.args.PyTreeSave(state),
+                                   DATA_ITEM: ocp.args.JsonSave(data_state)}),
+        force=force)
+
+  def restore(self, step: int, abstract_state) -> tuple[object, dict]:
+    """Restores (state, data_state); `abstract_state` carries the target shardings."""
+    restored = self._manager.restore(
+        step,
+        args=ocp.args.Composite(**{
+            STATE_ITEM: ocp.args.PyTreeRestore(abstract_state,
+                                               restore_args=_restore_args(abstract_state)),
+            DATA_ITEM: ocp.args.JsonRestore()}))
+    return restored[STATE_ITEM], restored[DATA_ITEM]
+
+  def wait_until_finished(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.close()

@@ -1,0 +1,159 @@
+"""Config checks that run before anything is compiled, each failing with one readable line.
+
+`editseq.train` prints a `ConfigError` as `error: <message>` and exits with status 2, so a
+typo, a mesh that does not fit the devices or a batch that does not divide costs seconds, not a
+compile and a stack trace.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import ml_collections
+from etils import epath
+from flax import nnx
+
+from configs import base
+from editseq import checkpointing
+from editseq import model as model_lib
+from editseq import optimizer
+from editseq import sharding
+
+LOSS_REDUCTIONS = ("sum", "mean")
+
+
+class ConfigError(ValueError):
+  """A user-facing configuration mistake; the message is one line and names the key."""
+
+
+def _fail(message: str):
+  raise ConfigError(message)
+
+
+def check_known_keys(config: ml_collections.ConfigDict) -> None:
+  """Every key must exist in configs/base.py (the model section is checked by ModelConfig)."""
+  reference = base.get_config()
+
+  def walk(node, ref, prefix):
+    for key in node.keys():
+      path = f"{prefix}{key}"
+      if key not in ref:
+        _fail(f"unknown config key '{path}' (known in '{prefix.rstrip('.') or 'config'}': "
+              f"{', '.join(sorted(ref.keys()))})")
+      if path != "model" and isinstance(node[key], ml_collections.ConfigDict):
+        walk(node[key], ref[key], path + ".")
+
+  walk(config, reference, "")
+  for section in reference.keys():
+    if section not in config:
+      _fail(f"config has no '{section}' section (start from configs/base.py)")
+
+
+def model_config(config: ml_collections.ConfigDict) -> model_lib.ModelConfig:
+  try:
+    return model_lib.ModelConfig.from_config_dict(config.model, config.train)
+  except (ValueError, TypeError) as e:
+    _fail(f"config.model: {e}")
+
+
+def check_values(config: ml_collections.ConfigDict) -> None:
+  """Ranges and choices of the data/optimizer/train fields."""
+  data, opt, train = config.data, config.optimizer, config.train
+  positive = {"data.seq_len": data.seq_len, "data.global_batch_size": data.global_batch_size,
+              "train.steps": train.steps, "train.log_every": train.log_every,
+              "train.keep_checkpoints": train.keep_checkpoints,
+              "optimizer.grad_accum_steps": opt.grad_accum_steps}
+  for name, value in positive.items():
+    if value < 1:
+      _fail(f"{name} must be >= 1, got {value}")
+  for name in ("eval_every", "checkpoint_every"):
+    if train[name] < 0:
+      _fail(f"train.{name} must be >= 0 (0 = never), got {train[name]}")
+  if train.eval_every and train.eval_steps < 1:
+    _fail(f"train.eval_steps must be >= 1 when train.eval_every > 0, got {train.eval_steps}")
+  if train.loss_reduction not in LOSS_REDUCTIONS:
+    _fail(f"train.loss_reduction must be one of {LOSS_REDUCTIONS}, got {train.loss_reduction!r}")
+  if opt.schedule not in optimizer.SCHEDULES:
+    _fail(f"optimizer.schedule must be one of {optimizer.SCHEDULES}, got {opt.schedule!r}")
+  if not opt.learning_rate > 0:
+    _fail(f"optimizer.learning_rate must be > 0, got {opt.learning_rate}")
+  if not 0 <= opt.warmup_ratio <= 1:
+    _fail(f"optimizer.warmup_ratio must be in [0, 1], got {opt.warmup_ratio}")
+  if opt.warmup_steps > train.steps:
+    _fail(f"optimizer.warmup_steps ({opt.warmup_steps}) exceeds train.steps ({train.steps})")
+  for name in ("b1", "b2"):
+    if not 0 <= opt[name] < 1:
+      _fail(f"optimizer.{name} must be in [0, 1), got {opt[name]}")
+  for name in ("weight_decay", "grad_clip_norm", "eps"):
+    if opt[name] < 0:
+      _fail(f"optimizer.{name} must be >= 0, got {opt[name]}")
+
+
+def check_layout(config: ml_collections.ConfigDict, model_cfg: model_lib.ModelConfig,
+                 devices=None) -> None:
+  """Mesh vs devices, batch vs mesh/accumulation/hosts, sequence length vs model, param shapes vs mesh."""
+  devices = jax.devices() if devices is None else devices
+  try:
+    mesh = sharding.make_mesh(config.mesh, devices)
+  except ValueError as e:
+    _fail(f"config.mesh: {e}")
+  batch, accum = config.data.global_batch_size, config.optimizer.grad_accum_steps
+  processes = jax.process_count()
+  if batch % processes:
+    _fail(f"data.global_batch_size {batch} is not divisible by the {processes} processes")
+  if batch % accum:
+    _fail(f"data.global_batch_size {batch} is not divisible by optimizer.grad_accum_steps {accum}")
+  batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  if (batch // accum) % batch_shards:
+    _fail(f"the microbatch (data.global_batch_size {batch} / grad_accum_steps {accum} = "
+          f"{batch // accum}) is not divisible by the {batch_shards} batch shards "
+          f"(mesh data x fsdp = {mesh.shape['data']} x {mesh.shape['fsdp']})")
+  if config.data.seq_len > model_cfg.max_seq_len:
+    _fail(f"data.seq_len {config.data.seq_len} exceeds model.max_seq_len {model_cfg.max_seq_len}")
+  try:
+    sharding.state_shardings(nnx.state(model_lib.abstract_model(model_cfg), nnx.Param), mesh)
+  except ValueError as e:
+    _fail(f"parameters do not fit mesh {dict(mesh.shape)}: {e}")
+
+
+def check_paths(config: ml_collections.ConfigDict) -> None:
+  for key in ("data_dir", "vocab_path"):
+    path = config.data[key]
+    if path and not _exists(path):
+      _fail(f"data.{key} {path!r} does not exist (\"\" = the embedded default)")
+  if config.train.init_from and not _exists(config.train.init_from):
+    _fail(f"train.init_from {config.train.init_from!r} does not exist")
+
+
+def _exists(path: str) -> bool:
+  return epath.Path(path).exists()
+
+
+def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """A workdir holds one run: resuming it with a different model would fail deep inside orbax."""
+  previous = checkpointing.load_config(workdir)
+  if previous is None or "model" not in previous:
+    return
+  if json.dumps(previous.model.to_dict(), sort_keys=True) != json.dumps(
+      config.model.to_dict(), sort_keys=True):
+    _fail(f"{os.path.join(workdir, checkpointing.CONFIG_FILE)} holds a run of a different "
+          "model; use a new --workdir (or init_from to finetune from that run)")
+
+
+def check_vocabulary(config: ml_collections.ConfigDict, vocab) -> None:
+  """The tokenizer's ids must fit the model's embedding table."""
+  if vocab.vocab_size > config.model.vocab_size:
+    _fail(f"the tokenizer has {vocab.vocab_size} tokens but model.vocab_size is "
+          f"{config.model.vocab_size}; set model.vocab_size to at least "
+          f"{-(-vocab.vocab_size // 128) * 128}")
+
+
+def validate(config: ml_collections.ConfigDict, workdir: str, devices=None) -> None:
+  """All checks that need no data and no compile; raises ConfigError on the first problem."""
+  check_known_keys(config)
+  check_values(config)
+  model_cfg = model_config(config)
+  check_layout(config, model_cfg, devices)
+  check_paths(config)
+  check_workdir(config, workdir)

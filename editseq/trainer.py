@@ -1,0 +1,359 @@
+"""The training loop: sharded state, jitted train/eval steps, checkpoint/resume and metrics.
+
+Layout (MaxText/nanodo style):
+- The train state is a plain pytree `{"step", "params", "opt_state"}`; `params` is the model's
+  `nnx.Param` values as a nested dict (`nnx.to_pure_dict`) and the model graph (`nnx.GraphDef`)
+  is static, so the state goes through `jax.jit`, optax and orbax as ordinary arrays.
+- Shardings come from the parameters' logical axis names through `editseq.sharding`'s rules
+  table; optimizer moments take their parameter's sharding, scalars are replicated. The state is
+  created by a jitted init with `out_shardings` (never materialised unsharded), and the train
+  step is `jax.jit` with explicit in/out shardings and a donated state.
+- Gradient accumulation scans over microbatches inside the step. Microbatch j takes rows
+  j, j+A, j+2A, ... of the global batch, so each device keeps its own rows (no data movement)
+  and the summed gradient equals the big batch's. The "mean" loss divides by the loss-token
+  count of the whole global batch, so it too is exactly the big batch's objective.
+- The loss is the cross entropy of the tokens with `loss_mask` = 1, summed over the global batch
+  ("sum", the reference recipe) or averaged over those tokens ("mean"). The reported `loss` is
+  always the per-token mean, which is comparable across batch sizes and reductions.
+- Metrics are read one step late: step s+1 is dispatched before step s's scalars are fetched,
+  so the device never waits for the host. Before a checkpoint the current step is read first,
+  so a checkpoint never holds a state reached through a non-finite loss or gradient.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import signal
+import threading
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from editseq import checkpointing
+from editseq import config_validation
+from editseq import flops
+from editseq import metrics as metrics_lib
+from editseq import model as model_lib
+from editseq import optimizer
+from editseq import sharding
+
+BATCH_KEYS = ("inputs", "targets", "loss_mask", "segment_ids", "positions")
+Batch = Mapping[str, jax.Array]
+State = dict[str, Any]
+
+
+class TrainingDiverged(RuntimeError):
+  """The loss or the gradient norm became NaN/inf; the run stopped without saving that state."""
+
+
+class Preempted(RuntimeError):
+  """SIGTERM (or a multi-host preemption notice) arrived; a checkpoint was saved."""
+
+
+class TrainProgram:
+  """What is fixed before the first step: model graph, optimizer, shardings and jitted functions.
+
+  The benchmark and tests use it directly: `init(key)`, `train_step(state, batch)`,
+  `eval_step(params, batch)` and `global_batch(local_numpy_batch)`.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, mesh: Mesh):
+    self.config = config
+    self.mesh = mesh
+    self.model_cfg = model_lib.ModelConfig.from_config_dict(config.model, config.train)
+    self.graphdef, abstract_params = nnx.split(model_lib.abstract_model(self.model_cfg), nnx.Param)
+    param_shardings = nnx.to_pure_dict(sharding.state_shardings(abstract_params, mesh))
+    logical_axes = jax.tree.map(tuple, nnx.to_pure_dict(nnx.get_partition_spec(abstract_params)),
+                                is_leaf=lambda x: isinstance(x, PartitionSpec))
+
+    total_steps = config.train.steps
+    self.schedule = optimizer.learning_rate_schedule(config.optimizer, total_steps)
+    self.tx = optimizer.make_optimizer(config.optimizer, total_steps,
+                                       optimizer.weight_decay_mask(logical_axes))
+
+    self.replicated = NamedSharding(mesh, PartitionSpec())
+    abstract_params = nnx.to_pure_dict(abstract_params)
+    abstract_opt_state = jax.eval_shape(self.tx.init, abstract_params)
+    self.param_shardings = param_shardings
+    self.state_shardings = {
+        "step": self.replicated,
+        "params": param_shardings,
+        "opt_state": optax.tree_map_params(self.tx, lambda _, s: s, abstract_opt_state,
+                                           param_shardings,
+                                           transform_non_params=lambda _: self.replicated),
+    }
+    abstract = {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": abstract_params,
+                "opt_state": abstract_opt_state}
+    self.abstract_state = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract,
+        self.state_shardings)
+    self.batch_sharding = sharding.batch_sharding(mesh, config.data.global_batch_size)
+
+    self.init = jax.jit(self._init, out_shardings=self.state_shardings)
+    batch_shardings = {k: self.batch_sharding for k in BATCH_KEYS}
+    self.train_step = jax.jit(self._train_step,
+                              in_shardings=(self.state_shardings, batch_shardings),
+                              out_shardings=(self.state_shardings, self.replicated),
+                              donate_argnums=0)
+    self.eval_step = jax.jit(self._eval_step, in_shardings=(param_shardings, batch_shardings),
+                             out_shardings=self.replicated)
+
+  @property
+  def abstract_params(self):
+    return self.abstract_state["params"]
+
+  def global_batch(self, local_batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
+    """Assembles each process's rows into global arrays sharded over the batch mesh axes."""
+    return {k: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(local_batch[k]))
+            for k in BATCH_KEYS}
+
+  def _init(self, key: jax.Array) -> State:
+    model = model_lib.Transformer(self.model_cfg, rngs=nnx.Rngs(params=key))
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": self.tx.init(params)}
+
+  def _loss_sums(self, params, batch: Batch) -> tuple[jax.Array, jax.Array]:
+    """(sum of masked token cross entropies, number of loss tokens) of one (micro)batch."""
+    model = nnx.merge(self.graphdef, params)
+    logits = model(batch["inputs"], positions=batch["positions"],
+                   segment_ids=batch["segment_ids"])
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
+    mask = batch["loss_mask"].astype(jnp.float32)
+    return jnp.sum(losses * mask), jnp.sum(mask)
+
+  def _train_step(self, state: State, batch: Batch) -> tuple[State, dict[str, jax.Array]]:
+    with jax.sharding.use_abstract_mesh(self.mesh.abstract_mesh):
+      params = state["params"]
+      if self.config.train.loss_reduction == "mean":
+        scale = 1.0 / jnp.maximum(jnp.sum(batch["loss_mask"].astype(jnp.float32)), 1.0)
+      else:
+        scale = 1.0
+
+      def grads_of(microbatch):
+        def objective(p):
+          total, count = self._loss_sums(p, microbatch)
+          return total * scale, (total, count)
+        (_, (total, count)), grads = jax.value_and_grad(objective, has_aux=True)(params)
+        return grads, total, count
+
+      accum = self.config.optimizer.grad_accum_steps
+      if accum == 1:
+        grads, total, count = grads_of(batch)
+      else:
+        def split(x):  # [B, T] -> [A, B/A, T]; microbatch j = rows j, j+A, ...
+          return jnp.swapaxes(x.reshape(x.shape[0] // accum, accum, *x.shape[1:]), 0, 1)
+
+        def body(carry, microbatch):
+          microbatch = jax.lax.with_sharding_constraint(microbatch, self.batch_sharding)
+          return jax.tree.map(jnp.add, carry, grads_of(microbatch)), None
+
+        zero_grads = jax.lax.with_sharding_constraint(jax.tree.map(jnp.zeros_like, params),
+                                                      self.param_shardings)
+        init = (zero_grads, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
+        (grads, total, count), _ = jax.lax.scan(body, init, jax.tree.map(split, dict(batch)))
+
+      updates, opt_state = self.tx.update(grads, state["opt_state"], params)
+      new_state = {"step": state["step"] + 1, "params": optax.apply_updates(params, updates),
+                   "opt_state": opt_state}
+      step_metrics = {
+          "loss": total / jnp.maximum(count, 1.0),
+          "grad_norm": optax.global_norm(grads),
+          "learning_rate": self.schedule(state["step"]),
+          "loss_tokens": count,
+      }
+      return new_state, step_metrics
+
+  def _eval_step(self, params, batch: Batch) -> jax.Array:
+    """[sum of token losses, loss tokens] of one batch."""
+    with jax.sharding.use_abstract_mesh(self.mesh.abstract_mesh):
+      return jnp.stack(self._loss_sums(params, batch))
+
+
+def load_vocabulary(config: ml_collections.ConfigDict):
+  """The configured tokenizer, or the embedded default one (built on first use)."""
+  from editseq import default_data
+  from editseq import tokenizer
+  if config.data.vocab_path:
+    return tokenizer.load_vocabulary(config.data.vocab_path)
+  return default_data.default_vocabulary()
+
+
+def load_pretrained_params(path: str, program: TrainProgram):
+  """Parameters to finetune from: one of our checkpoints or a Hugging Face model folder."""
+  if checkpointing.is_hf_model_dir(path):
+    from editseq import hf_convert
+    params = hf_convert.load_params(path, program.model_cfg)
+    return jax.device_put(params, program.param_shardings)
+  _, step_dir = checkpointing.resolve_step_dir(path)
+  return checkpointing.load_params(step_dir, program.abstract_params)
+
+
+@contextlib.contextmanager
+def _sigterm_flag() -> Iterator[list[bool]]:
+  """Turns SIGTERM into a flag the loop polls, so the run can save before it exits.
+
+  Only for single-process runs in the main thread; multi-host runs use JAX's preemption sync
+  points (through the checkpoint manager) so that every host stops at the same step.
+  """
+  flag = [False]
+  if jax.process_count() > 1 or not _in_main_thread():
+    yield flag
+    return
+
+  def handler(signum, frame):
+    del signum, frame
+    flag[0] = True
+
+  previous = signal.signal(signal.SIGTERM, handler)
+  try:
+    yield flag
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+
+
+def _in_main_thread() -> bool:
+  return threading.current_thread() is threading.main_thread()
+
+
+class _Reporter:
+  """Reads step metrics (one step late), checks them, and writes records."""
+
+  def __init__(self, program: TrainProgram, logger: metrics_lib.MetricsLogger,
+               checkpointer: checkpointing.Checkpointer, log_every: int, workdir: str):
+    config = program.config
+    tokens_per_step = config.data.global_batch_size * config.data.seq_len
+    self._throughput = metrics_lib.Throughput(tokens_per_step)
+    self._flops_per_token = flops.training_flops_per_token(program.model_cfg, config.data.seq_len)
+    try:
+      self._peak = flops.peak_flops_per_device() * jax.device_count()
+    except ValueError:
+      self._peak = float("nan")
+    self._logger = logger
+    self._checkpointer = checkpointer
+    self._log_every = log_every
+    self._workdir = workdir
+    self.last_record: dict[str, float] = {}
+
+  @property
+  def throughput(self) -> metrics_lib.Throughput:
+    return self._throughput
+
+  def report(self, step: int, step_metrics, extra: Mapping[str, float] | None = None) -> None:
+    values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+    self._throughput.step_done()
+    self._logger.advance(step, values["loss"])
+    diverged = not (math.isfinite(values["loss"]) and math.isfinite(values["grad_norm"]))
+    if step % self._log_every and not extra and not diverged:
+      return
+    seconds_per_step, tokens_per_s = self._throughput.report()
+    record = {**values, "tokens_per_s": tokens_per_s, "seconds_per_step": seconds_per_step,
+              "mfu": tokens_per_s * self._flops_per_token / self._peak, **(extra or {})}
+    self._logger.write(step, record)
+    self.last_record = {"step": step, **record}
+    if diverged:
+      self._checkpointer.wait_until_finished()
+      last = self._checkpointer.latest_step()
+      where = (f"the last good checkpoint is step {last} in "
+               f"{os.path.join(self._workdir, checkpointing.CHECKPOINT_DIR)}"
+               if last is not None else "no checkpoint was saved")
+      raise TrainingDiverged(
+          f"loss {values['loss']} / gradient norm {values['grad_norm']} at step {step}: "
+          f"training stopped; {where} (lower optimizer.learning_rate or check the data)")
+
+
+def evaluate(program: TrainProgram, params, eval_iter, start_state: dict, steps: int) -> float:
+  """Mean token loss over the first `steps` batches of the held-out split (same batches each time)."""
+  eval_iter.set_state(start_state)
+  sums = jnp.zeros((2,), jnp.float32)
+  for _ in range(steps):
+    sums = sums + program.eval_step(params, program.global_batch(next(eval_iter)))
+  total, count = jax.device_get(sums)
+  return float(total / max(count, 1.0))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Trains (or resumes) the run in `workdir`; returns the last logged record.
+
+  Raises config_validation.ConfigError (before any compile) for a bad config,
+  TrainingDiverged on a non-finite loss and Preempted after saving on SIGTERM.
+  """
+  # The data stack (seqio/TensorFlow) loads only here, so TrainProgram users stay light.
+  from editseq import input_pipeline
+
+  config_validation.validate(config, workdir)
+  mesh = sharding.make_mesh(config.mesh)
+  vocab = load_vocabulary(config)
+  config_validation.check_vocabulary(config, vocab)
+  program = TrainProgram(config, mesh)
+  train_cfg = config.train
+  total_steps = train_cfg.steps
+
+  checkpointer = checkpointing.Checkpointer(workdir, every=train_cfg.checkpoint_every,
+                                            keep=train_cfg.keep_checkpoints)
+  train_iter = input_pipeline.make_train_iterator(config, vocab, split="train")
+  eval_iter = eval_start = None
+  if train_cfg.eval_every > 0:
+    eval_iter = input_pipeline.make_train_iterator(config, vocab, split=config.data.eval_split)
+    eval_start = eval_iter.get_state()
+
+  start_step = checkpointer.latest_step()
+  with jax.set_mesh(mesh):
+    if start_step is None:
+      state = program.init(jax.random.key(train_cfg.seed))
+      if train_cfg.init_from:
+        state["params"] = load_pretrained_params(train_cfg.init_from, program)
+      start_step = 0
+    else:
+      state, data_state = checkpointer.restore(start_step, program.abstract_state)
+      train_iter.set_state(data_state)
+  checkpointing.save_config(workdir, config)
+
+  logger = metrics_lib.MetricsLogger(workdir, start_step=start_step, total_steps=total_steps,
+                                     enabled=jax.process_index() == 0)
+  if start_step:
+    logger.message(f"resumed from step {start_step} ({workdir})")
+  reporter = _Reporter(program, logger, checkpointer, train_cfg.log_every, workdir)
+  pending = None
+  try:
+    with jax.set_mesh(mesh), _sigterm_flag() as sigterm:
+      step = start_step
+      while step < total_steps:
+        batch = program.global_batch(next(train_iter))
+        state, step_metrics = program.train_step(state, batch)
+        step += 1
+        if pending is not None:
+          reporter.report(*pending)
+        pending = (step, step_metrics)
+
+        preempted = sigterm[0] or checkpointer.reached_preemption(step)
+        do_eval = train_cfg.eval_every > 0 and step % train_cfg.eval_every == 0
+        do_save = step == total_steps or preempted or checkpointer.should_save(step)
+        if not (do_eval or do_save):
+          continue
+        reporter.throughput.pause()
+        extra = {}
+        if do_eval:
+          extra["eval_loss"] = evaluate(program, state["params"], eval_iter, eval_start,
+                                        train_cfg.eval_steps)
+        reporter.report(step, step_metrics, extra)
+        pending = None
+        if do_save:
+          checkpointer.save(step, state, train_iter.get_state(), force=True)
+        reporter.throughput.resume()
+        if preempted:
+          checkpointer.wait_until_finished()
+          raise Preempted(f"preempted at step {step}: checkpoint saved; rerun the same command "
+                          "to resume")
+  finally:
+    checkpointer.wait_until_finished()
+    checkpointer.close()
+    logger.close()
+  return reporter.last_record
