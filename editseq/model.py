@@ -135,6 +135,13 @@ class ModelConfig:
     return tuple(self.sliding_window if i % 2 == 0 else 0 for i in range(self.num_layers))
 
 
+# Fields that change the function a model computes (a checkpoint must match them); the rest are
+# numerics and limits that a run may choose freely.
+ARCHITECTURE_FIELDS = tuple(
+    f.name for f in dataclasses.fields(ModelConfig)
+    if f.name not in ("max_seq_len", "init_std", "dtype", "param_dtype", "remat"))
+
+
 def _param(rngs: nnx.Rngs, cfg: ModelConfig, shape, axes, std: float | None) -> nnx.Param:
   """A parameter with logical axis names; std=None means ones (norm scales)."""
   dtype = jnp.dtype(cfg.param_dtype)
