@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 DIFF_TOKEN = "<|diff|>"
 # What follows the instruction and every diff but the last in a LintSeq example.
@@ -31,38 +31,16 @@ class MalformedDiffError(ValueError):
     """A diff that is not a well-formed insertion diff for the program it is applied to."""
 
 
-@dataclasses.dataclass(frozen=True)
-class Hunk:
-    """Insert `lines` so that the first of them becomes line `new_start` (1-based)."""
-
-    old_start: int
-    new_start: int
-    lines: tuple[str, ...]
+def hunk_header(old_start: int, new_start: int, count: int) -> str:
+    """The header of a hunk inserting `count` lines that become lines `new_start`.. (1-based)
+    after line `old_start` of the old file, with difflib's conventions (`+5`, `+5,2`)."""
+    new_range = f"{new_start}" if count == 1 else f"{new_start},{count}"
+    return f"@@ -{old_start},0 +{new_range} @@"
 
 
-def format_hunk(hunk: Hunk) -> str:
-    """One hunk as text, with difflib's range conventions (`+5` for one line, `+5,2` for two)."""
-    count = len(hunk.lines)
-    new_range = f"{hunk.new_start}" if count == 1 else f"{hunk.new_start},{count}"
-    header = f"@@ -{hunk.old_start},0 +{new_range} @@"
-    return "\n".join([header, *("+" + line for line in hunk.lines)])
-
-
-def insertion_diff(new_lines: Sequence[str], inserted: Sequence[int]) -> str:
-    """The diff that inserts the lines at 0-based positions `inserted` (ascending) of `new_lines`."""
-    if not inserted:
-        raise ValueError("an insertion diff needs at least one inserted line")
-    hunks = []
-    run_start = previous = inserted[0]
-    for position in [*inserted[1:], None]:
-        if position is not None and position == previous + 1:
-            previous = position
-            continue
-        lines_before = run_start - sum(len(h.lines) for h in hunks)
-        hunks.append(Hunk(lines_before, run_start + 1, tuple(new_lines[run_start:previous + 1])))
-        if position is not None:
-            run_start = previous = position
-    return "\n".join(format_hunk(h) for h in hunks)
+def format_hunk(old_start: int, new_start: int, lines: Sequence[str]) -> str:
+    """A whole insertion hunk as text."""
+    return "\n".join([hunk_header(old_start, new_start, len(lines)), *("+" + l for l in lines)])
 
 
 def _parse_header(line: str) -> tuple[int, int, int]:
@@ -209,8 +187,3 @@ def extract_python_blocks(markdown: str) -> str:
         elif keep:
             blocks[-1].append(line)
     return "\n".join("".join(line + "\n" for line in block) for block in blocks)
-
-
-def join_lines(lines: Iterable[str]) -> str:
-    """A program from its lines (the inverse of `program.split("\\n")`)."""
-    return "\n".join(lines)

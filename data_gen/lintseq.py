@@ -57,15 +57,17 @@ the paper does (slow; used to check that both give the same sequences).
 Linter-free ablation (`use_linter=False`): units are sampled uniformly and deleted with their
 blocks, nothing else; intermediate programs may be broken, as in the paper's ablation.
 
-Determinism: sample i of a program draws from `random.Random` seeded by a BLAKE2b hash of
-(program text, seed, i), so it does not depend on machine, process, worker count or order.
+Determinism: sample i of a program draws from a SplitMix64 generator seeded by a BLAKE2b hash
+of (program text, seed, i), so it does not depend on machine, Python version, process, worker
+count or order.
 """
 from __future__ import annotations
 
 import ast
+import bisect
 import functools
 import hashlib
-import random
+import itertools
 import symtable
 import time
 import warnings
@@ -155,11 +157,33 @@ def apply_diffs(diffs: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def _rng(text: str, seed: int, sample_index: int) -> random.Random:
-    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=16,
-                             person=b"editseq-lintseq")
+_MASK64 = (1 << 64) - 1
+
+
+class _SplitMix64:
+    """A tiny, fully specified PRNG: the same draws on every platform and Python version."""
+
+    __slots__ = ("state",)
+
+    def __init__(self, seed: int):
+        self.state = seed & _MASK64
+
+    def below(self, n: int) -> int:
+        """A uniform integer in [0, n) (rejection sampling, no modulo bias)."""
+        limit = (1 << 64) - (1 << 64) % n
+        while True:
+            self.state = z = (self.state + 0x9E3779B97F4A7C15) & _MASK64
+            z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+            z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+            z ^= z >> 31
+            if z < limit:
+                return z % n
+
+
+def _rng(text: str, seed: int, sample_index: int) -> _SplitMix64:
+    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8, person=b"editseq-lintseq")
     digest.update(f"|{int(seed)}|{int(sample_index)}".encode())
-    return random.Random(int.from_bytes(digest.digest(), "little"))
+    return _SplitMix64(int.from_bytes(digest.digest(), "little"))
 
 
 def _bits(mask: int) -> Iterator[int]:
@@ -610,18 +634,18 @@ class _Program:
         self.num_units = num_units
         self.full = (1 << num_units) - 1
 
-        # Lines: each unit's own lines plus the comment/blank lines above it.
-        line_unit = [-1] * num_lines
+        # Lines: a unit owns its own lines and the comment/blank lines above it (the last unit
+        # also those below it), so units are consecutive line ranges covering the program.
+        ends = [0] * num_units
         for line in range(num_lines):
             if owner[line] != -1:
-                line_unit[line] = piece_unit[owner[line]]
-        following = num_units - 1
-        for line in range(num_lines - 1, -1, -1):
-            if line_unit[line] == -1:
-                line_unit[line] = following
-            else:
-                following = line_unit[line]
-        self.line_unit = line_unit
+                ends[piece_unit[owner[line]]] = line + 1
+        ends[-1] = num_lines
+        starts = [0, *ends[:-1]]
+        self.unit_text = ["\n".join(self.lines[a:b]) for a, b in zip(starts, ends)]
+        self.unit_plus = ["\n".join("+" + line for line in self.lines[a:b])
+                          for a, b in zip(starts, ends)]
+        self.unit_size = [b - a for a, b in zip(starts, ends)]
 
         # Tree: a unit's parent is the unit of its outermost piece's parent piece.
         depth = [0] * num_units
@@ -699,7 +723,10 @@ class _Program:
                     for b in plain_binders.get((name, scope), ()):
                         if b < unit:
                             before |= 1 << b
-                entry = (1 << unit, chain_mask & ~(1 << unit), before, name in _BUILTINS)
+                # A builtin with no binding left resolves to the builtin, unless this unit
+                # binds it too (pyflakes: local variable referenced before assignment).
+                builtin_ok = name in _BUILTINS and not chain_mask >> unit & 1
+                entry = (1 << unit, chain_mask & ~(1 << unit), before, builtin_ok)
                 for key in keys:
                     entries_of.setdefault(key, set()).add(entry)
         self.threats = [sorted({e for key in keys for e in entries_of.get(key, ())})
@@ -710,30 +737,27 @@ class _Program:
         self._lint_cache: dict[int, int] = {}
 
     # --- sampling -----------------------------------------------------------------------
-    def sample(self, rng: random.Random, use_linter: bool, lint_every_state: bool,
+    def sample(self, rng: _SplitMix64, use_linter: bool, lint_every_state: bool,
                deadline: float | None) -> list[str]:
         remaining = self.full
+        alive = list(range(self.num_units))
+        weight = self.weight if use_linter else [1] * self.num_units
         steps = []
-        while remaining:
+        while alive:
             if deadline is not None and time.monotonic() > deadline:
                 raise LintSeqError("timeout")
-            unit = self._draw(rng, remaining, use_linter)
+            pick = rng.below(sum(weight[u] for u in alive))
+            for unit in alive:
+                pick -= weight[unit]
+                if pick < 0:
+                    break
             deletion = self.desc[unit] & remaining
             if use_linter:
                 deletion = self._repair(remaining, deletion, lint_every_state)
             steps.append(deletion)
             remaining &= ~deletion
+            alive = [u for u in alive if not deletion >> u & 1]
         return self._diffs(steps)
-
-    def _draw(self, rng: random.Random, remaining: int, weighted: bool) -> int:
-        units = list(_bits(remaining))
-        weights = [self.weight[u] for u in units] if weighted else [1] * len(units)
-        pick = rng.randrange(sum(weights))
-        for unit, weight in zip(units, weights):
-            pick -= weight
-            if pick < 0:
-                return unit
-        raise AssertionError("unreachable")
 
     def _close_structure(self, remaining: int, deletion: int) -> int:
         gone = ~remaining | deletion
@@ -770,11 +794,11 @@ class _Program:
                 certain = 0
                 uncertain = bool(deletion & self.always_check)
                 for unit in _bits(deletion):
-                    for bit, others, before, builtin in self.threats[unit]:
+                    for bit, others, before, builtin_ok in self.threats[unit]:
                         if not after & bit:
                             continue
                         if not others & after:
-                            if not builtin:
+                            if not builtin_ok:
                                 certain |= bit
                         elif not before & after:
                             uncertain = True
@@ -790,11 +814,14 @@ class _Program:
     # --- the checker --------------------------------------------------------------------
     def _lint(self, state: int) -> int:
         """Units (with their blocks) that have errors in `state` beyond the original's."""
+        if not state:
+            return 0
         if state in self._lint_cache:
             return self._lint_cache[state]
-        line_unit = self.line_unit
-        kept = [line for line in range(len(self.lines)) if state >> line_unit[line] & 1]
-        text = "\n".join(self.lines[line] for line in kept)
+        kept = list(_bits(state))
+        text = "\n".join([self.unit_text[u] for u in kept])
+        first_lines = list(itertools.accumulate([1] + [self.unit_size[u] for u in kept[:-1]]))
+        num_lines = first_lines[-1] + self.unit_size[kept[-1]] - 1
         broken = 0
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -811,8 +838,8 @@ class _Program:
                 lines = [m.lineno for m in messages
                          if type(m) in ERROR_MESSAGES and _message_key(m) not in original]
         for line in lines:
-            if 1 <= line <= len(kept):
-                broken |= self.desc[line_unit[kept[line - 1]]]
+            if 1 <= line <= num_lines:
+                broken |= self.desc[kept[bisect.bisect_right(first_lines, line) - 1]]
             else:
                 broken = state
         broken &= state
@@ -830,23 +857,38 @@ class _Program:
 
     # --- forward phase ------------------------------------------------------------------
     def _diffs(self, steps: list[int]) -> list[str]:
+        """The deletions, reversed, as insertion diffs (runs of inserted units are hunks)."""
         diffs = []
         state = 0
-        line_unit = self.line_unit
+        size, plus = self.unit_size, self.unit_plus
         for deletion in reversed(steps):
             state |= deletion
-            new_lines, inserted = [], []
-            for line, text in enumerate(self.lines):
-                unit_bit = 1 << line_unit[line]
-                if state & unit_bit:
-                    if deletion & unit_bit:
-                        inserted.append(len(new_lines))
-                    new_lines.append(text)
-            diffs.append(edit_format.insertion_diff(new_lines, inserted))
+            hunks = []
+            run: list[int] = []
+            old = new = run_old = run_new = run_lines = 0
+            for unit in _bits(state):
+                if deletion >> unit & 1:
+                    if not run:
+                        run_old, run_new, run_lines = old, new, 0
+                    run.append(plus[unit])
+                    run_lines += size[unit]
+                else:
+                    if run:
+                        hunks.append(edit_format.hunk_header(run_old, run_new + 1, run_lines))
+                        hunks.extend(run)
+                        run = []
+                    old += size[unit]
+                new += size[unit]
+            if run:
+                hunks.append(edit_format.hunk_header(run_old, run_new + 1, run_lines))
+                hunks.extend(run)
+            diffs.append("\n".join(hunks))
         return diffs
 
 
 def _message_key(message: pyflakes_messages.Message) -> tuple:
     """A message's identity across states: its class and non-numeric arguments."""
-    return (type(message).__name__,
-            *(a for a in message.message_args if not isinstance(a, int)))
+    args = message.message_args
+    if not isinstance(args, tuple):   # UndefinedLocal of a builtin carries a bare name
+        args = (args,)
+    return (type(message).__name__, *(a for a in args if not isinstance(a, int)))
