@@ -34,7 +34,8 @@ import tensorflow as tf
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-DIFF_TOKEN = "<|diff|>"
+from data_gen.edit_format import DIFF_TOKEN
+
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|padding|>"
 # Ids of our own tokenizers: pad 0 (seqio's convention), eos 1, diff 2.

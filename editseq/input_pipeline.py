@@ -1,0 +1,448 @@
+"""Deterministic, resumable, multi-host batches for the trainer (docs/ARCHITECTURE.md section 6).
+
+Design: a pass over a seqio task tokenizes its split once into a *token store* (a flat
+`tokens.bin` memmap + example offsets + prompt lengths, cached under
+`$EDITSEQ_CACHE/tokenized/`). Everything after that is a pure function of
+(seed, epoch, row) over the store, in numpy:
+- epoch e draws its examples (a seeded permutation; for a mixture, each task's share of the
+  epoch by its rate, cycling through that task's own seeded permutations);
+- `packing.pack` lays them into rows of seq_len slots; the global row stream is epoch 0's rows,
+  then epoch 1's, ...;
+- global batch s is the next `global_batch_size` rows of the stream; process p builds only rows
+  [p * B_local, (p + 1) * B_local) of it and reads only their tokens from the store.
+The iterator state is the position in the stream, `{"epoch", "row"}` (plus a fingerprint that
+must match on restore): the same on every process, independent of the process count, so
+restoring any checkpoint gives exactly the batches an uninterrupted run would have seen.
+
+Scaling: the per-process memory is the per-epoch plan (a few int64 per example) and a memmap
+of the store; the store is written streaming. On several hosts the store is built once per
+host into a host-local cache (deterministic bytes) or once into a shared `$EDITSEQ_CACHE`; for
+corpora of tens of billions of tokens, write the store from a Beam job instead
+(seqio's `seqio_cache_tasks` produces the tokenized examples; the store is their flat
+concatenation), or swap the store for ArrayRecord + grain's index sampler, which implement
+the same global-index-per-process scheme. The per-epoch packing plan is a Python loop,
+about 1 s per million examples.
+"""
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import dataclasses
+import hashlib
+import json
+import os
+import pathlib
+import threading
+from collections.abc import Iterator
+
+import numpy as np
+import seqio
+import tensorflow as tf
+from tqdm import auto as tqdm
+
+from editseq import default_data
+from editseq import packing
+from editseq import tasks
+from editseq.tasks import DataError
+
+_STORE_VERSION = 1
+_STATE_VERSION = 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Token store.
+
+@dataclasses.dataclass(frozen=True)
+class TokenStore:
+  """Tokenized examples of one task split: example i is `tokens[offsets[i]:offsets[i + 1]]`
+  (prompt + completion + eos), its first `prompt_lens[i]` tokens the prompt."""
+  tokens: np.ndarray
+  offsets: np.ndarray
+  prompt_lens: np.ndarray
+  meta: dict
+
+  @property
+  def lengths(self) -> np.ndarray:
+    return np.diff(self.offsets)
+
+  def __len__(self) -> int:
+    return len(self.prompt_lens)
+
+  def example(self, i: int) -> np.ndarray:
+    return np.asarray(self.tokens[self.offsets[i]:self.offsets[i + 1]])
+
+
+def _token_dtype(vocab_size: int):
+  return np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.uint32
+
+
+def _write_store(folder: pathlib.Path, task_name: str, split: str, vocab) -> None:
+  ds = seqio.get_mixture_or_task(task_name).get_dataset(
+      sequence_length=None, split=split, shuffle=False, num_epochs=1, use_cached=False)
+  ds = ds.map(lambda ex: {"inputs": ex["inputs"], "targets": ex["targets"]})
+  dtype = _token_dtype(vocab.vocab_size)
+  lengths, prompt_lens, max_id = [], [], -1
+  with open(folder / "tokens.bin", "wb") as out:
+    for ex in tqdm.tqdm(ds.as_numpy_iterator(), desc=f"tokenizing {task_name}/{split}",
+                        unit=" examples", mininterval=2, disable=None):
+      tokens = np.concatenate([ex["inputs"], ex["targets"]])
+      if len(tokens):
+        max_id = max(max_id, int(tokens.max()))
+      out.write(tokens.astype(dtype).tobytes())
+      lengths.append(len(tokens))
+      prompt_lens.append(len(ex["inputs"]))
+  offsets = np.zeros(len(lengths) + 1, np.int64)
+  np.cumsum(lengths, out=offsets[1:])
+  np.save(folder / "offsets.npy", offsets)
+  np.save(folder / "prompt_lens.npy", np.asarray(prompt_lens, np.int32))
+  meta = {"task": task_name, "split": split, "num_examples": len(lengths),
+          "num_tokens": int(offsets[-1]), "max_token_id": max_id, "dtype": np.dtype(dtype).name,
+          "vocab": vocab.fingerprint, "version": _STORE_VERSION}
+  (folder / "meta.json").write_text(json.dumps(meta, indent=1))
+
+
+def _load_store(folder: pathlib.Path) -> TokenStore:
+  meta = json.loads((folder / "meta.json").read_text())
+  offsets = np.load(folder / "offsets.npy")
+  tokens = (np.memmap(folder / "tokens.bin", dtype=meta["dtype"], mode="r")
+            if offsets[-1] else np.zeros(0, meta["dtype"]))
+  return TokenStore(tokens, offsets, np.load(folder / "prompt_lens.npy"), meta)
+
+
+def token_store(task_name: str, split: str, vocab) -> TokenStore:
+  """The tokenized split of a registered task, built on first use (keyed by files + vocab)."""
+  files = tasks.task_files(task_name, split)
+  key = hashlib.sha256(json.dumps({
+      "version": _STORE_VERSION, "task": task_name, "split": split, "vocab": vocab.fingerprint,
+      "spec": dataclasses.asdict(tasks.TASK_SPECS[task_name]),
+      "files": [(f, tf.io.gfile.stat(f).length, tf.io.gfile.stat(f).mtime_nsec) for f in files],
+  }, sort_keys=True).encode()).hexdigest()[:16]
+  folder = default_data.cache_dir() / "tokenized" / f"{task_name}-{split}-{key}"
+  default_data.build_once(folder, lambda tmp: _write_store(tmp, task_name, split, vocab))
+  store = _load_store(folder)
+  if not len(store):
+    raise DataError(f"task {task_name!r} has no {split!r} examples ({', '.join(files)})")
+  return store
+
+
+# ---------------------------------------------------------------------------------------------
+# What an iterator reads: stores, their units, and the per-epoch plans.
+
+@dataclasses.dataclass(frozen=True)
+class _Part:
+  """One task of the (possibly one-task) mixture."""
+  store: TokenStore
+  units: packing.Units
+  rate: float
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+  """Rows of one epoch: row r holds units `units[order[row_splits[r]:row_splits[r + 1]]]`,
+  where a unit is (part, unit index in that part)."""
+  part: np.ndarray
+  unit: np.ndarray
+  row_splits: np.ndarray
+
+  @property
+  def num_rows(self) -> int:
+    return len(self.row_splits) - 1
+
+
+class DataSource:
+  """The examples of a task or mixture as units of a given seq_len, and their epoch plans."""
+
+  def __init__(self, parts: list[_Part], seq_len: int, *, seed: int, shuffle: bool, pack: bool,
+               open_rows: int = 8):
+    self.parts, self.seq_len, self.seed = parts, seq_len, seed
+    self.shuffle, self.pack, self.open_rows = shuffle, pack, open_rows
+    self._plans: collections.OrderedDict[int, _Plan] = collections.OrderedDict()
+    self._lock = threading.Lock()
+    self.num_units = sum(len(p.units) for p in parts)
+    for p in parts:
+      if not len(p.units):
+        raise DataError(f"{p.store.meta['task']}/{p.store.meta['split']}: no example fits, "
+                        f"all are shorter than 2 tokens or dropped as longer than "
+                        f"seq_len={seq_len}")
+
+  @property
+  def fingerprint(self) -> str:
+    desc = [(p.store.meta["task"], p.store.meta["split"], p.store.meta["vocab"],
+             p.store.meta["num_tokens"], len(p.units), p.rate) for p in self.parts]
+    return hashlib.sha256(json.dumps(
+        [desc, self.seq_len, self.shuffle, self.pack, self.open_rows]).encode()).hexdigest()[:16]
+
+  def _draw(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    """(part, unit) of every unit of the epoch, in the epoch's order."""
+    if not self.shuffle:
+      part = np.concatenate([np.full(len(p.units), i) for i, p in enumerate(self.parts)])
+      unit = np.concatenate([np.arange(len(p.units)) for p in self.parts])
+      return part, unit
+    total_rate = sum(p.rate for p in self.parts)
+    parts, units = [], []
+    for i, p in enumerate(self.parts):
+      n = round(self.num_units * p.rate / total_rate)
+      # Cycle i of task i's draw in epoch e continues where cycle i - 1 stopped, so a task
+      # sampled above its size repeats only after all its units appeared.
+      first = epoch * n
+      cycles = range(first // len(p.units), (first + n - 1) // len(p.units) + 1) if n else ()
+      stream = np.concatenate([np.random.default_rng([self.seed, i, c]).permutation(
+          len(p.units)) for c in cycles]) if n else np.zeros(0, np.int64)
+      skip = first - (first // len(p.units)) * len(p.units)
+      units.append(stream[skip:skip + n])
+      parts.append(np.full(n, i))
+    part, unit = np.concatenate(parts), np.concatenate(units)
+    perm = np.random.default_rng([self.seed, 1 << 20, epoch]).permutation(len(part))
+    return part[perm], unit[perm]
+
+  def plan(self, epoch: int) -> _Plan:
+    with self._lock:
+      if epoch in self._plans:
+        return self._plans[epoch]
+      part, unit = self._draw(epoch)
+      if self.pack:
+        slots = np.zeros(len(part), np.int64)
+        for i, p in enumerate(self.parts):
+          slots[part == i] = p.units.slots[unit[part == i]]
+        order, row_splits = packing.pack(slots, self.seq_len, open_rows=self.open_rows)
+        part, unit = part[order], unit[order]
+      else:
+        row_splits = np.arange(len(part) + 1)
+      plan = _Plan(part, unit, row_splits)
+      self._plans[epoch] = plan
+      while len(self._plans) > 2:  # the current epoch and the next are all we ever need
+        self._plans.popitem(last=False)
+      return plan
+
+  def rows(self, epoch_rows: list[tuple[int, int]], pad_id: int) -> dict[str, np.ndarray]:
+    """Batch arrays for the given (epoch, row) list; (-1, -1) is an all-padding row."""
+    pieces = []  # (part, unit ids, row index in batch)
+    for b, (epoch, row) in enumerate(epoch_rows):
+      if epoch < 0:
+        continue
+      plan = self.plan(epoch)
+      sl = slice(plan.row_splits[row], plan.row_splits[row + 1])
+      pieces.append((plan.part[sl], plan.unit[sl], np.full(sl.stop - sl.start, b)))
+    batch = None
+    for i, p in enumerate(self.parts):
+      mine = [(u[pt == i], r[pt == i]) for pt, u, r in pieces]
+      unit_ids = np.concatenate([u for u, _ in mine]) if mine else np.zeros(0, np.int64)
+      row_of = np.concatenate([r for _, r in mine]) if mine else np.zeros(0, np.int64)
+      if batch is not None and not len(unit_ids):
+        continue
+      part_batch = packing.assemble(p.store.tokens, p.store.offsets, p.store.prompt_lens,
+                                    p.units, unit_ids, row_of, len(epoch_rows), self.seq_len,
+                                    pad_id)
+      batch = part_batch if batch is None else _merge_rows(batch, part_batch)
+    return batch
+
+
+def _merge_rows(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Overlays the segments of b onto a's rows (a mixture row can hold several tasks' units):
+  b's segments go after a's in each row, renumbered after them."""
+  out = {k: v.copy() for k, v in a.items()}
+  for r in range(a["inputs"].shape[0]):
+    b_cols = np.flatnonzero(b["segment_ids"][r])
+    if not len(b_cols):
+      continue
+    used = int(np.count_nonzero(a["segment_ids"][r]))
+    n_segs = int(a["segment_ids"][r].max())
+    dest = used + np.arange(len(b_cols))
+    for k in packing.BATCH_KEYS:
+      out[k][r, dest] = b[k][r, b_cols]
+    out["segment_ids"][r, dest] += n_segs
+  return out
+
+
+def open_source(task_name: str, split: str, vocab, seq_len: int, *, seed: int = 0,
+                shuffle: bool = True, pack: bool = True, overlong: str | None = None
+                ) -> DataSource:
+  """A DataSource over a registered task or mixture (`overlong` overrides each task's mode)."""
+  parts = []
+  for name, rate in tasks.task_components(task_name):
+    store = token_store(name, split, vocab)
+    mode = overlong or tasks.TASK_SPECS[name].overlong
+    parts.append(_Part(store, packing.make_units(store.lengths, seq_len, mode), rate))
+  return DataSource(parts, seq_len, seed=seed, shuffle=shuffle, pack=pack)
+
+
+# ---------------------------------------------------------------------------------------------
+# The iterator.
+
+class BatchIterator:
+  """Process-local batches `{inputs, targets, loss_mask, segment_ids, positions}`, each
+  `[global_batch_size // process_count, seq_len]` int32, with a background thread preparing
+  the next `prefetch` batches. `num_epochs=None` runs forever; otherwise the last batch is
+  completed with padding rows and the iterator then stops.
+  """
+
+  def __init__(self, source: DataSource, *, global_batch_size: int, pad_id: int,
+               process_index: int = 0, process_count: int = 1, num_epochs: int | None = None,
+               prefetch: int = 2):
+    if global_batch_size % process_count:
+      raise DataError(f"global_batch_size={global_batch_size} is not divisible by the "
+                      f"{process_count} processes")
+    self.source = source
+    self.global_batch_size, self.pad_id = global_batch_size, pad_id
+    self.local_batch_size = global_batch_size // process_count
+    self.process_index, self.process_count = process_index, process_count
+    self.num_epochs = num_epochs
+    self._position = (0, 0)  # (epoch, row) of the next batch's first row
+    self._prefetch = prefetch
+    self._pool = concurrent.futures.ThreadPoolExecutor(1) if prefetch else None
+    self._pending: collections.deque = collections.deque()
+
+  # The stream of global rows, in (epoch, row) coordinates.
+  def _global_rows(self, position):
+    """The next batch's (epoch, row) list (padding as (-1, -1)) and the position after it."""
+    epoch, row = position
+    rows = []
+    while len(rows) < self.global_batch_size:
+      if self.num_epochs is not None and epoch >= self.num_epochs:
+        rows.append((-1, -1))
+        continue
+      n = self.source.plan(epoch).num_rows
+      take = min(n - row, self.global_batch_size - len(rows))
+      rows.extend((epoch, r) for r in range(row, row + take))
+      row += take
+      if row == n:
+        epoch, row = epoch + 1, 0
+    return rows, (epoch, row)
+
+  def _finished(self, position) -> bool:
+    return self.num_epochs is not None and position[0] >= self.num_epochs
+
+  def _local_batch(self, rows) -> dict[str, np.ndarray]:
+    lo = self.process_index * self.local_batch_size
+    return self.source.rows(rows[lo:lo + self.local_batch_size], self.pad_id)
+
+  def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    if self._pool is None:
+      if self._finished(self._position):
+        raise StopIteration
+      rows, self._position = self._global_rows(self._position)
+      return self._local_batch(rows)
+    tail = self._pending[-1][1] if self._pending else self._position
+    while len(self._pending) < self._prefetch + 1 and not self._finished(tail):
+      rows, tail = self._global_rows(tail)
+      self._pending.append((self._pool.submit(self._local_batch, rows), tail))
+    if not self._pending:
+      raise StopIteration
+    future, self._position = self._pending.popleft()
+    return future.result()
+
+  def get_state(self) -> dict:
+    """JSON-serialisable position of the next batch (identical on every process)."""
+    epoch, row = self._position
+    return {"version": _STATE_VERSION, "epoch": int(epoch), "row": int(row),
+            "seed": self.source.seed, "source": self.source.fingerprint}
+
+  def set_state(self, state: dict) -> None:
+    """Continues from a `get_state()` result (of this or an earlier run of the same data)."""
+    expected = {"version": _STATE_VERSION, "seed": self.source.seed,
+                "source": self.source.fingerprint}
+    wrong = {k: (state.get(k), v) for k, v in expected.items() if state.get(k) != v}
+    if wrong:
+      raise DataError(f"iterator state does not match this data/config: {wrong} "
+                      "(saved vs now; different task, data files, tokenizer, seq_len or seed)")
+    for future, _ in self._pending:
+      future.cancel()
+    self._pending.clear()
+    self._position = (int(state["epoch"]), int(state["row"]))
+
+  def close(self) -> None:
+    if self._pool is not None:
+      self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry points for the trainer.
+
+def _process(process_index, process_count) -> tuple[int, int]:
+  if process_index is None or process_count is None:
+    import jax  # pylint: disable=g-import-not-at-top
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+  return process_index, process_count
+
+
+def validate_data_config(config, vocab, *, splits: tuple[str, ...] | None = None,
+                         process_count: int | None = None) -> None:
+  """Every data check that needs no compile; raises DataError naming the problem.
+
+  Checks: seq_len against `model.max_seq_len`, the tokenizer against `model.vocab_size`, the
+  batch against the process count, the task name, and that each split's files exist and are
+  not empty (`splits` defaults to train plus `data.eval_split`).
+  """
+  data, model = config.data, config.model
+  if data.seq_len < 1:
+    raise DataError(f"data.seq_len must be positive, got {data.seq_len}")
+  max_len = model.get("max_seq_len")
+  if max_len and data.seq_len > max_len:
+    raise DataError(f"data.seq_len={data.seq_len} exceeds model.max_seq_len={max_len}")
+  model_vocab = model.get("vocab_size")
+  if model_vocab and vocab.vocab_size > model_vocab:
+    raise DataError(f"the tokenizer has {vocab.vocab_size} ids but model.vocab_size is "
+                    f"{model_vocab}: tokens >= {model_vocab} would index past the embedding "
+                    f"(use model.vocab_size >= {-(-vocab.vocab_size // 128) * 128} or the "
+                    "model's own tokenizer)")
+  _, count = _process(0, process_count)
+  if data.global_batch_size < 1 or data.global_batch_size % count:
+    raise DataError(f"data.global_batch_size={data.global_batch_size} must be a positive "
+                    f"multiple of the process count {count}")
+  data_dir = default_data.resolve_data_dir(data.data_dir)
+  if not tf.io.gfile.isdir(data_dir):
+    raise DataError(f"data.data_dir not found: {data_dir}")
+  tasks.register_tasks(data_dir, vocab)
+  components = tasks.task_components(data.task)
+  for split in splits or ("train", data.eval_split):
+    for name, _ in components:
+      tasks.task_files(name, split)
+
+
+def _make(config, vocab, split, *, shuffle, num_epochs, process_index, process_count, prefetch):
+  index, count = _process(process_index, process_count)
+  validate_data_config(config, vocab, splits=(split,), process_count=count)
+  data = config.data
+  source = open_source(data.task, split, vocab, data.seq_len, seed=data.seed, shuffle=shuffle,
+                       pack=data.pack, overlong=data.get("overlong") or None)
+  model_vocab = config.model.get("vocab_size")
+  for part in source.parts:
+    if model_vocab and part.store.meta["max_token_id"] >= model_vocab:
+      raise DataError(f"{part.store.meta['task']}/{split} holds token id "
+                      f"{part.store.meta['max_token_id']} >= model.vocab_size={model_vocab}")
+  return BatchIterator(source, global_batch_size=data.global_batch_size, pad_id=vocab.pad_id,
+                       process_index=index, process_count=count, num_epochs=num_epochs,
+                       prefetch=prefetch)
+
+
+def make_train_iterator(config, vocab, *, split: str = "train", process_index: int | None = None,
+                        process_count: int | None = None, prefetch: int = 2) -> BatchIterator:
+  """Endless shuffled, packed batches of `config.data.task` (docs/ARCHITECTURE.md section 6).
+
+  `process_index`/`process_count` default to JAX's (override them to simulate hosts).
+  """
+  return _make(config, vocab, split, shuffle=True, num_epochs=None, process_index=process_index,
+               process_count=process_count, prefetch=prefetch)
+
+
+def make_eval_iterator(config, vocab, *, split: str | None = None,
+                       process_index: int | None = None, process_count: int | None = None
+                       ) -> BatchIterator:
+  """One unshuffled pass over `split` (default `config.data.eval_split`), last batch padded."""
+  return _make(config, vocab, split or config.data.eval_split, shuffle=False, num_epochs=1,
+               process_index=process_index, process_count=process_count, prefetch=1)
+
+
+def to_global_arrays(batch: dict[str, np.ndarray], sharding) -> dict:
+  """Assembles the process-local rows into global `jax.Array`s with the given sharding (its
+  first axis is the batch; the processes' rows are stacked in process order)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  out = {}
+  for k, v in batch.items():
+    global_shape = (v.shape[0] * jax.process_count(), *v.shape[1:])
+    out[k] = jax.make_array_from_process_local_data(sharding, v, global_shape)
+  return out

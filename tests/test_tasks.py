@@ -1,0 +1,102 @@
+"""seqio tasks over real generated data (the small embedded default, built once per cache)."""
+import functools
+
+import numpy as np
+import pytest
+import seqio
+import tensorflow as tf
+
+from data_gen import dataset as data_lib
+from editseq import default_data
+from editseq import tasks
+
+
+@pytest.fixture(scope="module")
+def data_dir():
+  return default_data.default_data_dir(small=True)
+
+
+@pytest.fixture(scope="module")
+def vocab():
+  return default_data.default_vocabulary()
+
+
+@pytest.fixture(scope="module")
+def registered(data_dir, vocab):
+  return tasks.register_tasks(data_dir, vocab)
+
+
+def _task_examples(name, split, limit=None):
+  ds = seqio.get_mixture_or_task(name).get_dataset(None, split=split, shuffle=False)
+  return list(ds.take(limit or -1).as_numpy_iterator())
+
+
+@pytest.mark.parametrize("name", ["editseq_lintseq_instruct", "editseq_baseline_instruct",
+                                  "editseq_lintseq_nolint_instruct"])
+def test_instruct_tasks_match_records(registered, data_dir, vocab, name):
+  """inputs = the prompt's tokens, targets = the completion's + eos, in the records' order."""
+  assert name in registered
+  variant = tasks.TASK_SPECS[name].variant
+  records = list(data_lib.read_examples(f"{data_dir}/{variant}", "validation"))
+  examples = _task_examples(name, "validation")
+  assert len(examples) == len(records) > 0
+  by_id = {(r["source_id"], r["sample_index"]): r for r in records}
+  for ex in examples:
+    rec = by_id[(ex["source_id"].decode(), int(ex["sample_index"]))]
+    assert ex["inputs"].tolist() == vocab.encode(rec["prompt"])
+    assert ex["targets"].tolist() == vocab.encode(rec["completion"]) + [vocab.eos_id]
+    assert vocab.decode(ex["targets"]) == rec["completion"]
+    if variant != "baseline":
+      assert rec["prompt"].endswith("\n<|diff|>") and ex["inputs"][-1] == vocab.diff_id
+
+
+def test_pretrain_task_is_programs(registered, data_dir, vocab):
+  records = list(data_lib.read_examples(f"{data_dir}/baseline", "validation"))
+  examples = _task_examples("editseq_pretrain", "validation")
+  assert sorted(vocab.decode(ex["targets"]) for ex in examples) == sorted(
+      r["program"] for r in records)
+  assert all(len(ex["inputs"]) == 0 for ex in examples)
+
+
+def test_batched_tokenize_matches_seqio_tokenize(registered, vocab):
+  """Our batched preprocessor against seqio's own per-example tokenize."""
+  texts = ["", "def f():\n\treturn 1  \n", "é<|diff|>@@ -0,0 +1 @@\n+x", "a" * 3000]
+  ds = tf.data.Dataset.from_tensor_slices({"inputs": texts, "targets": texts[::-1]})
+  features = {"inputs": seqio.Feature(vocab), "targets": seqio.Feature(vocab)}
+  ours = list(tasks.tokenize_batched(ds, features, batch_size=3).as_numpy_iterator())
+  theirs = list(seqio.preprocessors.tokenize(ds, features).as_numpy_iterator())
+  assert len(ours) == len(theirs) == 4
+  for a, b in zip(ours, theirs):
+    assert a["inputs"].tolist() == b["inputs"].tolist()
+    assert a["targets"].tolist() == b["targets"].tolist()
+
+
+def test_mixture(registered):
+  name = tasks.register_mixture("test_mix", {"editseq_lintseq_instruct": 3.0,
+                                             "editseq_pretrain": 1.0})
+  assert tasks.task_components(name) == [("editseq_lintseq_instruct", 3.0),
+                                         ("editseq_pretrain", 1.0)]
+  with pytest.raises(tasks.DataError, match="not registered editseq tasks"):
+    tasks.register_mixture("bad_mix", {"nope": 1.0})
+  with pytest.raises(tasks.DataError, match="rates must be positive"):
+    tasks.register_mixture("bad_mix", {"editseq_pretrain": 0.0})
+
+
+def test_register_points_tasks_at_another_dir(registered, data_dir, vocab, tmp_path):
+  tasks.register_tasks(str(tmp_path), vocab)
+  try:
+    with pytest.raises(tasks.DataError, match="data folder not found"):
+      tasks.task_files("editseq_lintseq_instruct", "train")
+    (tmp_path / "lintseq").mkdir()
+    with pytest.raises(tasks.DataError, match="no 'train' shards"):
+      tasks.task_files("editseq_lintseq_instruct", "train")
+    (tmp_path / "lintseq" / data_lib.shard_filename("train", 0, 1)).write_bytes(b"")
+    with pytest.raises(tasks.DataError, match="is empty"):
+      tasks.task_files("editseq_lintseq_instruct", "train")
+  finally:
+    tasks.register_tasks(data_dir, vocab)
+
+
+def test_unknown_task(registered):
+  with pytest.raises(tasks.DataError, match="unknown task 'editseq_nope'"):
+    tasks.task_components("editseq_nope")
