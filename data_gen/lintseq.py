@@ -104,6 +104,7 @@ ERROR_MESSAGES: frozenset[type] = frozenset({
 """pyflakes messages that mean the program cannot run as written (the rest are warnings)."""
 
 _BUILTINS = pyflakes_checker.builtin_vars
+_TYPING_MODULES = frozenset({"typing", "typing_extensions"})
 _FILENAME = "<lintseq>"
 
 
@@ -285,6 +286,16 @@ class _Analysis:
         self.deleted_names: set[str] = set()
         self.declared_names: set[str] = set()
         self.has_declarations = False
+        # Names pyflakes may take for typing members, which make string arguments annotations.
+        self.typing_names: set[str] = set()
+        self.typing_modules: set[str] = set()
+        if "typing" in "\n".join(lines):
+            for node in ast.walk(tree):
+                if isinstance(node, ast.ImportFrom) and node.module in _TYPING_MODULES:
+                    self.typing_names.update(a.asname or a.name for a in node.names)
+                elif isinstance(node, ast.Import):
+                    self.typing_modules.update(a.asname or a.name for a in node.names
+                                               if a.name in _TYPING_MODULES)
         # (header piece, kind, [(clause piece, [body pieces], role)])
         self.compounds: list[tuple[int, str, list[tuple[int, list[int], str]]]] = []
         self._block(tree.body, 0, 0, -1)
@@ -319,10 +330,11 @@ class _Analysis:
         if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
             args = stmt.args
             self._uses_in(piece, scope, [*stmt.decorator_list, *args.defaults,
-                                         *(d for d in args.kw_defaults if d is not None), stmt.returns])
+                                         *(d for d in args.kw_defaults if d is not None)])
+            self._uses_in(piece, scope, [stmt.returns], annotation=True)
             for arg in [*args.posonlyargs, *args.args, args.vararg, *args.kwonlyargs, args.kwarg]:
                 if arg is not None:
-                    self._uses_in(piece, scope, [arg.annotation])
+                    self._uses_in(piece, scope, [arg.annotation], annotation=True)
             body_scope = self._new_scope(scope)
             for arg in [*args.posonlyargs, *args.args, args.vararg, *args.kwonlyargs, args.kwarg]:
                 if arg is not None:
@@ -443,7 +455,8 @@ class _Analysis:
         elif isinstance(stmt, ast.AnnAssign):
             if stmt.value is not None or not isinstance(stmt.target, ast.Name):
                 self._targets(piece, scope, stmt.target, plain=True)
-            self._uses_in(piece, scope, [stmt.annotation, stmt.value])
+            self._uses_in(piece, scope, [stmt.annotation], annotation=True)
+            self._uses_in(piece, scope, [stmt.value], annotation=self._is_typing(stmt.annotation))
         elif isinstance(stmt, ast.Delete):
             for target in stmt.targets:
                 self._targets(piece, scope, target, plain=True)
@@ -487,19 +500,27 @@ class _Analysis:
                 self._uses_in(piece, scope, node.keys)
 
     # --- expressions --------------------------------------------------------------------
-    def _uses_in(self, piece: _Piece, scope: int, nodes: Sequence[ast.AST | None]) -> None:
+    def _uses_in(self, piece: _Piece, scope: int, nodes: Sequence[ast.AST | None],
+                 annotation: bool = False) -> None:
         for node in nodes:
             if node is not None:
-                self._expr(node, piece, scope, (), False)
+                self._expr(node, piece, scope, (), False, annotation)
+
+    def _is_typing(self, node: ast.AST) -> bool:
+        """Whether pyflakes may resolve `node` to a member of `typing`/`typing_extensions`."""
+        return (isinstance(node, ast.Name) and node.id in self.typing_names or
+                isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and
+                node.value.id in self.typing_modules)
 
     def _mark_string(self, node: ast.AST) -> None:
         if node.end_lineno > node.lineno:
             self.string_lines.update(range(node.lineno + 1, node.end_lineno + 1))
 
     def _expr(self, node: ast.AST, piece: _Piece, scope: int, frames: tuple[frozenset, ...],
-              nested: bool) -> None:
+              nested: bool, annotation: bool) -> None:
         """Records the names `node` reads (and binds, for `:=`); `frames` are the names local
-        to enclosing lambdas/comprehensions inside this statement (`nested` when inside one)."""
+        to enclosing lambdas/comprehensions inside this statement (`nested` when inside one).
+        Inside an `annotation` context (where pyflakes parses strings) strings count too."""
         if isinstance(node, ast.Name):
             if isinstance(node.ctx, ast.Load):
                 if not any(node.id in frame for frame in frames):
@@ -513,9 +534,10 @@ class _Analysis:
         if isinstance(node, ast.Constant):
             if isinstance(node.value, str):
                 self._mark_string(node)
-                for name in _names_in_string(node.value):
-                    if not any(name in frame for frame in frames):
-                        piece.uses.append((name, scope, True))
+                if annotation:
+                    for name in _names_in_string(node.value):
+                        if not any(name in frame for frame in frames):
+                            piece.uses.append((name, scope, True))
             elif isinstance(node.value, bytes):
                 self._mark_string(node)
             return
@@ -524,36 +546,45 @@ class _Analysis:
         elif isinstance(node, ast.NamedExpr):
             if isinstance(node.target, ast.Name):
                 piece.binds.append((node.target.id, scope, False))
-            self._expr(node.value, piece, scope, frames, nested)
+            self._expr(node.value, piece, scope, frames, nested, annotation)
+            return
+        elif not annotation and isinstance(node, ast.Call) and self._is_typing(node.func):
+            self._expr(node.func, piece, scope, frames, nested, False)
+            for argument in [*node.args, *(k.value for k in node.keywords)]:
+                self._expr(argument, piece, scope, frames, nested, True)
+            return
+        elif not annotation and isinstance(node, ast.Subscript) and self._is_typing(node.value):
+            self._expr(node.value, piece, scope, frames, nested, False)
+            self._expr(node.slice, piece, scope, frames, nested, True)
             return
         elif isinstance(node, ast.Lambda):
             args = node.args
             for default in [*args.defaults, *(d for d in args.kw_defaults if d is not None)]:
-                self._expr(default, piece, scope, frames, nested)
+                self._expr(default, piece, scope, frames, nested, annotation)
             names = frozenset(a.arg for a in [*args.posonlyargs, *args.args, args.vararg,
                                               *args.kwonlyargs, args.kwarg] if a is not None)
-            self._expr(node.body, piece, scope, (*frames, names), True)
+            self._expr(node.body, piece, scope, (*frames, names), True, annotation)
             return
         elif isinstance(node, _COMPREHENSIONS):
             generators = node.generators
-            self._expr(generators[0].iter, piece, scope, frames, nested)
+            self._expr(generators[0].iter, piece, scope, frames, nested, annotation)
             names = frozenset(n.id for g in generators for n in ast.walk(g.target)
                               if isinstance(n, ast.Name))
             inner = (*frames, names)
             for i, generator in enumerate(generators):
                 if i:
-                    self._expr(generator.iter, piece, scope, inner, True)
+                    self._expr(generator.iter, piece, scope, inner, True, annotation)
                 for condition in generator.ifs:
-                    self._expr(condition, piece, scope, inner, True)
+                    self._expr(condition, piece, scope, inner, True, annotation)
                 for sub in ast.walk(generator.target):   # subscript/attribute targets read
                     if not isinstance(sub, (ast.Name, ast.Tuple, ast.List, ast.Starred)):
-                        self._expr(sub, piece, scope, inner, True)
+                        self._expr(sub, piece, scope, inner, True, annotation)
             elements = [node.key, node.value] if isinstance(node, ast.DictComp) else [node.elt]
             for element in elements:
-                self._expr(element, piece, scope, inner, True)
+                self._expr(element, piece, scope, inner, True, annotation)
             return
         for child in ast.iter_child_nodes(node):
-            self._expr(child, piece, scope, frames, nested)
+            self._expr(child, piece, scope, frames, nested, annotation)
 
     # --- line spans ---------------------------------------------------------------------
     def _is_code_line(self, line: int) -> bool:
@@ -718,15 +749,17 @@ class _Program:
                         keys.append(key)
                 if not keys:
                     continue
-                before = 0
+                before = later = 0
                 if not nested and name not in unsafe_order:
                     for b in plain_binders.get((name, scope), ()):
                         if b < unit:
                             before |= 1 << b
+                    if name not in _BUILTINS:
+                        later = binders.get((name, scope), 0) >> (unit + 1) << (unit + 1)
                 # A builtin with no binding left resolves to the builtin, unless this unit
                 # binds it too (pyflakes: local variable referenced before assignment).
                 builtin_ok = name in _BUILTINS and not chain_mask >> unit & 1
-                entry = (1 << unit, chain_mask & ~(1 << unit), before, builtin_ok)
+                entry = (1 << unit, chain_mask & ~(1 << unit), before, later, builtin_ok)
                 for key in keys:
                     entries_of.setdefault(key, set()).add(entry)
         self.threats = [sorted({e for key in keys for e in entries_of.get(key, ())})
@@ -794,13 +827,18 @@ class _Program:
                 certain = 0
                 uncertain = bool(deletion & self.always_check)
                 for unit in _bits(deletion):
-                    for bit, others, before, builtin_ok in self.threats[unit]:
+                    for bit, others, before, later, builtin_ok in self.threats[unit]:
                         if not after & bit:
                             continue
-                        if not others & after:
+                        others &= after
+                        if not others:
                             if not builtin_ok:
                                 certain |= bit
-                        elif not before & after:
+                        elif before & after:
+                            continue
+                        elif not others & ~later:
+                            certain |= bit
+                        else:
                             uncertain = True
                 if certain:
                     for unit in _bits(certain):
