@@ -1,0 +1,400 @@
+"""Batched autoregressive sampling with a KV cache, for pass@k evaluation.
+
+A batch of left-padded prompts is prefilled in one forward pass, then an on-device
+`lax.while_loop` decodes one token per step for every row until each row has stopped (EOS or a
+token-level stop sequence such as LintSeq's double `<|diff|>`) or the token budget is spent. The
+loop runs in chunks of `chunk_size` steps so that the host can look for stop *strings* (which do
+not map to fixed token ids) between chunks without a round trip per token; rows that are all done
+end the loop early.
+
+Shapes are bucketed (prompt length to a power of two, new tokens to a multiple of the chunk) and
+the compiled prefill/decode executables are cached per bucket, so a whole benchmark compiles a
+handful of programs. Every sample draws its randomness from a key derived from
+(seed, prompt index, sample index, step) alone, so a sample does not depend on which other rows
+share its batch, on the batch size or on the order of the prompts' lengths.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+
+from editseq import model as model_lib
+from editseq import sharding
+
+# Why a row stopped; stored per row on device, so plain ints.
+_RUNNING, _EOS, _STOP = 0, 1, 2
+_REASONS = {_EOS: "eos", _STOP: "stop"}
+_WILDCARD = -2  # left padding of the stop-sequence table; matches any token.
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+  """How to pick tokens. `temperature == 0` is greedy decoding (top_p is then irrelevant)."""
+
+  temperature: float = 1.0
+  top_p: float = 1.0
+  max_new_tokens: int = 512
+
+  def __post_init__(self):
+    if not (self.temperature >= 0 and math.isfinite(self.temperature)):
+      raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature}")
+    if not 0 < self.top_p <= 1:
+      raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+    if self.max_new_tokens < 1:
+      raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+  @property
+  def greedy(self) -> bool:
+    return self.temperature == 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Completion:
+  """One sample. `tokens`/`text` exclude whatever stopped it (EOS, stop sequence, stop string)."""
+
+  tokens: tuple[int, ...]
+  text: str | None
+  finish_reason: str  # "eos", "stop" or "length"
+
+
+def top_p_logits(logits: jax.Array, top_p: jax.Array | float) -> jax.Array:
+  """Sets to -inf every logit outside the nucleus: the smallest set of most likely tokens whose
+  probability mass reaches `top_p` (tokens tied with the least likely kept one are kept too).
+
+  `logits` is `[..., V]`; the mass is computed in float32 on the sorted distribution.
+  """
+  logits = logits.astype(jnp.float32)
+  sorted_logits = jnp.flip(jnp.sort(logits, axis=-1), axis=-1)
+  probs = jax.nn.softmax(sorted_logits, axis=-1)
+  mass_before = jnp.cumsum(probs, axis=-1) - probs
+  # Token i (in sorted order) is needed iff the tokens before it do not reach top_p yet; the first
+  # token always is, also when rounding makes `mass_before` slightly negative or top_p tiny.
+  num_kept = jnp.maximum(jnp.sum(mass_before < top_p, axis=-1, keepdims=True), 1)
+  threshold = jnp.take_along_axis(sorted_logits, num_kept - 1, axis=-1)
+  return jnp.where(logits >= threshold, logits, -jnp.inf)
+
+
+def choose_tokens(
+    logits: jax.Array,
+    keys: jax.Array,
+    temperature: jax.Array | float,
+    top_p: jax.Array | float,
+    *,
+    greedy: bool,
+    use_top_p: bool,
+) -> jax.Array:
+  """Picks one token per row of `logits` `[B, V]`, row i drawing from `keys[i]` alone."""
+  if greedy:
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  logits = logits.astype(jnp.float32) / temperature
+  if use_top_p:
+    logits = top_p_logits(logits, top_p)
+  return jax.vmap(jax.random.categorical)(keys, logits).astype(jnp.int32)
+
+
+def _bucket(n: int, minimum: int) -> int:
+  """Next power of two >= n (and >= minimum): few distinct shapes, at most 2x padding."""
+  return max(minimum, 1 << max(0, n - 1).bit_length())
+
+
+def _round_up(n: int, multiple: int) -> int:
+  return -(-n // multiple) * multiple
+
+
+def stop_sequence_table(stop_sequences: Sequence[Sequence[int]]) -> np.ndarray:
+  """Right-aligns token-level stop sequences into an int32 `[M, L]` table padded with a wildcard.
+
+  A row matches sequence m when its last L generated tokens equal row m (wildcards match
+  anything); all-wildcard rows are padding and never match. M and L are rounded up (to 4 and 8)
+  so that different stop sets share one compiled decode loop.
+  """
+  if any(len(s) == 0 for s in stop_sequences):
+    raise ValueError("stop sequences must not be empty")
+  width = _round_up(max([len(s) for s in stop_sequences] + [1]), 8)
+  table = np.full((_round_up(max(1, len(stop_sequences)), 4), width), _WILDCARD, np.int32)
+  for i, seq in enumerate(stop_sequences):
+    table[i, width - len(seq):] = seq
+  return table
+
+
+class Sampler:
+  """Samples completions from a decoder with the KV-cache API of docs/ARCHITECTURE.md §4.
+
+  Args:
+    model: an nnx module with `init_cache(batch, max_len, dtype)` and
+      `logits, cache = model(tokens, positions=..., cache=...)`.
+    eos_id: end-of-sequence token id.
+    pad_id: id written into left padding and after a row stops (never attended to).
+    vocab: optional seqio-style vocabulary (`encode`/`decode`); needed for text prompts and stop
+      strings.
+    valid_vocab_size: ids at or above it (embedding padding) are never sampled.
+    batch_size: rows per decode batch (prompts x samples are packed into such batches).
+    chunk_size: decode steps between host checks for stop strings and early exit.
+    cache_dtype: dtype of the KV cache (default: the model's compute dtype).
+    mesh: optional device mesh (`editseq.sharding.make_mesh`): rows are split over its batch axes
+      and parameters placed by their logical axis names, as in training.
+  """
+
+  def __init__(
+      self,
+      model: nnx.Module,
+      *,
+      eos_id: int,
+      pad_id: int = 0,
+      vocab=None,
+      valid_vocab_size: int | None = None,
+      batch_size: int = 32,
+      chunk_size: int = 32,
+      cache_dtype=None,
+      mesh: jax.sharding.Mesh | None = None,
+  ):
+    if batch_size < 1 or chunk_size < 1:
+      raise ValueError("batch_size and chunk_size must be >= 1")
+    self._graphdef, params = nnx.split(model)
+    self.eos_id = int(eos_id)
+    self.pad_id = int(pad_id)
+    self.vocab = vocab
+    self.valid_vocab_size = valid_vocab_size
+    self.batch_size = batch_size
+    self.chunk_size = chunk_size
+    self.cache_dtype = cache_dtype
+    self.mesh = mesh
+    self._rows_multiple = 1
+    if mesh is not None:
+      self._rows_multiple = math.prod(mesh.shape[a] for a in sharding.BATCH_AXES)
+      params = jax.device_put(params, sharding.state_shardings(params, mesh))
+    self._params = params
+
+  # ---------------------------------------------------------------------------------------------
+  # Public API.
+
+  def sample_text(
+      self,
+      prompts: Sequence[str],
+      config: SamplingConfig,
+      *,
+      num_samples: int = 1,
+      seed: int = 0,
+      stop_sequences: Sequence[Sequence[int]] = (),
+      stop_strings: Sequence[str] = (),
+      progress: bool = False,
+  ) -> list[list[Completion]]:
+    """Encodes `prompts` with the vocabulary, samples, and returns decoded completions."""
+    if self.vocab is None:
+      raise ValueError("sample_text needs the Sampler to be built with a vocab")
+    ids = [list(self.vocab.encode(p)) for p in prompts]
+    return self.sample(ids, config, num_samples=num_samples, seed=seed,
+                       stop_sequences=stop_sequences, stop_strings=stop_strings,
+                       progress=progress)
+
+  def sample(
+      self,
+      prompts: Sequence[Sequence[int]],
+      config: SamplingConfig,
+      *,
+      num_samples: int = 1,
+      seed: int = 0,
+      stop_sequences: Sequence[Sequence[int]] = (),
+      stop_strings: Sequence[str] = (),
+      progress: bool = False,
+  ) -> list[list[Completion]]:
+    """Draws `num_samples` completions per prompt (token ids); result[i][j] is sample j of prompt i.
+
+    Stop sequences are token-id sequences checked on device after every token; stop strings are
+    checked on the decoded text between chunks and cut the completion at their first occurrence.
+    Texts are decoded only when the Sampler has a vocab.
+    """
+    if num_samples < 1:
+      raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    if stop_strings and self.vocab is None:
+      raise ValueError("stop strings need the Sampler to be built with a vocab")
+    if any(len(p) == 0 for p in prompts):
+      raise ValueError("every prompt needs at least one token")
+    prompts = [np.asarray(p, np.int32) for p in prompts]
+    table = stop_sequence_table(stop_sequences)
+    # Rows sorted by prompt length so that a batch pads little; each row keeps its own key.
+    rows = sorted(((i, j) for i in range(len(prompts)) for j in range(num_samples)),
+                  key=lambda r: (-len(prompts[r[0]]), r))
+    batch = self._batch_rows(len(rows))
+    results: list[list[Completion | None]] = [[None] * num_samples for _ in prompts]
+    bar = _progress_bar(len(rows), progress)
+    with jax.set_mesh(self.mesh):  # lets the model's sharding constraints see the mesh
+      for start in range(0, len(rows), batch):
+        chunk = rows[start:start + batch]
+        for (i, j), completion in zip(chunk, self._sample_batch(
+            [prompts[i] for i, _ in chunk], chunk, batch, config, seed, table, stop_strings)):
+          results[i][j] = completion
+        bar.update(len(chunk))
+    bar.close()
+    return results
+
+  # ---------------------------------------------------------------------------------------------
+  # One batch.
+
+  def _batch_rows(self, num_rows: int) -> int:
+    """Rows per compiled batch: batch_size, or fewer (a power of two) for small requests."""
+    rows = min(self.batch_size, _bucket(num_rows, 1))
+    return _round_up(rows, self._rows_multiple)
+
+  def _sample_batch(self, prompts, row_ids, batch, config, seed, table, stop_strings):
+    num_real = len(prompts)
+    prompt_len = _bucket(max(len(p) for p in prompts), 16)
+    tokens = np.full((batch, prompt_len), self.pad_id, np.int32)
+    positions = np.full((batch, prompt_len), -1, np.int32)
+    for r, p in enumerate(prompts):
+      tokens[r, prompt_len - len(p):] = p
+      positions[r, prompt_len - len(p):] = np.arange(len(p))
+    ids = np.zeros((batch, 2), np.int32)
+    ids[:num_real] = row_ids
+    done = np.arange(batch) >= num_real  # filler rows start done
+    state = _prefill(
+        self._graphdef, self._params, *self._put(tokens, positions, ids, done), np.uint32(seed),
+        new_len=_round_up(config.max_new_tokens, self.chunk_size), stop_width=table.shape[1],
+        cache_dtype=self.cache_dtype, pad_id=self.pad_id)
+    step = 0
+    while True:
+      step = min(step + self.chunk_size, config.max_new_tokens)
+      state = _decode(
+          self._graphdef, self._params, state, np.float32(config.temperature or 1.0),
+          np.float32(config.top_p), np.int32(config.max_new_tokens), table, np.int32(step),
+          np.int32(self.eos_id), pad_id=self.pad_id, valid_vocab_size=self.valid_vocab_size,
+          greedy=config.greedy, use_top_p=config.top_p < 1)
+      done = np.asarray(state["done"])
+      if done.all() or step >= config.max_new_tokens:
+        break
+      if stop_strings:
+        state = self._stop_on_strings(state, done, stop_strings)
+    return self._collect(state, num_real, stop_strings)
+
+  def _stop_on_strings(self, state, done, stop_strings):
+    """Marks rows whose text so far holds a stop string as done (cut later in _collect)."""
+    out = np.asarray(state["out"])
+    step = int(state["step"])
+    hit = np.array([not d and any(s in self.vocab.decode(out[r, :step].tolist())
+                                  for s in stop_strings) for r, d in enumerate(done)])
+    if not hit.any():
+      return state
+    state = dict(state)
+    state["done"] = self._put(done | hit)[0]
+    state["length"] = jnp.where(self._put(hit)[0], step, state["length"])
+    state["reason"] = jnp.where(self._put(hit)[0], _STOP, state["reason"])
+    return state
+
+  def _collect(self, state, num_real, stop_strings) -> list[Completion]:
+    out, done, length, reason = (np.asarray(state[k]) for k in ("out", "done", "length", "reason"))
+    step = int(state["step"])
+    completions = []
+    for r in range(num_real):
+      n = int(length[r]) if done[r] else step
+      tokens = out[r, :n].tolist()
+      finish = _REASONS[int(reason[r])] if done[r] else "length"
+      text = None
+      if self.vocab is not None:
+        text = self.vocab.decode(tokens)
+        cut = min((i for i in (text.find(s) for s in stop_strings) if i >= 0), default=-1)
+        if cut >= 0:
+          text, finish = text[:cut], "stop"
+      completions.append(Completion(tuple(tokens), text, finish))
+    return completions
+
+  def _put(self, *arrays):
+    """Places host arrays on device, rows split over the mesh's data axes when there is a mesh."""
+    if self.mesh is None:
+      return tuple(jnp.asarray(a) for a in arrays)
+    spec = lambda a: PartitionSpec(sharding.BATCH_AXES, *([None] * (a.ndim - 1)))
+    return tuple(jax.device_put(a, NamedSharding(self.mesh, spec(a))) for a in arrays)
+
+
+# Module-level jits with the model's graph definition as a static argument: one compiled program
+# per (model structure, shapes, static options), shared by every Sampler of that model.
+@functools.partial(jax.jit, static_argnums=0,
+                   static_argnames=("new_len", "stop_width", "cache_dtype", "pad_id"))
+def _prefill(graphdef, params, tokens, positions, ids, done, seed, *, new_len, cache_dtype,
+             pad_id, stop_width):
+  """Fills the cache with all prompt tokens but the last and returns the initial decode state.
+
+  The last prompt token is the decode loop's first input: the prefill's logits are then dead
+  code, so XLA never materialises the `[batch, prompt, vocab]` projection.
+  """
+  batch, prompt_len = tokens.shape
+  model = nnx.merge(graphdef, params)
+  cache = model.init_cache(batch, prompt_len - 1 + new_len, cache_dtype)
+  cache = {k: sharding.constrain(v, model_lib.CACHE_LOGICAL_AXES[k]) for k, v in cache.items()}
+  _, cache = model(tokens[:, :-1], positions=positions[:, :-1], cache=cache)
+  base = jax.random.key(seed)
+  keys = jax.vmap(lambda i, j: jax.random.fold_in(jax.random.fold_in(base, i), j))(
+      ids[:, 0], ids[:, 1])
+  return dict(
+      cache=cache,
+      token=tokens[:, -1],
+      position=positions[:, -1],
+      out=jnp.full((batch, new_len), pad_id, jnp.int32),
+      recent=jnp.full((batch, stop_width), -1, jnp.int32),
+      step=jnp.zeros((), jnp.int32),
+      done=done,
+      length=jnp.zeros((batch,), jnp.int32),
+      reason=jnp.full((batch,), _RUNNING, jnp.int32),
+      keys=keys,
+  )
+
+
+@functools.partial(jax.jit, static_argnums=0, donate_argnames="state",
+                   static_argnames=("pad_id", "valid_vocab_size", "greedy", "use_top_p"))
+def _decode(graphdef, params, state, temperature, top_p, max_new, table, chunk_end, eos_id, *,
+            pad_id, valid_vocab_size, greedy, use_top_p):
+  """Decodes until `min(chunk_end, max_new)` tokens exist or every row is done."""
+  model = nnx.merge(graphdef, params)
+  end = jnp.minimum(chunk_end, max_new)
+  pattern_len = jnp.sum(table != _WILDCARD, axis=1)  # 0 for the placeholder row
+
+  def cond(s):
+    return (s["step"] < end) & ~jnp.all(s["done"])
+
+  def body(s):
+    t = s["step"]
+    logits, cache = model(s["token"][:, None], positions=s["position"][:, None], cache=s["cache"])
+    logits = _mask_vocab(logits[:, -1], valid_vocab_size)
+    keys = jax.vmap(jax.random.fold_in, (0, None))(s["keys"], t)
+    token = choose_tokens(logits, keys, temperature, top_p, greedy=greedy, use_top_p=use_top_p)
+    token = jnp.where(s["done"], pad_id, token)
+    recent = jnp.concatenate([s["recent"][:, 1:], token[:, None]], axis=1)
+    matches = jnp.all((table[None] == _WILDCARD) | (table[None] == recent[:, None]), axis=2)
+    stop_len = jnp.max(jnp.where(matches & (pattern_len > 0)[None], pattern_len[None], 0), axis=1)
+    is_eos = token == eos_id
+    newly = ~s["done"] & (is_eos | (stop_len > 0))
+    kept = t + 1 - jnp.where(is_eos, 1, stop_len)
+    return dict(
+        cache=cache,
+        token=token,
+        position=s["position"] + 1,
+        out=s["out"].at[:, t].set(token),
+        recent=recent,
+        step=t + 1,
+        done=s["done"] | newly,
+        length=jnp.where(newly, kept, s["length"]),
+        reason=jnp.where(newly, jnp.where(is_eos, _EOS, _STOP), s["reason"]),
+        keys=s["keys"],
+    )
+
+  return jax.lax.while_loop(cond, body, state)
+
+
+def _mask_vocab(logits: jax.Array, valid_vocab_size: int | None) -> jax.Array:
+  """Excludes embedding-padding ids (>= valid_vocab_size) from sampling."""
+  if valid_vocab_size is None or valid_vocab_size >= logits.shape[-1]:
+    return logits
+  ids = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
+  return jnp.where(ids < valid_vocab_size, logits, -jnp.inf)
+
+
+def _progress_bar(total: int, enabled: bool):
+  import tqdm  # pylint: disable=import-outside-toplevel
+  return tqdm.tqdm(total=total, desc="sampling", unit="sample", disable=not enabled)

@@ -1,0 +1,219 @@
+"""eval.sampler: KV-cache sampling against the plain full-forward computation.
+
+One small random model (weights large enough that greedy outputs vary) and one Sampler are shared
+by the tests; prompts stay within one length bucket so that the suite compiles few programs.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from editseq import sharding
+from editseq import tokenizer
+from editseq.model import ModelConfig, Transformer
+from eval.sampler import Sampler, SamplingConfig, choose_tokens, stop_sequence_table, top_p_logits
+
+VOCAB = 512
+EOS = 1
+MAX_NEW = 24
+
+
+@pytest.fixture(scope="module")
+def model():
+  cfg = ModelConfig(vocab_size=VOCAB, num_layers=2, d_model=64, num_heads=4, num_kv_heads=2,
+                    mlp_dim=128, dtype="float32", init_std=0.3)
+  return Transformer(cfg, rngs=nnx.Rngs(0))
+
+
+@pytest.fixture(scope="module")
+def sampler(model):
+  return Sampler(model, eos_id=EOS, batch_size=4, chunk_size=8)
+
+
+@pytest.fixture(scope="module")
+def prompts():
+  """Mixed lengths (1..16 tokens: one bucket), more rows than one batch."""
+  rng = np.random.default_rng(0)
+  return [rng.integers(3, VOCAB, n).tolist() for n in (5, 16, 1, 9, 12, 3)]
+
+
+_LOGITS_AT = {}
+
+
+def full_forward_greedy(model, prompt, max_new, eos_id):
+  """The reference: one unbatched sequence, re-run through the whole model for every new token.
+
+  The sequence is right-padded to a fixed length (causal attention: padding after a position
+  cannot change its logits) so that the reference compiles once.
+  """
+  if id(model) not in _LOGITS_AT:
+    _LOGITS_AT[id(model)] = jax.jit(lambda tokens, i: model(tokens)[0, i])
+  logits_at = _LOGITS_AT[id(model)]
+  tokens, out = list(prompt), []
+  for _ in range(max_new):
+    padded = np.zeros((1, 64), np.int32)
+    padded[0, :len(tokens)] = tokens
+    token = int(jnp.argmax(logits_at(padded, len(tokens) - 1)))
+    if token == eos_id:
+      return out, "eos"
+    tokens.append(token)
+    out.append(token)
+  return out, "length"
+
+
+@pytest.fixture(scope="module")
+def greedy_reference(model, prompts):
+  """(tokens, finish reason) per prompt."""
+  return [full_forward_greedy(model, p, MAX_NEW, EOS) for p in prompts]
+
+
+def test_greedy_matches_full_forward(sampler, prompts, greedy_reference):
+  got = sampler.sample(prompts, SamplingConfig(temperature=0, max_new_tokens=MAX_NEW))
+  assert [(list(c.tokens), c.finish_reason) for (c,) in got] == greedy_reference
+  assert any(len(set(ref)) > 5 for ref, _ in greedy_reference), "outputs too degenerate"
+
+
+def test_eos_stops_rows_and_matches_full_forward(model, prompts, greedy_reference):
+  # An EOS id that greedy decoding emits mid-way in some rows but not in others.
+  eos = max(greedy_reference, key=lambda r: len(r[0]))[0][MAX_NEW // 2]
+  sampler = Sampler(model, eos_id=eos, batch_size=4, chunk_size=8)
+  got = sampler.sample(prompts, SamplingConfig(temperature=0, max_new_tokens=MAX_NEW))
+  reasons = set()
+  for prompt, (completion,) in zip(prompts, got):
+    ref, reason = full_forward_greedy(model, prompt, MAX_NEW, eos)
+    assert (list(completion.tokens), completion.finish_reason) == (ref, reason)
+    reasons.add(reason)
+  assert reasons == {"eos", "length"}
+
+
+def test_token_stop_sequences(sampler, prompts, greedy_reference):
+  row = max(range(len(prompts)), key=lambda i: len(greedy_reference[i][0]))
+  ref = greedy_reference[row][0]
+  stop = ref[10:13]  # e.g. LintSeq's [<|diff|>, "\n", <|diff|>]
+  first = next(i for i in range(len(ref)) if ref[i:i + 3] == stop)
+  got = sampler.sample(prompts, SamplingConfig(temperature=0, max_new_tokens=MAX_NEW),
+                       stop_sequences=[[VOCAB + 5], stop])[row][0]
+  assert list(got.tokens) == ref[:first]
+  assert got.finish_reason == "stop"
+
+
+def test_stop_strings_cut_text_and_end_early(model, tmp_path):
+  sources = [p.read_text() for p in sorted((tokenizer.stdlib_root() / "json").glob("*.py"))]
+  vocab = tokenizer.load_vocabulary(
+      tokenizer.train_tokenizer(sources, tmp_path / "tokenizer.json", vocab_size=VOCAB))
+  sampler = Sampler(model, eos_id=vocab.eos_id, vocab=vocab, batch_size=4, chunk_size=8)
+  config = SamplingConfig(temperature=0, max_new_tokens=MAX_NEW)
+  prompt = "def decode(s):\n    return"
+  full = sampler.sample_text([prompt] * 4, config)[0][0]
+  assert full.finish_reason == "length" and len(full.text) > 20
+  stop = full.text[len(full.text) // 4:len(full.text) // 4 + 3]
+  got = sampler.sample_text([prompt] * 4, config, stop_strings=["never appears", stop])[0][0]
+  assert got.text == full.text[:full.text.find(stop)]
+  assert got.finish_reason == "stop"
+  assert len(got.tokens) < config.max_new_tokens  # the loop stopped at a chunk boundary
+
+
+def test_samples_depend_only_on_seed_prompt_and_sample_index(model, sampler, prompts):
+  config = SamplingConfig(temperature=1.0, top_p=0.9, max_new_tokens=MAX_NEW)
+  together = sampler.sample(prompts, config, num_samples=3, seed=7)
+  again = sampler.sample(prompts, config, num_samples=3, seed=7)
+  assert together == again
+  # Prompt 0 in another batch composition (alone with a filler row): same samples.
+  alone = sampler.sample(prompts[:1], config, num_samples=3, seed=7)
+  assert alone[0] == together[0]
+  assert len({c.tokens for c in together[0]}) == 3  # samples of one prompt differ
+  other_seed = sampler.sample(prompts[:1], config, num_samples=3, seed=8)
+  assert other_seed[0] != together[0]
+
+
+def test_tiny_temperature_is_greedy(sampler, prompts, greedy_reference):
+  got = sampler.sample(prompts, SamplingConfig(temperature=1e-4, max_new_tokens=MAX_NEW))
+  assert [(list(c.tokens), c.finish_reason) for (c,) in got] == greedy_reference
+
+
+def test_sharded_sampling_matches_single_device(model, sampler, prompts):
+  mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+  sharded = Sampler(model, eos_id=EOS, batch_size=8, chunk_size=8, mesh=mesh)
+  config = SamplingConfig(temperature=1.0, top_p=0.9, max_new_tokens=MAX_NEW)
+  assert sharded.sample(prompts, config, num_samples=2, seed=3) == sampler.sample(
+      prompts, config, num_samples=2, seed=3)
+
+
+def smallest_nucleus(logits: np.ndarray, p: float) -> set[int]:
+  """Brute force in float64: the most likely tokens, added until their mass reaches p."""
+  probs = np.exp(logits - logits.max())
+  probs /= probs.sum()
+  kept, mass = set(), 0.0
+  for i in np.argsort(-probs, kind="stable"):
+    kept.add(int(i))
+    mass += probs[i]
+    if mass >= p:
+      return kept
+  return kept
+
+
+@pytest.mark.parametrize("top_p", [0.05, 0.3, 0.5, 0.9, 0.95, 0.999])
+def test_top_p_keeps_the_smallest_set_reaching_p(top_p):
+  rng = np.random.default_rng(int(top_p * 1000))
+  logits = rng.normal(size=(16, 300)) * rng.uniform(0.5, 4, size=(16, 1))
+  filtered = np.asarray(top_p_logits(jnp.asarray(logits, jnp.float32), top_p))
+  for row, kept_row in zip(logits, filtered):
+    assert set(np.flatnonzero(np.isfinite(kept_row))) == smallest_nucleus(row, top_p)
+    assert np.allclose(kept_row[np.isfinite(kept_row)], row[np.isfinite(kept_row)], atol=1e-5)
+
+
+def test_top_p_one_keeps_everything_and_tiny_p_keeps_the_argmax():
+  logits = jnp.asarray(np.random.default_rng(1).normal(size=(4, 50)), jnp.float32)
+  assert np.isfinite(np.asarray(top_p_logits(logits, 1.0))).all()
+  tiny = np.asarray(top_p_logits(logits, 1e-9))
+  assert (np.isfinite(tiny).sum(axis=1) == 1).all()
+  assert (np.argmax(tiny, axis=1) == np.argmax(np.asarray(logits), axis=1)).all()
+
+
+def test_sampled_frequencies_follow_temperature_and_top_p():
+  logits = jnp.log(jnp.asarray([[0.5, 0.3, 0.15, 0.05]]))
+  n = 20000
+  keys = jax.random.split(jax.random.key(0), n)
+  draw = jax.jit(lambda k, t, p: choose_tokens(jnp.repeat(logits, n, 0), k, t, p,
+                                               greedy=False, use_top_p=True))
+  freq = np.bincount(np.asarray(draw(keys, 1.0, 1.0)), minlength=4) / n
+  np.testing.assert_allclose(freq, [0.5, 0.3, 0.15, 0.05], atol=0.015)
+  # Temperature 0.5 squares the probabilities (then renormalises).
+  sq = np.array([0.5, 0.3, 0.15, 0.05]) ** 2
+  freq = np.bincount(np.asarray(draw(keys, 0.5, 1.0)), minlength=4) / n
+  np.testing.assert_allclose(freq, sq / sq.sum(), atol=0.015)
+  # top_p 0.7: the nucleus is {0.5, 0.3}, renormalised.
+  freq = np.bincount(np.asarray(draw(keys, 1.0, 0.7)), minlength=4) / n
+  np.testing.assert_allclose(freq, [0.625, 0.375, 0, 0], atol=0.015)
+
+
+def test_stop_sequence_table_right_aligns_with_wildcards():
+  table = stop_sequence_table([[7], [2, 5, 2]])
+  w = [-2] * 5
+  assert table.tolist() == [w + [-2, -2, 7], w + [2, 5, 2], w + [-2] * 3, w + [-2] * 3]
+  assert stop_sequence_table([]).tolist() == [[-2] * 8] * 4
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(temperature=-1.0), "temperature"),
+    (dict(temperature=float("nan")), "temperature"),
+    (dict(top_p=0.0), "top_p"),
+    (dict(top_p=1.5), "top_p"),
+    (dict(max_new_tokens=0), "max_new_tokens"),
+])
+def test_bad_sampling_config(kwargs, message):
+  with pytest.raises(ValueError, match=message):
+    SamplingConfig(**kwargs)
+
+
+def test_bad_requests(sampler):
+  config = SamplingConfig(max_new_tokens=4)
+  with pytest.raises(ValueError, match="at least one token"):
+    sampler.sample([[5], []], config)
+  with pytest.raises(ValueError, match="num_samples"):
+    sampler.sample([[5]], config, num_samples=0)
+  with pytest.raises(ValueError, match="vocab"):
+    sampler.sample([[5]], config, stop_strings=["\ndef "])
+  with pytest.raises(ValueError, match="empty"):
+    sampler.sample([[5]], config, stop_sequences=[[]])
