@@ -172,7 +172,10 @@ def extract_python_blocks(markdown: str) -> str:
     blocks: list[list[str]] = []
     fence: str | None = None
     keep = False
-    for line in markdown.split("\n"):
+    lines = markdown.split("\n")
+    if lines[-1] == "":
+        lines.pop()   # the text ends with a line ending, not with an empty line
+    for line in lines:
         line = line.rstrip("\r")
         match = _FENCE.match(line)
         if fence is None:
