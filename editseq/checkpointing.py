@@ -13,7 +13,12 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 from etils import epath
+from flax import nnx
+from jax.sharding import Mesh
 from orbax.checkpoint import checkpoint_managers
+
+from editseq import model as model_lib
+from editseq import sharding
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
@@ -77,6 +82,34 @@ def load_params(step_dir: epath.Path, abstract_params):
       args=ocp.args.PyTreeRestore(target, restore_args=_restore_args(target),
                                   partial_restore=True))
   return restored["params"]
+
+
+def load_for_inference(path: str, *, mesh: Mesh | None = None):
+  """(model, config, vocab) from a run's workdir (its latest step) or from a step folder.
+
+  Reads only the parameters. With `mesh` they are sharded by the rules table (large models);
+  without, they go to the default device. The vocabulary is the run's `data.vocab_path`, or the
+  embedded default tokenizer when that is "".
+  """
+  workdir, step_dir = resolve_step_dir(path)
+  config = load_config(str(workdir))
+  if config is None:
+    raise FileNotFoundError(f"no {CONFIG_FILE} in {workdir} (the run folder of {step_dir})")
+  model_cfg = model_lib.ModelConfig.from_config_dict(config.model, config.train)
+  graphdef, abstract = nnx.split(model_lib.abstract_model(model_cfg), nnx.Param)
+  if mesh is None:
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    shardings = jax.tree.map(lambda _: device, nnx.to_pure_dict(abstract))
+  else:
+    shardings = nnx.to_pure_dict(sharding.state_shardings(abstract, mesh))
+  target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        nnx.to_pure_dict(abstract), shardings)
+  model = nnx.merge(graphdef, load_params(step_dir, target))
+
+  from editseq import default_data, tokenizer  # Heavy (seqio/TensorFlow): only when needed.
+  vocab = (tokenizer.load_vocabulary(config.data.vocab_path) if config.data.vocab_path
+           else default_data.default_vocabulary())
+  return model, config, vocab
 
 
 class Checkpointer:

@@ -118,10 +118,7 @@ def check_layout(config: ml_collections.ConfigDict, model_cfg: model_lib.ModelCo
 
 
 def check_paths(config: ml_collections.ConfigDict) -> None:
-  for key in ("data_dir", "vocab_path"):
-    path = config.data[key]
-    if path and not _exists(path):
-      _fail(f"data.{key} {path!r} does not exist (\"\" = the embedded default)")
+  """Paths the trainer opens itself (the data paths are checked by the input pipeline)."""
   if config.train.init_from and not _exists(config.train.init_from):
     _fail(f"train.init_from {config.train.init_from!r} does not exist")
 
@@ -139,14 +136,6 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
       config.model.to_dict(), sort_keys=True):
     _fail(f"{os.path.join(workdir, checkpointing.CONFIG_FILE)} holds a run of a different "
           "model; use a new --workdir (or init_from to finetune from that run)")
-
-
-def check_vocabulary(config: ml_collections.ConfigDict, vocab) -> None:
-  """The tokenizer's ids must fit the model's embedding table."""
-  if vocab.vocab_size > config.model.vocab_size:
-    _fail(f"the tokenizer has {vocab.vocab_size} tokens but model.vocab_size is "
-          f"{config.model.vocab_size}; set model.vocab_size to at least "
-          f"{-(-vocab.vocab_size // 128) * 128}")
 
 
 def validate(config: ml_collections.ConfigDict, workdir: str, devices=None) -> None:

@@ -111,8 +111,10 @@ class TrainProgram:
     return self.abstract_state["params"]
 
   def global_batch(self, local_batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
-    """Assembles each process's rows into global arrays sharded over the batch mesh axes."""
-    return {k: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(local_batch[k]))
+    """Stacks the processes' rows (in process order) into global arrays sharded over the batch."""
+    global_shape = (self.config.data.global_batch_size, self.config.data.seq_len)
+    return {k: jax.make_array_from_process_local_data(self.batch_sharding,
+                                                      np.asarray(local_batch[k]), global_shape)
             for k in BATCH_KEYS}
 
   def _init(self, key: jax.Array) -> State:
@@ -177,20 +179,33 @@ class TrainProgram:
       return jnp.stack(self._loss_sums(params, batch))
 
 
-def load_vocabulary(config: ml_collections.ConfigDict):
-  """The configured tokenizer, or the embedded default one (built on first use)."""
-  from editseq import default_data
-  from editseq import tokenizer
-  if config.data.vocab_path:
-    return tokenizer.load_vocabulary(config.data.vocab_path)
-  return default_data.default_vocabulary()
+def data_vocabulary(config: ml_collections.ConfigDict):
+  """The run's tokenizer, after checking that it and the data fit the config (ConfigError if not).
+
+  With `data.vocab_path = ""` this is the embedded default tokenizer and with `data.data_dir` ""
+  or "default:small" the embedded default data: both are built on first use.
+  """
+  from editseq import default_data, input_pipeline, tasks, tokenizer
+  splits = ("train", config.data.eval_split) if config.train.eval_every > 0 else ("train",)
+  try:
+    if config.data.vocab_path:
+      vocab = tokenizer.load_vocabulary(config.data.vocab_path)
+    else:
+      vocab = default_data.default_vocabulary()
+    input_pipeline.validate_data_config(config, vocab, splits=splits)
+  except (tasks.DataError, tokenizer.VocabularyError) as e:
+    raise config_validation.ConfigError(str(e)) from e
+  return vocab
 
 
 def load_pretrained_params(path: str, program: TrainProgram):
   """Parameters to finetune from: one of our checkpoints or a Hugging Face model folder."""
   if checkpointing.is_hf_model_dir(path):
     from editseq import hf_convert
-    params = hf_convert.load_params(path, program.model_cfg)
+    try:
+      params = hf_convert.load_params(path, program.model_cfg)
+    except ValueError as e:
+      raise config_validation.ConfigError(f"train.init_from: {e}") from e
     return jax.device_put(params, program.param_shardings)
   _, step_dir = checkpointing.resolve_step_dir(path)
   return checkpointing.load_params(step_dir, program.abstract_params)
@@ -270,11 +285,11 @@ class _Reporter:
 
 
 def evaluate(program: TrainProgram, params, eval_iter, start_state: dict, steps: int) -> float:
-  """Mean token loss over the first `steps` batches of the held-out split (same batches each time)."""
+  """Mean token loss over the first `steps` batches of the held-out split (the same each time)."""
   eval_iter.set_state(start_state)
   sums = jnp.zeros((2,), jnp.float32)
-  for _ in range(steps):
-    sums = sums + program.eval_step(params, program.global_batch(next(eval_iter)))
+  for _, batch in zip(range(steps), eval_iter):
+    sums = sums + program.eval_step(params, program.global_batch(batch))
   total, count = jax.device_get(sums)
   return float(total / max(count, 1.0))
 
@@ -285,24 +300,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   Raises config_validation.ConfigError (before any compile) for a bad config,
   TrainingDiverged on a non-finite loss and Preempted after saving on SIGTERM.
   """
-  # The data stack (seqio/TensorFlow) loads only here, so TrainProgram users stay light.
-  from editseq import input_pipeline
-
   config_validation.validate(config, workdir)
-  mesh = sharding.make_mesh(config.mesh)
-  vocab = load_vocabulary(config)
-  config_validation.check_vocabulary(config, vocab)
-  program = TrainProgram(config, mesh)
   train_cfg = config.train
   total_steps = train_cfg.steps
+  vocab = data_vocabulary(config)
+  mesh = sharding.make_mesh(config.mesh)
+  program = TrainProgram(config, mesh)
 
-  checkpointer = checkpointing.Checkpointer(workdir, every=train_cfg.checkpoint_every,
-                                            keep=train_cfg.keep_checkpoints)
+  # The data stack (seqio/TensorFlow) loads only here, so TrainProgram users stay light.
+  from editseq import input_pipeline
   train_iter = input_pipeline.make_train_iterator(config, vocab, split="train")
   eval_iter = eval_start = None
   if train_cfg.eval_every > 0:
-    eval_iter = input_pipeline.make_train_iterator(config, vocab, split=config.data.eval_split)
+    eval_iter = input_pipeline.make_eval_iterator(config, vocab)
     eval_start = eval_iter.get_state()
+
+  checkpointer = checkpointing.Checkpointer(workdir, every=train_cfg.checkpoint_every,
+                                            keep=train_cfg.keep_checkpoints)
 
   start_step = checkpointer.latest_step()
   with jax.set_mesh(mesh):

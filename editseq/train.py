@@ -1,0 +1,87 @@
+"""Trains or finetunes a model; rerunning the same command resumes from the last checkpoint.
+
+    python -m editseq.train --config=configs/tinycodelm_150m.py --workdir=DIR \\
+        [--config.train.steps=1000 --config.optimizer.learning_rate=1e-4 ...]
+
+With no data flags it trains on the embedded default data (built on first use). Exit status:
+0 done, 1 diverged (NaN/inf loss; the last good checkpoint is kept), 2 bad config or data,
+143 preempted by SIGTERM after saving a checkpoint.
+"""
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file (configs/*.py); override fields with --config.SECTION.KEY=VALUE.",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Run folder: config.json, checkpoints/, metrics.jsonl, tensorboard/. "
+    "Local or gs://; rerunning with the same workdir resumes.")
+_DISTRIBUTED = flags.DEFINE_enum(
+    "distributed", "auto", ["auto", "on", "off"],
+    "jax.distributed.initialize(): 'auto' joins a multi-process job when the environment "
+    "describes one (Cloud TPU VM, SLURM, Open MPI, Kubernetes JobSet) and runs alone otherwise.")
+
+EXIT_DIVERGED, EXIT_USAGE, EXIT_PREEMPTED = 1, 2, 143
+
+
+def _fail(message: str, status: int) -> None:
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(status)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing with config-file and override mistakes as one line and exit status 2."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    _fail(f"{e} (see --help)", EXIT_USAGE)
+  except Exception as e:  # pylint: disable=broad-except
+    # config_flags raises whatever loading the config file or applying an override raised:
+    # KeyError/AttributeError for an unknown key, OSError for a missing file, SyntaxError, ...
+    detail = e.args[0] if e.args else e
+    detail = " ".join(str(detail).replace("\\n", " ").split()).strip("'\"")
+    _fail(f"bad --config: {type(e).__name__}: {detail}", EXIT_USAGE)
+
+
+def _initialize_distributed(mode: str) -> None:
+  import jax  # pylint: disable=g-import-not-at-top
+  if mode == "off":
+    return
+  try:
+    jax.distributed.initialize()
+  except ValueError as e:
+    # Raised before contacting anyone when no cluster environment is detected.
+    if mode == "on" or "coordinator_address" not in str(e):
+      raise
+  if jax.process_count() > 1:
+    logging.info("process %d of %d", jax.process_index(), jax.process_count())
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    _fail(f"unexpected arguments: {' '.join(argv[1:])}", EXIT_USAGE)
+  if _CONFIG.value is None or not _WORKDIR.value:
+    _fail("--config and --workdir are required (see --help)", EXIT_USAGE)
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO.
+  _initialize_distributed(_DISTRIBUTED.value)
+
+  from editseq import config_validation  # pylint: disable=g-import-not-at-top
+  from editseq import trainer  # pylint: disable=g-import-not-at-top
+  try:
+    trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except config_validation.ConfigError as e:
+    _fail(str(e), EXIT_USAGE)
+  except trainer.TrainingDiverged as e:
+    _fail(str(e), EXIT_DIVERGED)
+  except trainer.Preempted as e:
+    print(str(e), file=sys.stderr)
+    sys.exit(EXIT_PREEMPTED)
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=_parse_flags)
