@@ -14,6 +14,7 @@ SPLITS = ("train", "validation")
 DATASET_NAME = "editseq"
 TEXT_FEATURES = ("instruction", "program", "prompt", "completion", "source_id", "variant")
 INT_FEATURES = ("sample_index", "num_edits")
+METADATA_FILES = ("dataset_info.json", "features.json")
 
 
 def shard_filename(split: str, index: int, num_shards: int) -> str:
@@ -48,9 +49,10 @@ def serialize_example(example: dict) -> bytes:
 
 
 def write_metadata(variant_dir: str, shard_lengths: dict[str, list[int]], description: str) -> None:
-  """Writes the TFDS metadata for the shards already in `variant_dir`.
+  """Writes the TFDS metadata (`METADATA_FILES`) for the shards already in `variant_dir`.
 
-  `shard_lengths[split][i]` is the number of records in shard i of that split.
+  `shard_lengths[split][i]` is the number of records in shard i of that split. Pass only splits
+  with examples: TFDS cannot read a split without any.
   """
   import tensorflow as tf
   import tensorflow_datasets as tfds

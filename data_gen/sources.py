@@ -51,9 +51,10 @@ class BadProgram(ValueError):
 def program_text(raw: bytes | str, *, max_bytes: int, max_lines: int) -> str:
   """Decodes and validates one program; raises `BadProgram` with the skip reason.
 
-  Reasons: `too_many_bytes`, `binary` (a NUL byte), `not_utf8`, `empty` (only whitespace),
-  `too_many_lines`, `contains_diff_token` (the text would collide with the edit separator),
-  `syntax_error`. A leading UTF-8 byte-order mark is dropped.
+  Reasons: `too_many_bytes`, `binary` (a NUL byte), `not_utf8`, `empty` (no statement: only
+  whitespace or comments), `too_many_lines`, `contains_diff_token` (the text would collide
+  with the edit separator), `syntax_error` (does not compile). A leading UTF-8 byte-order mark
+  is dropped.
   """
   size = len(raw.encode("utf-8")) if isinstance(raw, str) else len(raw)
   if size > max_bytes:
@@ -73,9 +74,14 @@ def program_text(raw: bytes | str, *, max_bytes: int, max_lines: int) -> str:
   if edit_format.DIFF_TOKEN in text:
     raise BadProgram("contains_diff_token")
   try:
-    ast.parse(text)
+    tree = ast.parse(text)
+    # The compiler front end also rejects what parses but cannot run ('return' outside a
+    # function, bad nonlocal/global, ...): such text is no program for either variant.
+    compile(tree, "<program>", "exec", dont_inherit=True)
   except (SyntaxError, ValueError, MemoryError, RecursionError):
     raise BadProgram("syntax_error") from None
+  if not tree.body:
+    raise BadProgram("empty")
   return text
 
 

@@ -217,6 +217,7 @@ def test_time_cap_skips_slow_programs_for_lintseq_only(tmp_path):
   lint = json.loads((tmp_path / "out" / "lintseq" / "stats.json").read_text())
   base = json.loads((tmp_path / "out" / "baseline" / "stats.json").read_text())
   assert lint["skipped"] == {"timeout": 1} and lint["programs_out"] == 0
+  assert not (tmp_path / "out" / "lintseq" / "dataset_info.json").exists()
   assert base["programs_out"] == 1
 
 

@@ -35,6 +35,8 @@ def test_program_text_reasons():
     assert _reason(f.read()[:200] + b"\x00\x01\x02") == "binary"
   assert _reason("x = 'é'\n".encode("latin-1")) == "not_utf8"
   assert _reason("def f(:\n    pass\n") == "syntax_error"
+  assert _reason("return 1\n") == "syntax_error"  # parses, but does not compile.
+  assert _reason("# only a comment\n\n") == "empty"
   assert _reason("x = 1\n" * 11, max_lines=10) == "too_many_lines"
   assert _reason("x = 1\n" * 11, max_bytes=60) == "too_many_bytes"
   assert _reason("s = '<|diff|>'\n") == "contains_diff_token"
