@@ -2,39 +2,44 @@
 
 The paper finetunes on instruction + Python pairs that are not released; this module makes an
 offline stand-in from the running Python's standard library, so the whole project runs with no
-downloads. Each pair is one documented top-level function:
+downloads. Each pair is one documented function or method:
 
-- instruction: "Write a Python function `name(signature)`." followed by the function's docstring
-  (`inspect.cleandoc`-ed). This is an honest task description: the docstring is what the author
-  wrote to explain the function, the signature fixes the interface.
-- program: the imports the function needs (rebuilt from the module's top-level imports, keeping
-  only the names the function uses, relative imports made absolute), then the function's source
-  exactly as written (decorators and comments included) minus the docstring lines.
+- instruction: "Write a Python function `name(signature)`." (for a method: "Write a method
+  `name(signature)` for the class `Class`.") followed by the docstring, `inspect.cleandoc`-ed.
+  An honest task description: the docstring is what the author wrote to explain the code, the
+  signature fixes the interface.
+- program: the imports it needs (rebuilt from the module's top-level imports with only the names
+  used, relative imports made absolute), the module-level definitions it needs, transitively
+  (helper functions, classes, constants, verbatim and in source order), then the function's
+  source as written (decorators and comments included) minus its docstring lines. A method is
+  emitted inside its class's header (decorators, `class Name(bases):`) with the other members
+  left out: it is the method as written in its class, not a working class.
 
-A function is kept only when it stands alone. The rules, applied in this order:
+The rules, applied in this order:
 1. modules under `site-packages`, `dist-packages`, `test`, `tests`, `idle_test` and `__pycache__`
    are not read (third-party code and test suites); a module that fails to decode or parse is
    passed over;
-2. the function is a top-level `def`/`async def` with a public name (no leading `_`), defined once
-   at module level;
-3. it has a docstring of at least `MIN_DOC_CHARS` characters that occupies whole lines of its own
+2. candidates are top-level `def`/`async def`s and the methods of top-level classes, not dunder
+   (`__x__`/`__x`), whose name is bound once in their scope (module or class body);
+3. a docstring of at least `MIN_DOC_CHARS` characters that occupies whole lines of its own
    (so deleting those lines leaves valid code);
-4. its body without the docstring has at least one statement that is not `pass`, `...` or
-   `raise NotImplementedError`, and the program's function part is `MIN_LINES`..`MAX_LINES` lines;
-5. it uses no `global`/`nonlocal` (module state it would not own);
-6. the rebuilt program compiles and pyflakes finds no undefined name in it, i.e. everything it
-   uses is a builtin, a parameter, a local, or one of the re-imported module-level imports.
-   Functions that use other module-level functions, classes or constants are dropped by this rule.
+4. a body, without the docstring, with at least one statement that is not `pass`, `...` or
+   `raise NotImplementedError`, of `MIN_LINES`..`MAX_FUNCTION_LINES` lines;
+5. no `global`/`nonlocal` (module state it would not own);
+6. every name it uses, per pyflakes, resolves to a builtin, a parameter, a local, a top-level
+   import, or a top-level definition bound exactly once and unconditionally (not inside `if`/
+   `try`/loops), whose own names resolve the same way; otherwise the function is dropped;
+7. the whole program is at most `MAX_PROGRAM_LINES` lines.
 
 The walk is sorted (directories and files by name, functions in source order), so the output is
-identical on every run of the same Python; ids are `stdlib:<relative path>:<function name>`.
+identical on every run of the same Python; ids are `stdlib:<relative path>:<qualified name>`.
+On CPython 3.11 this gives about 3,100 pairs (a third of them top-level functions).
 """
 from __future__ import annotations
 
 import ast
 import copy
 import dataclasses
-import inspect
 import os
 import sysconfig
 from typing import Iterator
