@@ -3,13 +3,15 @@
     $EDITSEQ_CACHE (default ~/.cache/editseq)/
       data-<key>/          data_gen output for the standard library's instruction pairs (full)
       data-small-<key>/    the same for a deterministic sample of 300 programs (tests, test_tiny)
-      tokenizer-<key>/     byte-level BPE (8192 ids) trained on the standard library's .py files
-                           plus the small dataset's prompts and completions
+      tokenizer-8192-v1-py311/  byte-level BPE trained on the standard library's .py files plus
+                           the small dataset's prompts and completions
       tokenized/           token stores of the input pipeline (editseq.input_pipeline)
 
 Config values: `data.data_dir = ""` is the full default, `"default:small"` the small one;
-`data.vocab_path = ""` is the default tokenizer. Keys hash the generator and tokenizer code, so
-a code change rebuilds instead of serving stale data. Builds go to a temporary folder renamed
+`data.vocab_path = ""` is the default tokenizer. Data folders are keyed by a hash of the
+generator's code, so a code change regenerates instead of serving stale data; the tokenizer is
+keyed by a version only, so that its ids keep their meaning for existing checkpoints (delete
+its folder to retrain it). Builds go to a temporary folder renamed
 into place under an exclusive file lock, so concurrent processes build once and never see a
 partial folder. Sizes: the full set is 3,138 programs (15.7k LintSeq sequences, ~1.5 min to
 build on 2 cores); the small one builds in well under a minute.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import itertools
 import logging
 import os
 import pathlib
@@ -30,6 +33,7 @@ SMALL = "default:small"
 SMALL_PROGRAMS = 300
 DEFAULT_VOCAB_SIZE = 8192
 _DATA_VERSION = "1"
+_TOKENIZER_VERSION = 1
 
 
 def cache_dir() -> pathlib.Path:
@@ -58,17 +62,13 @@ def build_once(final: str | os.PathLike, build: Callable[[pathlib.Path], None]) 
   return final
 
 
-def _key(code: list[pathlib.Path], *parts: str) -> str:
-  """Hash of the code that produces an artifact, its settings and the Python version."""
+def _data_key(*parts: str) -> str:
+  """Hash of the generator's code, its settings and the Python version (the stdlib differs)."""
+  import data_gen  # pylint: disable=g-import-not-at-top
   h = hashlib.sha256("|".join((_DATA_VERSION, sys.version, *parts)).encode())
-  for f in code:
+  for f in sorted(pathlib.Path(data_gen.__file__).parent.glob("*.py")):
     h.update(f.read_bytes())
   return h.hexdigest()[:12]
-
-
-def _data_key(*parts: str) -> str:
-  import data_gen  # pylint: disable=g-import-not-at-top
-  return _key(sorted(pathlib.Path(data_gen.__file__).parent.glob("*.py")), *parts)
 
 
 def default_data_dir(small: bool = False) -> str:
@@ -98,19 +98,18 @@ def resolve_data_dir(data_dir: str) -> str:
 def default_vocab_path(vocab_size: int = DEFAULT_VOCAB_SIZE) -> str:
   """The default tokenizer.json, trained on first use (~10 s)."""
   from editseq import tokenizer  # pylint: disable=g-import-not-at-top
-  data_dir = default_data_dir(small=True)
-  key = _key([pathlib.Path(tokenizer.__file__)], data_dir, str(vocab_size))
-  folder = cache_dir() / f"tokenizer-{vocab_size}-{key}"
-
-  def corpus():
-    from data_gen import dataset  # pylint: disable=g-import-not-at-top
-    for _, text in tokenizer.iter_python_sources():
-      yield text
-    for example in dataset.read_examples(os.path.join(data_dir, "lintseq"), "train"):
-      yield example["prompt"] + example["completion"]
+  # Not keyed by code: a checkpoint's token ids must keep their meaning across code changes.
+  folder = cache_dir() / (f"tokenizer-{vocab_size}-v{_TOKENIZER_VERSION}-"
+                          f"py{sys.version_info.major}{sys.version_info.minor}")
 
   def build(tmp: pathlib.Path) -> None:
-    tokenizer.train_tokenizer(corpus(), tmp / "tokenizer.json", vocab_size=vocab_size)
+    from data_gen import dataset  # pylint: disable=g-import-not-at-top
+    lintseq_dir = os.path.join(default_data_dir(small=True), "lintseq")
+    code = (text for _, text in tokenizer.iter_python_sources())
+    instructions = (ex["prompt"] + ex["completion"]
+                    for ex in dataset.read_examples(lintseq_dir, "train"))
+    tokenizer.train_tokenizer(itertools.chain(code, instructions), tmp / "tokenizer.json",
+                              vocab_size=vocab_size)
 
   return str(build_once(folder, build) / "tokenizer.json")
 

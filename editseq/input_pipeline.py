@@ -210,7 +210,7 @@ class DataSource:
         row_splits = np.arange(len(part) + 1)
       plan = _Plan(part, unit, row_splits)
       self._plans[epoch] = plan
-      while len(self._plans) > 2:  # the current epoch and the next are all we ever need
+      while len(self._plans) > 3:  # batches in flight span at most a few epochs
         self._plans.popitem(last=False)
       return plan
 

@@ -144,6 +144,13 @@ def test_resume_gives_the_same_batches(vocab):
   np.testing.assert_array_equal(next(it)["inputs"], reference[3]["inputs"])
 
 
+def test_without_packing_each_row_is_one_example(vocab):
+  it = ip.make_train_iterator(_config(pack=False), vocab, process_index=0, process_count=1)
+  batch = next(it)
+  assert np.all(batch["segment_ids"].max(axis=1) == 1)
+  assert np.all(batch["segment_ids"][:, 0] == 1)
+
+
 def test_seed_changes_the_stream(vocab):
   a = next(ip.make_train_iterator(_config(seed=1), vocab, process_index=0, process_count=1))
   b = next(ip.make_train_iterator(_config(seed=1), vocab, process_index=0, process_count=1))
