@@ -7,7 +7,9 @@ Runs `data_gen.lintseq.lintseq` over every program of a JSONL file in a pool of 
 (multiprocessing with the `spawn` start method, so each worker is a fresh interpreter whose
 memory is LintSeq's alone) fed in chunks, and prints, as its last line, one JSON object:
 `programs`, `sequences`, `skipped` (by reason), `sequences_per_s` (work phase, after the
-workers started), `wall_s`, `peak_rss_mb` (largest peak resident set of a single worker),
+workers started), `sequences_per_cpu_s` (per second of worker CPU time: what one core does,
+whatever else the machine is running), `wall_s`, `load_average` (1-minute, at the end: a busy
+machine lowers `sequences_per_s`), `peak_rss_mb` (largest peak resident set of a single worker),
 `main_rss_mb`, `worker_rss_first_mb`/`worker_rss_last_mb` (largest current RSS of a worker after
 its first and last chunk: flat means no growth), `mean_diffs_per_sequence`, and
 `distinct_sequence_share` (distinct sequences among one program's samples, averaged).
@@ -92,6 +94,7 @@ def _run_chunk(task):
     from data_gen import lintseq
 
     programs, num_samples, seed, use_linter = task
+    cpu_start = time.process_time()
     result = {"programs": 0, "sequences": 0, "diffs": 0, "distinct": 0.0, "skipped": {}}
     for program in programs:
         try:
@@ -105,6 +108,7 @@ def _run_chunk(task):
         result["diffs"] += sum(len(s) for s in sequences)
         if sequences:
             result["distinct"] += len({tuple(s) for s in sequences}) / len(sequences)
+    result["cpu_s"] = time.process_time() - cpu_start
     result["pid"] = os.getpid()
     result["rss_mb"] = _current_rss_mb()
     result["peak_rss_mb"] = _peak_rss_mb()
@@ -152,7 +156,7 @@ def run(programs: list[str], *, num_samples: int, workers: int, use_linter: bool
         _warm_up(None)
         results_iter = map(_run_chunk, tasks)
     work_start = time.perf_counter()
-    totals = {"programs": 0, "sequences": 0, "diffs": 0, "distinct": 0.0}
+    totals = {"programs": 0, "sequences": 0, "diffs": 0, "distinct": 0.0, "cpu_s": 0.0}
     skipped: dict[str, int] = {}
     first_rss: dict[int, float] = {}
     last_rss: dict[int, float] = {}
@@ -182,7 +186,9 @@ def run(programs: list[str], *, num_samples: int, workers: int, use_linter: bool
         "workers": workers,
         "repeat": repeat,
         "sequences_per_s": round(sequences / (end - work_start), 1),
+        "sequences_per_cpu_s": round(sequences / max(totals["cpu_s"], 1e-9), 1),
         "wall_s": round(end - start, 3),
+        "load_average": round(os.getloadavg()[0], 2),
         "peak_rss_mb": round(peak, 1),
         "main_rss_mb": round(_peak_rss_mb(), 1),
         "worker_rss_first_mb": round(max(first_rss.values(), default=0.0), 1),

@@ -39,15 +39,25 @@ compiles can only create three kinds of errors: syntax errors from emptied block
 locals, undefined `__all__` exports, `nonlocal` without a binding), which need a removed
 *binding* of a name that a remaining statement *uses*. Every other pyflakes error is a property
 of a single statement or of its enclosing blocks, which survive unchanged. Each program is
-analysed once into per-unit tables of bindings and uses with their scopes (string annotations
-and `__all__` entries count as uses; `global`/`nonlocal` bind in every enclosing scope). For a
-deletion, every remaining use of a removed binding is then classified:
-- *certain*: no other binding of the name remains in any enclosing scope and it is no builtin;
-  pyflakes reports it, so the using unit is deleted without running the checker;
-- *safe*: the name is a builtin with no binding left, or a plain binding of it in the same scope
-  remains earlier in the text (pyflakes resolves names in textual order within a scope) and the
-  name is never `del`-eted nor declared `global`/`nonlocal`;
+analysed once into per-unit tables of bindings and uses with their scopes (strings where
+pyflakes reads annotations -- annotations, arguments of `typing` calls, subscripts of `typing`
+members -- and `__all__` entries count as uses; `global`/`nonlocal` bind in every enclosing
+scope, as pyflakes does; a scope is a module, class or function, and lambdas/comprehensions are
+folded into their statement's scope with their own names left out). For a deletion, every
+remaining use of a removed binding is then classified:
+- *certain*: no other binding of the name remains in any enclosing scope, or the only ones left
+  are in the use's own scope and later in the text, and it is no builtin; pyflakes reports
+  it (it resolves names in textual order within a scope), so the using unit is deleted without
+  running the checker;
+- *safe*: the name is a builtin with no binding left (and the using statement does not bind it
+  itself: "local variable referenced before assignment"), or a plain binding of it in the same
+  scope remains earlier in the text and the name is never `del`-eted nor declared
+  `global`/`nonlocal`;
 - *uncertain* otherwise: the checker runs on that state and its errors decide.
+The rules err towards deleting (where pyflakes would tolerate a use, e.g. under
+`except NameError`, the unit still goes) and towards checking, never towards skipping a check
+that could fail. On the standard-library benchmark input the checker runs for <1% of the
+sequences and the sequences are identical to those of `lint_every_state=True`.
 Units whose removal changes name resolution without binding anything (`from x import *`,
 `from __future__ import ...`, an `except` clause naming `NameError`) always run the checker.
 A state is linted only when something is uncertain, checker results are cached per state, and
@@ -65,6 +75,7 @@ from __future__ import annotations
 
 import ast
 import bisect
+import contextlib
 import functools
 import hashlib
 import itertools
@@ -134,9 +145,10 @@ def lintseq(program: str | bytes, *, num_samples: int = 5, seed: int = 0, use_li
     if num_samples < 0:
         raise ValueError(f"num_samples must be >= 0, got {num_samples}")
     deadline = None if time_limit_s is None else time.monotonic() + time_limit_s
-    prepared = _prepare(program, max_lines)
-    return [prepared.sample(_rng(prepared.text, seed, i), use_linter, lint_every_state, deadline)
-            for i in range(num_samples)]
+    with _input_errors():
+        prepared = _prepare(program, max_lines)
+        return [prepared.sample(_rng(prepared.text, seed, i), use_linter, lint_every_state,
+                                deadline) for i in range(num_samples)]
 
 
 def lintseq_sample(program: str | bytes, *, seed: int, sample_index: int, use_linter: bool = True,
@@ -145,9 +157,10 @@ def lintseq_sample(program: str | bytes, *, seed: int, sample_index: int, use_li
                    lint_every_state: bool = False) -> list[str]:
     """Edit sequence number `sample_index` of `program` for `seed` (see `lintseq`)."""
     deadline = None if time_limit_s is None else time.monotonic() + time_limit_s
-    prepared = _prepare(program, max_lines)
-    return prepared.sample(_rng(prepared.text, seed, sample_index), use_linter, lint_every_state,
-                           deadline)
+    with _input_errors():
+        prepared = _prepare(program, max_lines)
+        return prepared.sample(_rng(prepared.text, seed, sample_index), use_linter,
+                               lint_every_state, deadline)
 
 
 def apply_diffs(diffs: Sequence[str]) -> str:
@@ -223,21 +236,25 @@ def _validate(program: str | bytes, max_lines: int | None) -> str:
     return program
 
 
-def _prepare(program: str | bytes, max_lines: int | None) -> _Program:
-    text = _validate(program, max_lines)
+@contextlib.contextmanager
+def _input_errors() -> Iterator[None]:
+    """Compiler warnings stay quiet; inputs too deep for the recursive parsers become errors."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            tree = ast.parse(text, _FILENAME)
-            compile(tree, _FILENAME, "exec", dont_inherit=True)
-        except SyntaxError as error:
-            raise LintSeqError("syntax_error", f"line {error.lineno}: {error.msg}") from None
+            yield
         except (RecursionError, MemoryError):
             raise LintSeqError("too_deep", "nesting too deep to analyse") from None
-        try:
-            return _Program(text, tree)
-        except RecursionError:
-            raise LintSeqError("too_deep", "nesting too deep to analyse") from None
+
+
+def _prepare(program: str | bytes, max_lines: int | None) -> _Program:
+    text = _validate(program, max_lines)
+    try:
+        tree = ast.parse(text, _FILENAME)
+        compile(tree, _FILENAME, "exec", dont_inherit=True)
+    except SyntaxError as error:
+        raise LintSeqError("syntax_error", f"line {error.lineno}: {error.msg}") from None
+    return _Program(text, tree)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -861,20 +878,17 @@ class _Program:
         first_lines = list(itertools.accumulate([1] + [self.unit_size[u] for u in kept[:-1]]))
         num_lines = first_lines[-1] + self.unit_size[kept[-1]] - 1
         broken = 0
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                tree = ast.parse(text, _FILENAME)
-                if self.needs_symtable:
-                    symtable.symtable(text, _FILENAME, "exec")
-            except SyntaxError as error:
-                lines = [error.lineno] if error.lineno else []
-                messages = ()
-            else:
-                messages = pyflakes_checker.Checker(tree, filename=_FILENAME).messages
-                original = self._original()
-                lines = [m.lineno for m in messages
-                         if type(m) in ERROR_MESSAGES and _message_key(m) not in original]
+        try:
+            tree = ast.parse(text, _FILENAME)
+            if self.needs_symtable:
+                symtable.symtable(text, _FILENAME, "exec")
+        except SyntaxError as error:
+            lines = [error.lineno] if error.lineno else []
+        else:
+            messages = pyflakes_checker.Checker(tree, filename=_FILENAME).messages
+            original = self._original()
+            lines = [m.lineno for m in messages
+                     if type(m) in ERROR_MESSAGES and _message_key(m) not in original]
         for line in lines:
             if 1 <= line <= num_lines:
                 broken |= self.desc[kept[bisect.bisect_right(first_lines, line) - 1]]
