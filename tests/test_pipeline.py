@@ -245,3 +245,18 @@ def test_cli_help_and_exit_code():
   assert done.returncode == 2
   assert done.stderr.strip().splitlines()[-1].startswith("error: max_program_lines")
   assert "Traceback" not in done.stderr
+
+
+def test_stats_distribution_matches_numpy_nearest_rank():
+  import numpy as np
+  from data_gen import stats
+  rng = np.random.default_rng(0)
+  for size in (1, 2, 7, 100, 1001):
+    values = rng.integers(1, 60, size=size)
+    histogram = collections.Counter(int(v) for v in values)
+    got = stats.distribution(histogram)
+    assert got["count"] == size and got["min"] == values.min() and got["max"] == values.max()
+    assert got["mean"] == pytest.approx(values.mean(), abs=1e-3)
+    for q in (50, 90, 99):
+      assert got[f"p{q}"] == np.percentile(values, q, method="inverted_cdf")
+  assert stats.distribution({}) == {"count": 0}
