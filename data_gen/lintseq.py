@@ -116,6 +116,7 @@ ERROR_MESSAGES: frozenset[type] = frozenset({
 
 _BUILTINS = pyflakes_checker.builtin_vars
 _TYPING_MODULES = frozenset({"typing", "typing_extensions"})
+_SAFE, _CERTAIN, _UNCERTAIN = range(3)   # how a use fares when no other binding is left
 _FILENAME = "<lintseq>"
 
 
@@ -276,7 +277,7 @@ def _names_in_string(value: str) -> frozenset[str]:
 class _Piece:
     """A statement, or the header of a compound statement or clause, before merging."""
 
-    __slots__ = ("start", "end", "depth", "parent", "binds", "uses", "always_check",
+    __slots__ = ("start", "end", "depth", "parent", "binds", "uses", "always_check", "stores_last",
                  "pending")
 
     def __init__(self, start: int, end: int, depth: int, parent: int):
@@ -284,6 +285,9 @@ class _Piece:
         self.binds: list[tuple[str, int, bool]] = []   # (name, scope, plain)
         self.uses: list[tuple[str, int, bool]] = []    # (name, scope, nested)
         self.always_check = False
+        # All its reads happen before its bindings (false for `:=`, guards after a pattern,
+        # `with a() as x, b(x):`), so a name it both reads and binds is read unbound.
+        self.stores_last = True
         self.pending = None  # how to find start/end lines once string lines are known
 
 
@@ -368,6 +372,7 @@ class _Analysis:
         elif isinstance(stmt, (ast.While, ast.If)):
             self._uses_in(piece, scope, [stmt.test])
         elif isinstance(stmt, (ast.With, ast.AsyncWith)):
+            piece.stores_last = len(stmt.items) == 1
             for item in stmt.items:
                 self._uses_in(piece, scope, [item.context_expr])
                 if item.optional_vars is not None:
@@ -422,6 +427,7 @@ class _Analysis:
                 cpiece.pending = ("clause", prev_end, case.body[0], header)
                 self._pattern(cpiece, scope, case.pattern)
                 self._uses_in(cpiece, scope, [case.guard])
+                cpiece.stores_last = case.guard is None
                 clauses.append((clause, self._block(case.body, scope, depth + 2, clause), "case"))
                 prev_end = case.body[-1].end_lineno
         self.compounds.append((header, kind, clauses))
@@ -561,6 +567,7 @@ class _Analysis:
         if isinstance(node, ast.JoinedStr):
             self._mark_string(node)
         elif isinstance(node, ast.NamedExpr):
+            piece.stores_last = False
             if isinstance(node.target, ast.Name):
                 piece.binds.append((node.target.id, scope, False))
             self._expr(node.value, piece, scope, frames, nested, annotation)
@@ -741,8 +748,12 @@ class _Program:
         plain_binders: dict[tuple[str, int], list[int]] = {}
         unit_keys: list[set] = [set() for _ in range(num_units)]
         always = 0
+        pieces_of = [0] * num_units
+        reads_first = [True] * num_units   # every read of the unit precedes its bindings
         for index, piece in enumerate(pieces):
             unit = piece_unit[index]
+            pieces_of[unit] += 1
+            reads_first[unit] &= piece.stores_last and pieces_of[unit] == 1
             if piece.always_check:
                 always |= 1 << unit
             for name, scope, plain in piece.binds:
@@ -766,17 +777,26 @@ class _Program:
                         keys.append(key)
                 if not keys:
                     continue
+                builtin = name in _BUILTINS
+                binds_too = chain_mask >> unit & 1
+                # What pyflakes says about this use once no other binding is left: a builtin
+                # resolves (unless the unit binds it after reading it: "local variable
+                # referenced before assignment"), anything else is undefined -- unless the
+                # unit may bind it before reading it (`:=`, a guard, a merged line).
+                if binds_too and not reads_first[unit]:
+                    alone = _UNCERTAIN
+                elif builtin:
+                    alone = _UNCERTAIN if binds_too else _SAFE
+                else:
+                    alone = _CERTAIN
                 before = later = 0
                 if not nested and name not in unsafe_order:
                     for b in plain_binders.get((name, scope), ()):
                         if b < unit:
                             before |= 1 << b
-                    if name not in _BUILTINS:
+                    if alone == _CERTAIN:
                         later = binders.get((name, scope), 0) >> (unit + 1) << (unit + 1)
-                # A builtin with no binding left resolves to the builtin, unless this unit
-                # binds it too (pyflakes: local variable referenced before assignment).
-                builtin_ok = name in _BUILTINS and not chain_mask >> unit & 1
-                entry = (1 << unit, chain_mask & ~(1 << unit), before, later, builtin_ok)
+                entry = (1 << unit, chain_mask & ~(1 << unit), before, later, alone)
                 for key in keys:
                     entries_of.setdefault(key, set()).add(entry)
         self.threats = [sorted({e for key in keys for e in entries_of.get(key, ())})
@@ -844,13 +864,15 @@ class _Program:
                 certain = 0
                 uncertain = bool(deletion & self.always_check)
                 for unit in _bits(deletion):
-                    for bit, others, before, later, builtin_ok in self.threats[unit]:
+                    for bit, others, before, later, alone in self.threats[unit]:
                         if not after & bit:
                             continue
                         others &= after
                         if not others:
-                            if not builtin_ok:
+                            if alone == _CERTAIN:
                                 certain |= bit
+                            elif alone == _UNCERTAIN:
+                                uncertain = True
                         elif before & after:
                             continue
                         elif not others & ~later:

@@ -177,17 +177,15 @@ def test_slow_sweep_whole_modules():
 
 
 def test_lint_every_state_agrees_with_fast_path():
-    """The fast path skips only checks whose outcome it can prove: same sequences as the
-    paper's check-every-state loop, apart from rare extra deletions it cannot rule out."""
-    same = total = 0
+    """The fast path skips only checks whose outcome it can prove. Its rules may delete more
+    than the checker asks for in corner cases; on real code it gives exactly the sequences of
+    the paper's check-every-state loop."""
     for source_id, program in FAST_FUNCTIONS[::2]:
         fast = lintseq(program, num_samples=2)
         slow = lintseq(program, num_samples=2, lint_every_state=True)
-        for a, b in zip(fast, slow):
-            same += a == b
-            total += 1
-            assert_valid_sequence(program, b)
-    assert same / total >= 0.97, (same, total)
+        assert fast == slow, source_id
+        for diffs in slow:
+            assert_valid_sequence(program, diffs)
 
 
 def test_linter_free_ablation_round_trips():
@@ -215,12 +213,13 @@ def test_deterministic_and_sample_api_consistent():
 
 
 def test_seeds_and_samples_differ():
-    distinct = 0
+    distinct = differs_by_seed = 0
     for source_id, program in FAST_FUNCTIONS[:30]:
         sequences = lintseq(program, num_samples=5, seed=0)
         distinct += len({tuple(s) for s in sequences})
-        assert lintseq(program, num_samples=5, seed=1) != sequences or len(set(map(tuple, sequences))) == 1
+        differs_by_seed += lintseq(program, num_samples=5, seed=1) != sequences
     assert distinct / (30 * 5) > 0.6
+    assert differs_by_seed >= 27
 
 
 def test_order_and_worker_independence():
