@@ -137,16 +137,20 @@ def stdlib_tree() -> PyTreeSource:
 
 
 class StdlibInstructionSource(Source):
-  """The embedded default instruction data (see `stdlib_instructions`), one shard per module."""
+  """The embedded default instruction data (see `stdlib_instructions`), one shard per module.
+
+  `root=None` means the standard library of the process that reads: on a remote runner, the
+  worker's own (Beam requires the launcher's Python version there, so the modules match).
+  """
 
   def __init__(self, root: str | None = None):
-    self.root = root or stdlib_instructions.stdlib_root()
+    self.root = root
 
   def shards(self) -> list[str]:
-    return stdlib_instructions.module_files(self.root)
+    return stdlib_instructions.module_files(self.root or stdlib_instructions.stdlib_root())
 
   def read(self, shard: str) -> Iterator[Record | Skip]:
-    text = stdlib_instructions.read_module(self.root, shard)
+    text = stdlib_instructions.read_module(self.root or stdlib_instructions.stdlib_root(), shard)
     if text is None:
       return
     for pair in stdlib_instructions.pairs_from_module(text, shard):

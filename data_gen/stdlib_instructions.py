@@ -324,12 +324,12 @@ def pairs_from_module(source: str, rel_path: str, prefix: str = "stdlib") -> Ite
 
 
 def read_module(root: str, rel_path: str) -> str | None:
-  """A module's text, or None when it is not UTF-8 (the stdlib declares no other encodings)."""
-  with open(os.path.join(root, rel_path), "rb") as f:
-    data = f.read()
+  """A module's text, or None when it is unreadable or not UTF-8 (the standard library declares
+  no other encoding)."""
   try:
-    return data.decode("utf-8")
-  except UnicodeDecodeError:
+    with open(os.path.join(root, rel_path), "rb") as f:
+      return f.read().decode("utf-8")
+  except (OSError, UnicodeDecodeError):
     return None
 
 
