@@ -260,3 +260,22 @@ def test_stats_distribution_matches_numpy_nearest_rank():
     for q in (50, 90, 99):
       assert got[f"p{q}"] == np.percentile(values, q, method="inverted_cdf")
   assert stats.distribution({}) == {"count": 0}
+
+
+def test_cli_tfds_source_end_to_end(tmp_path):
+  from tests.test_sources import _store_tfds_dataset
+  rows = [{"question": f"Return {i} plus x.", "answer": f"```python\ndef f(x):\n    y = x + {i}\n"
+                                                          f"    return y\n```"} for i in range(4)]
+  _store_tfds_dataset(str(tmp_path / "tfds"), "tiny_instructions", rows)
+  out = tmp_path / "out"
+  assert pipeline.main(["--output_dir", str(out), "--source", "tfds", "--tfds_name",
+                        "tiny_instructions", "--tfds_data_dir", str(tmp_path / "tfds"),
+                        "--instruction_key", "question", "--response_key", "answer",
+                        "--validation_fraction", "0", "--num_samples", "3", "--no_progress"]) == 0
+  got = sorted(dataset.read_examples(str(out / "lintseq")),
+               key=lambda r: (r["source_id"], r["sample_index"]))
+  assert [(r["source_id"], r["sample_index"]) for r in got] == [
+      (f"tfds:tiny_instructions:train:{i}", s) for i in range(4) for s in range(3)]
+  assert all(lintseq.apply_diffs(edit_format.split_diffs(r["completion"])) == r["program"]
+             for r in got)
+  assert got[0]["instruction"] == "Return 0 plus x."
