@@ -12,7 +12,7 @@ from flax import nnx
 from editseq import sharding
 from editseq import tokenizer
 from editseq.model import ModelConfig, Transformer
-from eval.sampler import Sampler, SamplingConfig, choose_tokens, stop_sequence_table, top_p_logits
+from eval.sampler import Sampler, SamplingConfig, choose_tokens, nucleus_mask, stop_sequence_table
 
 VOCAB = 512
 EOS = 1
@@ -154,21 +154,24 @@ def smallest_nucleus(logits: np.ndarray, p: float) -> set[int]:
 
 
 @pytest.mark.parametrize("top_p", [0.05, 0.3, 0.5, 0.9, 0.95, 0.999])
-def test_top_p_keeps_the_smallest_set_reaching_p(top_p):
+def test_nucleus_is_the_smallest_set_reaching_p(top_p):
   rng = np.random.default_rng(int(top_p * 1000))
   logits = rng.normal(size=(16, 300)) * rng.uniform(0.5, 4, size=(16, 1))
-  filtered = np.asarray(top_p_logits(jnp.asarray(logits, jnp.float32), top_p))
-  for row, kept_row in zip(logits, filtered):
-    assert set(np.flatnonzero(np.isfinite(kept_row))) == smallest_nucleus(row, top_p)
-    assert np.allclose(kept_row[np.isfinite(kept_row)], row[np.isfinite(kept_row)], atol=1e-5)
+  probs = jax.nn.softmax(jnp.asarray(logits, jnp.float32), axis=-1)
+  kept = np.asarray(nucleus_mask(probs, top_p))
+  for row, kept_row in zip(logits, kept):
+    assert set(np.flatnonzero(kept_row)) == smallest_nucleus(row, top_p)
 
 
-def test_top_p_one_keeps_everything_and_tiny_p_keeps_the_argmax():
-  logits = jnp.asarray(np.random.default_rng(1).normal(size=(4, 50)), jnp.float32)
-  assert np.isfinite(np.asarray(top_p_logits(logits, 1.0))).all()
-  tiny = np.asarray(top_p_logits(logits, 1e-9))
-  assert (np.isfinite(tiny).sum(axis=1) == 1).all()
-  assert (np.argmax(tiny, axis=1) == np.argmax(np.asarray(logits), axis=1)).all()
+def test_nucleus_edge_cases():
+  probs = jax.nn.softmax(jnp.asarray(np.random.default_rng(1).normal(size=(4, 50)), jnp.float32))
+  assert np.asarray(nucleus_mask(probs, 1.0)).all()
+  tiny = np.asarray(nucleus_mask(probs, 1e-9))
+  assert (tiny.sum(axis=1) == 1).all()
+  assert (np.argmax(tiny, axis=1) == np.argmax(np.asarray(probs), axis=1)).all()
+  # Ties at the threshold are all kept; zero-probability tokens never are.
+  tied = jnp.asarray([[0.4, 0.2, 0.2, 0.2, 0.0]])
+  assert np.asarray(nucleus_mask(tied, 0.5)).tolist() == [[True, True, True, True, False]]
 
 
 def test_sampled_frequencies_follow_temperature_and_top_p():
