@@ -4,7 +4,10 @@
     python -m data_gen.pipeline --output_dir OUT --source jsonl --input data.jsonl \\
         --instruction_key q --response_key a
     python -m data_gen.pipeline --output_dir gs://B/out --runner=DataflowRunner \\
-        --project P --region R --temp_location gs://B/tmp --setup_file ./setup.py
+        --project P --region R --temp_location gs://B/tmp --sdk_container_image IMAGE
+
+(a remote runner's workers need this project and its requirements: a container image holding
+them, or `--setup_file` with a setup.py that installs them.)
 
 Flags this module does not define are Beam pipeline options, so one command runs on any runner.
 Without `--runner` the job runs on Beam's portable in-process runner (`FnApiRunner`, what
@@ -338,8 +341,10 @@ def run(sources: list[sources_lib.Source] | None = None, output_dir: str = "",
   settings.validate()
   if not output_dir:
     raise UsageError("output_dir is required")
-  if not variants or any(v not in dataset.VARIANTS for v in variants):
-    raise UsageError(f"variants must be a non-empty subset of {dataset.VARIANTS}, got {variants}")
+  if (not variants or len(set(variants)) != len(variants) or
+      any(v not in dataset.VARIANTS for v in variants)):
+    raise UsageError(f"variants must be a non-empty subset of {dataset.VARIANTS} without "
+                     f"repeats, got {variants}")
   unknown = _unknown_beam_flags(list(pipeline_args))
   if unknown:
     raise UsageError(f"unknown flag(s) {' '.join(unknown)}: neither a data_gen flag nor a Beam "

@@ -225,6 +225,7 @@ def test_time_cap_skips_slow_programs_for_lintseq_only(tmp_path):
     (["--output_dir", "OUT", "--num_sample", "3"], "unknown flag(s) --num_sample"),
     (["--output_dir", "OUT", "--source", "pytree"], "needs --input"),
     (["--output_dir", "OUT", "--variants", "lintseq,bogus"], "variants must be"),
+    (["--output_dir", "OUT", "--variants", "lintseq,lintseq"], "without repeats"),
     (["--output_dir", "OUT", "--num_samples", "0"], "num_samples must be"),
     (["--output_dir", "OUT", "--direct_running_mode=multi_threading"], "multi_processing"),
     (["--output_dir", "OUT", "--source", "jsonl", "--input", "/no/such.jsonl"], "does not exist"),
