@@ -34,6 +34,7 @@ def get_config() -> ml_collections.ConfigDict:
       sliding_window=4096,
       sliding_window_layers="even",
       max_seq_len=8192,
+      attention_impl="xla",  # cuDNN has no attention soft-capping.
   ))
   config.optimizer.learning_rate = 5e-5
   config.train.remat = "dots_no_batch"

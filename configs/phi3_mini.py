@@ -25,6 +25,7 @@ def get_config() -> ml_collections.ConfigDict:
       sliding_window=2047,
       sliding_window_layers="all",
       max_seq_len=4096,
+      attention_impl="xla",  # "cudnn" on NVIDIA GPUs.
   ))
   config.optimizer.learning_rate = 5e-5
   config.train.remat = "dots_no_batch"

@@ -21,6 +21,7 @@ def get_config() -> ml_collections.ConfigDict:
       tie_embeddings=True,
       rope_base=10000.0,
       max_seq_len=2048,
+      attention_impl="xla",  # "cudnn" on NVIDIA GPUs (1.8x faster packed training, H100).
   ))
   config.optimizer.learning_rate = 3e-4
   return config

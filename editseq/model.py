@@ -71,6 +71,12 @@ class ModelConfig:
   sliding_window: int = 0  # 0 = off; a query at p sees keys at p - window < pos <= p.
   sliding_window_layers: str = "all"  # "all" (Phi-3) or "even" (Gemma 2: layers 0, 2, 4, ...).
   max_seq_len: int = 2048  # Longest sequence the model is meant for (checked by callers).
+  # "xla": einsum attention, any option and device. "cudnn": cuDNN flash attention (NVIDIA GPUs,
+  # bf16/fp16) for training and scoring; decoding with a cache always uses "xla".
+  attention_impl: str = "xla"
+  # cudnn with segment_ids: packed examples per row given their own sequence; any beyond this
+  # many share the row's last one (so they can attend to each other).
+  max_segments: int = 64
   init_std: float = 0.02
   dtype: str = "bfloat16"  # Compute dtype.
   param_dtype: str = "float32"
@@ -98,6 +104,7 @@ class ModelConfig:
         "norm": ("layernorm", "rmsnorm"),
         "sliding_window_layers": ("all", "even"),
         "remat": ("none", *_REMAT_POLICIES),
+        "attention_impl": ("xla", "cudnn"),
         "dtype": ("float32", "bfloat16", "float16"),
         "param_dtype": ("float32", "bfloat16"),
     }
@@ -106,6 +113,15 @@ class ModelConfig:
         fail(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
     if self.sliding_window < 0:
       fail(f"sliding_window must be >= 0, got {self.sliding_window}")
+    if self.attention_impl == "cudnn":
+      if self.attn_logit_softcap:
+        fail("attention_impl 'cudnn' does not support attn_logit_softcap")
+      if self.sliding_window and self.sliding_window_layers != "all":
+        fail("attention_impl 'cudnn' needs the same sliding window on all layers")
+      if self.dtype == "float32":
+        fail("attention_impl 'cudnn' needs a bfloat16 or float16 compute dtype")
+      if self.max_segments < 1:
+        fail(f"max_segments must be positive, got {self.max_segments}")
 
   @classmethod
   def from_config_dict(cls, model: Mapping[str, Any], train: Mapping[str, Any] | None = None
@@ -139,7 +155,8 @@ class ModelConfig:
 # numerics and limits that a run may choose freely.
 ARCHITECTURE_FIELDS = tuple(
     f.name for f in dataclasses.fields(ModelConfig)
-    if f.name not in ("max_seq_len", "init_std", "dtype", "param_dtype", "remat"))
+    if f.name not in ("max_seq_len", "init_std", "dtype", "param_dtype", "remat",
+                      "attention_impl", "max_segments"))
 
 
 def _param(rngs: nnx.Rngs, cfg: ModelConfig, shape, axes, std: float | None) -> nnx.Param:
@@ -210,8 +227,12 @@ class Attention(nnx.Module):
     self.v = _param(rngs, cfg, (d, kv, hd), ("embed", "kv_heads", "head_dim"), cfg.init_std)
     self.o = _param(rngs, cfg, (h, hd, d), ("heads", "head_dim", "embed"), out_std)
 
-  def __call__(self, x, sin, cos, mask, kv_cache=None):
-    """x [B, T, d]; mask [B, T, S] (S = T, or the cache's slots); kv_cache = (k_all, v_all, layer, index)."""
+  def __call__(self, x, sin, cos, mask, kv_cache=None, packing=None):
+    """x [B, T, d]; kv_cache = (k_all, v_all, layer, index).
+
+    `mask` [B, T, S] (S = T, or the cache's slots) selects the XLA path; `mask=None` the cuDNN
+    path, causal within the segments that `packing` (see `packed_layout`) describes.
+    """
     cfg = self.cfg
     dt = x.dtype
     q = jnp.einsum("btd,dhk->bthk", x, self.q[...].astype(dt))
@@ -229,18 +250,61 @@ class Attention(nnx.Module):
       k = jax.lax.dynamic_index_in_dim(k_all, layer, 0, keepdims=False).astype(dt)
       v = jax.lax.dynamic_index_in_dim(v_all, layer, 0, keepdims=False).astype(dt)
       new_cache = (k_all, v_all)
-    b, t, h, hd = q.shape
-    kv = cfg.num_kv_heads
-    q = q.reshape(b, t, kv, h // kv, hd)
-    scale = cfg.query_scale or hd ** -0.5
-    scores = jnp.einsum("btkgd,bskd->bkgts", q * jnp.asarray(scale, dt), k,
-                        preferred_element_type=jnp.float32)
-    scores = _softcap(scores, cfg.attn_logit_softcap)
-    scores = jnp.where(mask[:, None, None], scores, _MASK_VALUE)
-    probs = jax.nn.softmax(scores, axis=-1).astype(dt)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, h, hd)
+    scale = cfg.query_scale or cfg.head_dim ** -0.5
+    if mask is None:
+      out = _cudnn_attention(q, k, v, scale, cfg.sliding_window, packing)
+    else:
+      out = _xla_attention(q, k, v, mask, scale, cfg.attn_logit_softcap)
     out = sharding.constrain(out, ("act_batch", "act_length", "act_heads", None))
     return jnp.einsum("bthk,hkd->btd", out, self.o[...].astype(dt)), new_cache
+
+
+def _xla_attention(q, k, v, mask, scale, softcap):
+  """Grouped-query attention with an explicit [B, T, S] mask; fp32 scores and softmax."""
+  b, t, h, hd = q.shape
+  kv = k.shape[2]
+  dt = q.dtype
+  q = q.reshape(b, t, kv, h // kv, hd)
+  scores = jnp.einsum("btkgd,bskd->bkgts", q * jnp.asarray(scale, dt), k,
+                      preferred_element_type=jnp.float32)
+  scores = _softcap(scores, softcap)
+  scores = jnp.where(mask[:, None, None], scores, _MASK_VALUE)
+  probs = jax.nn.softmax(scores, axis=-1).astype(dt)
+  return jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, h, hd)
+
+
+def packed_layout(segment_ids: Array, max_segments: int) -> tuple[Array, Array]:
+  """cuDNN's description of packed rows: (lengths [B, M], start offsets [B, M + 1]), -1 padded.
+
+  Each run of equal segment ids (padding included) is one sequence; runs past the M-th are
+  merged into the M-th.
+  """
+  b, t = segment_ids.shape
+  is_start = jnp.concatenate(
+      [jnp.ones((b, 1), bool), segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
+  is_start &= jnp.cumsum(is_start, axis=1) <= max_segments
+  index = jnp.arange(t, dtype=jnp.int32)
+  starts = jnp.sort(jnp.where(is_start, index, t), axis=1)[:, :max_segments]
+  ends = jnp.concatenate([starts[:, 1:], jnp.full((b, 1), t, jnp.int32)], axis=1)
+  valid = starts < t
+  lengths = jnp.where(valid, ends - starts, -1)
+  offsets = jnp.concatenate([jnp.where(valid, starts, -1), jnp.full((b, 1), -1, jnp.int32)], 1)
+  return lengths, offsets
+
+
+def _cudnn_attention(q, k, v, scale, window, packing):
+  """cuDNN flash attention, causal by index within each packed segment (positions must count
+  0, 1, ... from each segment's start, as the input pipeline writes them)."""
+  if packing is None:
+    return jax.nn.dot_product_attention(
+        q, k, v, scale=scale, is_causal=True, implementation="cudnn",
+        local_window_size=(window - 1, 0) if window else None)
+  # JAX exposes cuDNN's packed-sequence (ragged offsets) mode only through this module.
+  from jax._src.cudnn import fused_attention_stablehlo as cudnn  # pylint: disable=import-outside-toplevel
+  lengths, offsets = packing
+  return cudnn.dot_product_attention(
+      q, k, v, q_seqlen=lengths, kv_seqlen=lengths, q_offsets=offsets, kv_offsets=offsets,
+      scale=scale, mask_type=cudnn.MaskType.PADDING_CAUSAL, sliding_window_length=window or None)
 
 
 class GatedMLP(nnx.Module):
@@ -274,8 +338,8 @@ class Block(nnx.Module):
     self.post_attn_norm = Norm(cfg, rngs=rngs) if cfg.post_norms else None
     self.post_mlp_norm = Norm(cfg, rngs=rngs) if cfg.post_norms else None
 
-  def __call__(self, x, sin, cos, mask, kv_cache=None):
-    h, new_cache = self.attn(self.attn_norm(x), sin, cos, mask, kv_cache)
+  def __call__(self, x, sin, cos, mask, kv_cache=None, packing=None):
+    h, new_cache = self.attn(self.attn_norm(x), sin, cos, mask, kv_cache, packing)
     if self.post_attn_norm is not None:
       h = self.post_attn_norm(h)
     x = x + h
@@ -333,15 +397,21 @@ class Transformer(nnx.Module):
     angles = positions[..., None].astype(jnp.float32) * rope_frequencies(cfg)
     sin, cos = jnp.sin(angles), jnp.cos(angles)
 
-    if cache is None:
-      k_pos, carry = positions, (x, None)
-      mask = attention_mask(positions, positions, segment_ids, segment_ids)
-    else:
+    packing = None
+    if cache is not None:
       index = cache["index"]
       slot_pos = jax.lax.dynamic_update_slice(cache["slot_pos"], positions, (0, index))
-      k_pos, carry = slot_pos, (x, (cache["k"], cache["v"]))
+      carry = (x, (cache["k"], cache["v"]))
       mask = attention_mask(positions, slot_pos)
-    dist = positions[:, :, None] - k_pos[:, None, :]
+      dist = positions[:, :, None] - slot_pos[:, None, :]
+    elif cfg.attention_impl == "cudnn":
+      carry, mask, dist = (x, None), None, None
+      if segment_ids is not None:
+        packing = packed_layout(segment_ids, min(cfg.max_segments, t))
+    else:
+      carry = (x, None)
+      mask = attention_mask(positions, positions, segment_ids, segment_ids)
+      dist = positions[:, :, None] - positions[:, None, :]
 
     windows = jnp.asarray([w or _NO_WINDOW for w in cfg.window_per_layer], jnp.int32)
     graphdef, layer_state = nnx.split(self.layers)
@@ -350,9 +420,9 @@ class Transformer(nnx.Module):
       x, kv = carry
       state, layer, window = xs
       block = nnx.merge(graphdef, state)
-      layer_mask = mask & (dist < window) if cfg.sliding_window else mask
+      layer_mask = mask & (dist < window) if mask is not None and cfg.sliding_window else mask
       kv_cache = None if kv is None else (*kv, layer, cache["index"])
-      x, new_kv = block(x, sin, cos, layer_mask, kv_cache)
+      x, new_kv = block(x, sin, cos, layer_mask, kv_cache, packing)
       return (x, new_kv), None
 
     if cfg.remat != "none" and cache is None:

@@ -177,6 +177,11 @@ def test_from_config_dict():
     (dict(remat="sometimes"), "remat must be one of"),
     (dict(num_layers=0), "num_layers must be positive"),
     (dict(head_dim=7), "head_dim must be even"),
+    (dict(attention_impl="cudnn", dtype="bfloat16", attn_logit_softcap=50.0), "softcap"),
+    (dict(attention_impl="cudnn", dtype="bfloat16", sliding_window=8,
+          sliding_window_layers="even"), "same sliding window on all layers"),
+    (dict(attention_impl="cudnn"), "bfloat16 or float16"),
+    (dict(attention_impl="flash"), "attention_impl must be one of"),
 ])
 def test_bad_model_config_raises(changes, message):
   with pytest.raises(ValueError, match=message):
@@ -195,3 +200,50 @@ def test_decoding_without_positions_raises():
   model = make(TINY)
   with pytest.raises(ValueError, match="explicit positions"):
     run(model, tokens((1, 2)), cache=model.init_cache(1, 4))
+
+
+def reference_layout(row, max_segments):
+  """Lengths and start offsets of the runs of equal ids, extra runs merged into the last."""
+  starts = [i for i in range(len(row)) if i == 0 or row[i] != row[i - 1]][:max_segments]
+  ends = starts[1:] + [len(row)]
+  lengths = [e - s for s, e in zip(starts, ends)]
+  pad = max_segments - len(starts)
+  return lengths + [-1] * pad, starts + [-1] * (pad + 1)
+
+
+@pytest.mark.parametrize("max_segments", [1, 2, 3, 8])
+def test_packed_layout(max_segments):
+  rows = [[1, 1, 1, 2, 2, 3, 0, 0], [1] * 8, [1, 2, 3, 4, 5, 6, 7, 8], [5, 5, 0, 0, 0, 0, 0, 0]]
+  lengths, offsets = model_lib.packed_layout(jnp.asarray(rows), max_segments)
+  for row, got_len, got_off in zip(rows, lengths.tolist(), offsets.tolist()):
+    assert (got_len, got_off) == reference_layout(row, max_segments)
+
+
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN attention needs an NVIDIA GPU")
+@pytest.mark.parametrize("window", [0, 5])
+def test_cudnn_attention_matches_xla(window):
+  xla = dataclasses.replace(TINY, d_model=128, num_heads=4, num_kv_heads=2, head_dim=32,
+                            dtype="bfloat16", sliding_window=window)
+  cudnn = dataclasses.replace(xla, attention_impl="cudnn")
+  x = tokens((2, 16))
+  segment_ids = jnp.asarray([[1] * 7 + [2] * 6 + [0] * 3, [1] * 16])
+  positions = jnp.asarray([list(range(7)) + list(range(6)) + [0, 1, 2], list(range(16))])
+
+  def loss_and_grads(cfg, segments):
+    model = make(cfg)
+
+    def loss(model):
+      logits = model(x, positions=None if segments is None else positions, segment_ids=segments)
+      return jnp.sum(jax.nn.logsumexp(logits, -1) * (segment_ids > 0)), logits
+
+    (_, logits), grads = nnx.jit(nnx.value_and_grad(loss, has_aux=True))(model)
+    return logits, nnx.to_pure_dict(grads)
+
+  for segments in (segment_ids, None):
+    want_logits, want_grads = loss_and_grads(xla, segments)
+    got_logits, got_grads = loss_and_grads(cudnn, segments)
+    valid = (segment_ids > 0)[..., None] if segments is not None else True
+    np.testing.assert_allclose(jnp.where(valid, got_logits, 0), jnp.where(valid, want_logits, 0),
+                               atol=0.05)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=0.05, rtol=0.05),
+                 got_grads, want_grads)
