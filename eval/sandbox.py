@@ -17,8 +17,10 @@ programs themselves, not by sandbox start-up.
 """
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import dataclasses
+import itertools
 import json
 import os
 import pathlib
@@ -279,15 +281,20 @@ class SandboxPool:
 
     def run_many(self, programs: Iterable[str], *, limits: Iterable[Limits | None] | None = None,
                  want_output: bool = False) -> Iterator[Verdict]:
-        """Runs programs concurrently on all workers; yields verdicts in input order."""
-        programs = list(programs)
-        limits = list(limits) if limits is not None else [None] * len(programs)
-        if len(limits) != len(programs):
-            raise ValueError("limits must have one entry per program")
+        """Runs programs concurrently on all workers and yields verdicts in input order.
+        Inputs are consumed lazily (a bounded number in flight), so they may be a generator."""
+        pairs = (zip(programs, itertools.repeat(None)) if limits is None
+                 else zip(programs, limits, strict=True))
+        window = 4 * self.num_workers
         with concurrent.futures.ThreadPoolExecutor(self.num_workers) as executor:
-            yield from executor.map(
-                lambda item: self.run(item[0], limits=item[1], want_output=want_output),
-                zip(programs, limits))
+            pending: collections.deque = collections.deque()
+            for program, program_limits in pairs:
+                pending.append(executor.submit(self.run, program, limits=program_limits,
+                                               want_output=want_output))
+                if len(pending) >= window:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
 
     def close(self) -> None:
         self._closed = True

