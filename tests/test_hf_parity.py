@@ -41,6 +41,13 @@ FAMILIES = {
 ATOL = 1e-4
 
 
+@pytest.fixture(autouse=True)
+def exact_matmuls():
+  """fp32 tolerances hold on GPUs too (XLA would use TF32 there by default)."""
+  with jax.default_matmul_precision("highest"):
+    yield
+
+
 def hf_model(family, seed=0):
   torch.manual_seed(seed)
   model = transformers.AutoModelForCausalLM.from_config(FAMILIES[family](),

@@ -22,6 +22,13 @@ GEMMA_LIKE = dataclasses.replace(
 CONFIGS = pytest.mark.parametrize("cfg", [TINY, GEMMA_LIKE], ids=["tinycodelm", "gemma_like"])
 
 
+@pytest.fixture(autouse=True)
+def exact_matmuls():
+  """fp32 tolerances hold on GPUs too (XLA would use TF32 there by default)."""
+  with jax.default_matmul_precision("highest"):
+    yield
+
+
 def make(cfg, seed=0):
   return model_lib.Transformer(cfg, rngs=nnx.Rngs(seed))
 
@@ -126,7 +133,7 @@ def test_remat_gives_the_same_gradients():
     return nnx.jit(nnx.grad(loss))(model)
 
   reference = grads(TINY)
-  for policy in ("full", "dots", "dots_no_batch"):
+  for policy in ("full", "dots_no_batch"):
     got = grads(dataclasses.replace(TINY, remat=policy))
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
                  nnx.to_pure_dict(reference), nnx.to_pure_dict(got))
