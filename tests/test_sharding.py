@@ -177,9 +177,26 @@ def compile_train_step(cfg, mesh, batch=8, seq_len=128):
     return step.lower(abstract, graphdef, (data, data, data)).compile()
 
 
-def config_150m():
-  config = importlib.import_module("configs.tinycodelm_150m").get_config()
+def load_config(name):
+  config = importlib.import_module(f"configs.{name}").get_config()
   return model_lib.ModelConfig.from_config_dict(config.model, config.train)
+
+
+def config_150m():
+  return load_config("tinycodelm_150m")
+
+
+@pytest.mark.parametrize("name", ["tinycodelm_400m", "gemma2_2b", "phi3_mini", "phi3_medium",
+                                  "llama31_8b"])
+@pytest.mark.parametrize("shape", [(1, 8, 1), (2, 2, 2)])
+def test_large_configs_shard_abstractly(name, shape):
+  specs = param_specs(load_config(name), mesh_of(shape))
+  assert specs["layers"]["mlp"]["gate"] == P(None, "fsdp", "tensor")
+
+
+@pytest.mark.slow
+def test_llama_8b_compiles_with_fsdp_and_tensor_parallelism():
+  compile_train_step(load_config("llama31_8b"), mesh_of((1, 4, 2)), batch=4, seq_len=256)
 
 
 def test_150m_compiles_on_2x2x2():
