@@ -13,6 +13,8 @@ from editseq import default_data
 from editseq import input_pipeline as ip
 from editseq import packing
 from editseq import tasks
+from editseq import tokenizer
+from tests import test_tokenizer
 
 SEQ_LEN = 256
 
@@ -149,6 +151,21 @@ def test_without_packing_each_row_is_one_example(vocab):
   batch = next(it)
   assert np.all(batch["segment_ids"].max(axis=1) == 1)
   assert np.all(batch["segment_ids"][:, 0] == 1)
+
+
+def test_external_tokenizer_with_nonzero_pad(tmp_path):
+  """An OLMo-style tokenizer (pad 1, eos last, <|diff|> appended) through the whole pipeline."""
+  vocab = tokenizer.load_vocabulary(test_tokenizer.write_olmo_like_tokenizer(tmp_path))
+  assert vocab.pad_id == 1
+  config = _config()
+  config.model.vocab_size = tokenizer.padded_vocab_size(vocab)
+  it = ip.make_train_iterator(config, vocab, process_index=0, process_count=1)
+  batch = next(it)
+  pad = batch["segment_ids"] == 0
+  assert pad.any() and np.all(batch["inputs"][pad] == 1) and np.all(batch["targets"][pad] == 1)
+  for seg in packing.unpack(batch):
+    assert seg["tokens"][-1] == vocab.eos_id or len(seg["tokens"]) == SEQ_LEN + 1
+  assert (batch["inputs"] == vocab.diff_id).any()
 
 
 def test_seed_changes_the_stream(vocab):

@@ -94,16 +94,16 @@ def test_training_is_deterministic(tmp_path):
   assert tok_lib.load_vocabulary(a).fingerprint == tok_lib.load_vocabulary(b).fingerprint
 
 
-@pytest.fixture(scope="module")
-def olmo_like_dir(tmp_path_factory):
-  """A tokenizer.json laid out like OLMo's (id 0 not special, pad 1, eos last, no <|diff|>)."""
-  folder = tmp_path_factory.mktemp("olmo")
+def write_olmo_like_tokenizer(folder, vocab_size=1200):
+  """A tokenizer.json laid out like OLMo's (id 0 not special, pad 1, eos last, no <|diff|>),
+  with the tokenizer_config.json that names eos and pad."""
   tok = tokenizers.Tokenizer(models.BPE())
   tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
   tok.decoder = decoders.ByteLevel()
   tok.train_from_iterator(
       (t for _, t in STDLIB[::50]),
-      trainers.BpeTrainer(vocab_size=1200, special_tokens=["|||IP_ADDRESS|||", "<|padding|>"],
+      trainers.BpeTrainer(vocab_size=vocab_size,
+                          special_tokens=["|||IP_ADDRESS|||", "<|padding|>"],
                           initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                           show_progress=False))
   tok.add_special_tokens(["<|endoftext|>"])
@@ -111,6 +111,11 @@ def olmo_like_dir(tmp_path_factory):
   (folder / "tokenizer_config.json").write_text(
       json.dumps({"eos_token": "<|endoftext|>", "pad_token": {"content": "<|padding|>"}}))
   return folder
+
+
+@pytest.fixture(scope="module")
+def olmo_like_dir(tmp_path_factory):
+  return write_olmo_like_tokenizer(tmp_path_factory.mktemp("olmo"))
 
 
 def test_hf_tokenizer_json(olmo_like_dir):
