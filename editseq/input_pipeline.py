@@ -181,14 +181,15 @@ class DataSource:
     total_rate = sum(p.rate for p in self.parts)
     parts, units = [], []
     for i, p in enumerate(self.parts):
-      n = round(self.num_units * p.rate / total_rate)
-      # Cycle i of task i's draw in epoch e continues where cycle i - 1 stopped, so a task
-      # sampled above its size repeats only after all its units appeared.
-      first = epoch * n
-      cycles = range(first // len(p.units), (first + n - 1) // len(p.units) + 1) if n else ()
-      stream = np.concatenate([np.random.default_rng([self.seed, i, c]).permutation(
-          len(p.units)) for c in cycles]) if n else np.zeros(0, np.int64)
-      skip = first - (first // len(p.units)) * len(p.units)
+      # Task i's draws are one endless stream of its seeded permutations (cycle c is
+      # permutation (seed, i, c)); epoch e takes items [e n, (e + 1) n) of it, so a task drawn
+      # more often than its size repeats a unit only after all of its units appeared.
+      n, size = round(self.num_units * p.rate / total_rate), len(p.units)
+      first_cycle, last_cycle = epoch * n // size, -(-(epoch + 1) * n // size)
+      stream = np.concatenate([np.zeros(0, np.int64)] + [
+          np.random.default_rng([self.seed, i, c]).permutation(size)
+          for c in range(first_cycle, last_cycle)])
+      skip = epoch * n - first_cycle * size
       units.append(stream[skip:skip + n])
       parts.append(np.full(n, i))
     part, unit = np.concatenate(parts), np.concatenate(units)

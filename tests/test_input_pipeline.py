@@ -199,6 +199,10 @@ def test_mixture_follows_rates_and_resumes(vocab):
   again = ip.make_train_iterator(config, vocab, process_index=0, process_count=1)
   again.set_state(state)
   np.testing.assert_array_equal(next(again)["targets"], after["targets"])
+  # The smaller baseline task is drawn above its size (1.5x): every unit once or twice.
+  base = names.index("editseq_baseline_instruct")
+  counts = np.bincount(plan.unit[plan.part == base], minlength=len(it.source.parts[base].units))
+  assert counts.min() >= 1 and counts.max() - counts.min() <= 1
   # Rows mix both tasks' examples; every segment is an intact unit of one of them.
   assert set(_segments(batches)) <= set(_all_units(it.source))
   assert all(len(packing.unpack(b)) >= 8 for b in batches)
