@@ -6,6 +6,7 @@ killed-and-resumed run leaves the same file as an uninterrupted one.
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Mapping
 
@@ -65,7 +66,7 @@ class MetricsLogger:
   def message(self, text: str) -> None:
     """Prints a line above the bar."""
     if self._enabled:
-      self._bar.write(text)
+      self._bar.write(text, file=sys.stderr)
 
   def close(self) -> None:
     if not self._enabled:
@@ -78,16 +79,16 @@ class MetricsLogger:
 class Throughput:
   """Tokens/s over the steps since the last report, excluding time spent outside training.
 
-  `pause()`/`resume()` bracket host work that is not a train step (eval, checkpoint saves), so
-  that the figure measures training speed only.
+  `pause()`/`resume()` bracket host work that is not a train step (eval, checkpoint saves); a
+  report made while paused ends its window at the pause.
   """
 
   def __init__(self, tokens_per_step: int):
     self._tokens_per_step = tokens_per_step
-    self._start = time.perf_counter()
+    self._window_start = time.perf_counter()
     self._excluded = 0.0
     self._steps = 0
-    self._paused_at = None
+    self._paused_at: float | None = None
 
   def step_done(self) -> None:
     self._steps += 1
@@ -101,8 +102,8 @@ class Throughput:
 
   def report(self) -> tuple[float, float]:
     """Returns (seconds per step, tokens per second) over the window, then starts a new one."""
-    now = time.perf_counter()
-    elapsed = max(now - self._start - self._excluded, 1e-9)
+    end = self._paused_at if self._paused_at is not None else time.perf_counter()
+    elapsed = max(end - self._window_start - self._excluded, 1e-9)
     steps = max(self._steps, 1)
-    self._start, self._excluded, self._steps = now, 0.0, 0
+    self._window_start, self._excluded, self._steps = end, 0.0, 0
     return elapsed / steps, steps * self._tokens_per_step / elapsed

@@ -7,6 +7,7 @@ With no data flags it trains on the embedded default data (built on first use). 
 0 done, 1 diverged (NaN/inf loss; the last good checkpoint is kept), 2 bad config or data,
 143 preempted by SIGTERM after saving a checkpoint.
 """
+import re
 import sys
 
 from absl import app
@@ -40,11 +41,34 @@ def _parse_flags(argv: list[str]) -> list[str]:
   except flags.Error as e:
     _fail(f"{e} (see --help)", EXIT_USAGE)
   except Exception as e:  # pylint: disable=broad-except
-    # config_flags raises whatever loading the config file or applying an override raised:
-    # KeyError/AttributeError for an unknown key, OSError for a missing file, SyntaxError, ...
-    detail = e.args[0] if e.args else e
-    detail = " ".join(str(detail).replace("\\n", " ").split()).strip("'\"")
-    _fail(f"bad --config: {type(e).__name__}: {detail}", EXIT_USAGE)
+    # config_flags raises whatever running get_config() or applying an override raised:
+    # AttributeError/KeyError for an unknown key, anything for a broken config file.
+    if isinstance(e, (AttributeError, KeyError)):
+      text = _one_line(e)
+      key = re.search(r"'([^'\s]+)'", text)
+      hint = re.search(r'Did you mean "([^"]+)"', text)
+      _fail(f"unknown config key {key.group(1) if key else text!r}"
+            + (f" (did you mean {hint.group(1)!r}?)" if hint else ""), EXIT_USAGE)
+    _fail(f"cannot load --config: {type(e).__name__}: {_one_line(e)}", EXIT_USAGE)
+
+
+def _one_line(error: BaseException) -> str:
+  detail = str(error.args[0] if error.args else error)
+  return " ".join(detail.replace("\\n", " ").replace("\\'", "'").split()).strip("\"")
+
+
+def _load_config():
+  """The --config value; a config file that is missing or fails to import is a usage error."""
+  config = _CONFIG.value
+  try:
+    # config_flags defers a loading error to the first attribute access of the config.
+    if config is not None:
+      config.keys()
+    return config
+  except Exception as e:  # pylint: disable=broad-except
+    cause = e.__cause__ or e
+    _fail(f"cannot load --config={flags.FLAGS['config'].config_filename}: "
+          f"{type(cause).__name__}: {_one_line(cause)}", EXIT_USAGE)
 
 
 def _initialize_distributed(mode: str) -> None:
@@ -64,7 +88,8 @@ def _initialize_distributed(mode: str) -> None:
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     _fail(f"unexpected arguments: {' '.join(argv[1:])}", EXIT_USAGE)
-  if _CONFIG.value is None or not _WORKDIR.value:
+  config = _load_config()
+  if config is None or not _WORKDIR.value:
     _fail("--config and --workdir are required (see --help)", EXIT_USAGE)
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO.
@@ -73,7 +98,7 @@ def main(argv: list[str]) -> None:
   from editseq import config_validation  # pylint: disable=g-import-not-at-top
   from editseq import trainer  # pylint: disable=g-import-not-at-top
   try:
-    trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    trainer.train_and_evaluate(config, _WORKDIR.value)
   except config_validation.ConfigError as e:
     _fail(str(e), EXIT_USAGE)
   except trainer.TrainingDiverged as e:

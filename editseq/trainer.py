@@ -301,6 +301,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   TrainingDiverged on a non-finite loss and Preempted after saving on SIGTERM.
   """
   config_validation.validate(config, workdir)
+  # TensorFlow only reads data here: keep it off the accelerators (it would reserve GPU memory).
+  import tensorflow as tf
+  tf.config.set_visible_devices([], "GPU")
   train_cfg = config.train
   total_steps = train_cfg.steps
   vocab = data_vocabulary(config)
@@ -352,6 +355,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         do_save = step == total_steps or preempted or checkpointer.should_save(step)
         if not (do_eval or do_save):
           continue
+        jax.block_until_ready(step_metrics)  # Step time ends here, before eval/save.
         reporter.throughput.pause()
         extra = {}
         if do_eval:

@@ -1,0 +1,105 @@
+"""Checkpoints: exact round trips, keep-last-k, resharding on restore, loading for inference."""
+import json.decoder
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs import test_tiny
+from editseq import checkpointing
+from editseq import sharding
+from editseq import trainer
+
+
+def _program(mesh=(-1, 1, 1), devices=None):
+  config = test_tiny.get_config()
+  config.mesh.data, config.mesh.fsdp, config.mesh.tensor = mesh
+  return trainer.TrainProgram(config, sharding.make_mesh(config.mesh, devices))
+
+
+@pytest.fixture(scope="module")
+def saved_run(tmp_path_factory):
+  """A workdir holding steps 1..4 of a one-device state (keep 2) and the state of step 4."""
+  workdir = tmp_path_factory.mktemp("run")
+  program = _program(devices=jax.devices()[:1])
+  with jax.set_mesh(program.mesh):
+    state = program.init(jax.random.key(0))
+  checkpointing.save_config(str(workdir), program.config)
+  ckpt = checkpointing.Checkpointer(str(workdir), every=1, keep=2)
+  for step in range(1, 5):
+    state = dict(state, step=jnp.asarray(step, jnp.int32))
+    ckpt.save(step, state, {"epoch": 0, "row": 8 * step})
+  ckpt.wait_until_finished()
+  ckpt.close()
+  return workdir, program, jax.device_get(state)
+
+
+def _assert_trees_equal(a, b):
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def test_keeps_the_last_k_and_restores_exactly(saved_run):
+  workdir, program, want = saved_run
+  assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["3", "4"]
+  ckpt = checkpointing.Checkpointer(str(workdir), every=1, keep=2)
+  assert ckpt.latest_step() == 4
+  state, data_state = ckpt.restore(4, program.abstract_state)
+  ckpt.close()
+  assert data_state == {"epoch": 0, "row": 32}
+  _assert_trees_equal(jax.device_get(state), want)
+
+
+def test_restores_onto_a_different_mesh(saved_run):
+  workdir, _, want = saved_run
+  program = _program((2, 2, 2))
+  ckpt = checkpointing.Checkpointer(str(workdir), every=1, keep=2)
+  state, _ = ckpt.restore(4, program.abstract_state)
+  ckpt.close()
+  _assert_trees_equal(jax.device_get(state), want)
+  up = state["params"]["layers"]["mlp"]["up"]
+  assert up.sharding == program.param_shardings["layers"]["mlp"]["up"]
+  assert len(up.sharding.device_set) == 8
+
+
+def test_config_round_trips(saved_run):
+  workdir, program, _ = saved_run
+  assert checkpointing.load_config(str(workdir)).to_dict() == program.config.to_dict()
+  assert checkpointing.load_config(str(workdir / "missing")) is None
+
+
+@pytest.mark.parametrize("which", ["workdir", "step_dir"])
+def test_load_for_inference_gives_the_saved_model(saved_run, which):
+  workdir, program, want = saved_run
+  path = workdir if which == "workdir" else workdir / "checkpoints" / "3"
+  model, config, vocab = checkpointing.load_for_inference(str(path))
+  assert config.to_dict() == program.config.to_dict()
+  assert vocab.vocab_size <= config.model.vocab_size
+  text = pathlib.Path(json.decoder.__file__).read_text()[:2000]
+  tokens = jnp.asarray([vocab.encode(text)[:64]], jnp.int32)
+  reference = nnx.merge(program.graphdef, want["params"])
+  np.testing.assert_array_equal(np.asarray(model(tokens)), np.asarray(reference(tokens)))
+
+
+def test_load_for_inference_can_shard_over_a_mesh(saved_run):
+  workdir, _, want = saved_run
+  mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2, "dcn_data": 1})
+  model, _, _ = checkpointing.load_for_inference(str(workdir), mesh=mesh)
+  params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  assert len(params["layers"]["mlp"]["up"].sharding.device_set) == 8
+  _assert_trees_equal(jax.device_get(params), want["params"])
+
+
+def test_missing_checkpoints_are_reported_with_the_path(tmp_path):
+  with pytest.raises(FileNotFoundError, match=str(tmp_path)):
+    checkpointing.resolve_step_dir(str(tmp_path))
+
+
+def test_hugging_face_folders_are_told_apart_from_runs(saved_run, tmp_path):
+  (tmp_path / "config.json").write_text("{}")
+  (tmp_path / "model.safetensors").write_bytes(b"")
+  assert checkpointing.is_hf_model_dir(str(tmp_path))
+  assert not checkpointing.is_hf_model_dir(str(saved_run[0]))

@@ -1,0 +1,70 @@
+"""Bad configs fail before any compile with one line that names the problem."""
+import jax
+import pytest
+
+from configs import test_tiny
+from editseq import checkpointing
+from editseq import config_validation
+
+
+def _config(**overrides):
+  config = test_tiny.get_config()
+  for key, value in overrides.items():
+    section, name = key.split(".")
+    config[section][name] = value
+  return config
+
+
+def _error(config, workdir) -> str:
+  with pytest.raises(config_validation.ConfigError) as error:
+    config_validation.validate(config, str(workdir), jax.devices())
+  message = str(error.value)
+  assert "\n" not in message
+  return message
+
+
+def test_the_tiny_config_is_valid(tmp_path):
+  config_validation.validate(_config(), str(tmp_path), jax.devices())
+
+
+@pytest.mark.parametrize("overrides,expected", [
+    ({"mesh.data": 3}, "needs 3 devices, have 8"),
+    ({"mesh.data": -1, "mesh.fsdp": -1}, "at most one mesh axis may be -1"),
+    ({"data.global_batch_size": 12}, "not divisible by the 8 batch shards"),
+    ({"optimizer.grad_accum_steps": 3}, "not divisible by optimizer.grad_accum_steps 3"),
+    ({"optimizer.grad_accum_steps": 4}, "microbatch (data.global_batch_size 8 / grad_accum_steps 4 = 2)"),
+    ({"data.seq_len": 256}, "exceeds model.max_seq_len 128"),
+    ({"mesh.data": 1, "mesh.tensor": 8}, "is not divisible by mesh axes ('tensor',)"),
+    ({"train.loss_reduction": "avg"}, "train.loss_reduction must be one of"),
+    ({"optimizer.schedule": "step"}, "optimizer.schedule must be one of"),
+    ({"train.steps": 0}, "train.steps must be >= 1"),
+    ({"optimizer.learning_rate": 0.0}, "optimizer.learning_rate must be > 0"),
+    ({"optimizer.warmup_ratio": 2.0}, "optimizer.warmup_ratio must be in [0, 1]"),
+    ({"optimizer.warmup_steps": 50}, "exceeds train.steps"),
+    ({"optimizer.b2": 1.0}, "optimizer.b2 must be in [0, 1)"),
+    ({"train.eval_every": -1}, "train.eval_every must be >= 0"),
+    ({"train.compute_dtype": "float64"}, "dtype must be one of"),
+    ({"train.remat": "everything"}, "remat must be one of"),
+    ({"train.init_from": "/nonexistent/run"}, "train.init_from '/nonexistent/run' does not exist"),
+])
+def test_bad_values_are_reported(tmp_path, overrides, expected):
+  assert expected in _error(_config(**overrides), tmp_path)
+
+
+def test_unknown_keys_in_a_config_file_are_reported(tmp_path):
+  config = _config()
+  config.train.stpes = 3
+  assert "unknown config key 'train.stpes'" in _error(config, tmp_path)
+  config = _config()
+  config.model.dmodel = 64
+  assert "unknown config.model keys: dmodel" in _error(config, tmp_path)
+  config = _config()
+  del config.model["d_model"]
+  assert "missing config.model keys: d_model" in _error(config, tmp_path)
+
+
+def test_resuming_a_workdir_with_a_different_model_is_refused(tmp_path):
+  checkpointing.save_config(str(tmp_path), _config())
+  config_validation.validate(_config(**{"train.steps": 50}), str(tmp_path), jax.devices())
+  assert "holds a run of a different model" in _error(_config(**{"model.num_layers": 3}),
+                                                      tmp_path)

@@ -1,0 +1,185 @@
+"""End to end: `python -m editseq.train` on configs/test_tiny.py and the embedded default data.
+
+A run stopped by SIGTERM (or killed outright) and resumed by rerunning the same command logs
+bitwise the same losses, gradient norms and eval losses as an uninterrupted run.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from configs import test_tiny
+from editseq import checkpointing
+from editseq import metrics
+from editseq import trainer
+from tests.conftest import REPO_ROOT
+
+# 12 steps with checkpoints every 4 and evals every 6: small enough for the fast tier.
+OVERRIDES = {"train.steps": 12, "train.checkpoint_every": 4, "train.eval_every": 6}
+EXACT_KEYS = ("loss", "grad_norm", "learning_rate", "loss_tokens", "eval_loss")
+
+
+def _command(workdir, overrides=OVERRIDES):
+  return [sys.executable, "-m", "editseq.train", "--config=configs/test_tiny.py",
+          f"--workdir={workdir}", *(f"--config.{k}={v}" for k, v in overrides.items())]
+
+
+def _run_cli(workdir, overrides=OVERRIDES, timeout=600):
+  return subprocess.run(_command(workdir, overrides), cwd=REPO_ROOT, capture_output=True,
+                        text=True, timeout=timeout)
+
+
+def _config(overrides=OVERRIDES):
+  config = test_tiny.get_config()
+  for key, value in overrides.items():
+    section, name = key.split(".")
+    config[section][name] = value
+  return config
+
+
+def _exact(records):
+  return [{k: r[k] for k in ("step", *EXACT_KEYS) if k in r} for r in records]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+  """The reference: one uninterrupted CLI run."""
+  workdir = tmp_path_factory.mktemp("uninterrupted")
+  result = _run_cli(workdir)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return workdir, result
+
+
+def test_cli_trains_with_falling_loss_and_writes_its_outputs(uninterrupted):
+  workdir, result = uninterrupted
+  records = metrics.read_metrics(workdir)
+  assert [r["step"] for r in records] == list(range(1, 13))
+  losses = [r["loss"] for r in records]
+  assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.5, losses
+  evals = [r["eval_loss"] for r in records if "eval_loss" in r]
+  assert len(evals) == 2 and evals[1] < evals[0]
+  for record in records:
+    assert record["tokens_per_s"] > 0 and 0 < record["mfu"] < 1
+  assert checkpointing.load_config(workdir).to_dict() == _config().to_dict()
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["12", "8"]  # keep_checkpoints = 2
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir / "tensorboard"))
+  assert "Traceback" not in result.stderr
+
+
+class _SigtermAt:
+  """Wraps the train iterator: sends this process SIGTERM while fetching batch `n`."""
+
+  def __init__(self, iterator, n):
+    self._iterator, self._n, self._fetched = iterator, n, 0
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    self._fetched += 1
+    if self._fetched == self._n:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return next(self._iterator)
+
+  def get_state(self):
+    return self._iterator.get_state()
+
+  def set_state(self, state):
+    self._iterator.set_state(state)
+
+
+def test_sigterm_saves_and_rerunning_the_command_resumes_exactly(uninterrupted, tmp_path,
+                                                                 monkeypatch):
+  from editseq import input_pipeline
+  make = input_pipeline.make_train_iterator
+  monkeypatch.setattr(input_pipeline, "make_train_iterator",
+                      lambda *a, **k: _SigtermAt(make(*a, **k), 6))
+  with pytest.raises(trainer.Preempted, match="step 6"):
+    trainer.train_and_evaluate(_config(), str(tmp_path))
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["4", "6"]
+  assert [r["step"] for r in metrics.read_metrics(tmp_path)] == list(range(1, 7))
+  monkeypatch.undo()
+
+  result = _run_cli(tmp_path)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "resumed from step 6" in result.stderr
+  assert _exact(metrics.read_metrics(tmp_path)) == _exact(metrics.read_metrics(uninterrupted[0]))
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path):
+  config = _config({"train.steps": 6, "train.checkpoint_every": 1, "train.eval_every": 0,
+                    "train.keep_checkpoints": 10, "optimizer.learning_rate": 1e30,
+                    "optimizer.warmup_steps": 0})
+  with pytest.raises(trainer.TrainingDiverged) as error:
+    trainer.train_and_evaluate(config, str(tmp_path))
+  records = metrics.read_metrics(tmp_path)
+  bad = records[-1]["step"]
+  assert records[-1]["loss"] is None or records[-1]["grad_norm"] is None
+  saved = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints"))
+  assert saved == list(range(1, bad))
+  assert f"at step {bad}" in str(error.value)
+  assert f"last good checkpoint is step {bad - 1}" in str(error.value)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--config.train.stpes=3"], "stpes"),
+    (["--config.mesh.data=3"], "mesh"),
+    (["--config.data.global_batch_size=12"], "global_batch_size 12"),
+    (["--config=configs/missing.py"], "missing.py"),
+])
+def test_bad_config_is_one_line_and_exit_2(tmp_path, args, message):
+  command = [*_command(tmp_path, {}), *args]
+  result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 2, result.stderr[-3000:]
+  errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+  assert len(errors) == 1 and message in errors[0], result.stderr[-3000:]
+  assert "Traceback" not in result.stderr
+  assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_sigkill_at_any_moment_then_rerun_resumes_exactly(uninterrupted, tmp_path):
+  """A run killed outright (possibly mid-save) loses at most the steps since its last checkpoint."""
+  reference = _exact(metrics.read_metrics(uninterrupted[0]))
+  process = subprocess.Popen(_command(tmp_path), cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+  deadline = time.monotonic() + 600
+  while time.monotonic() < deadline and process.poll() is None:
+    if len(metrics.read_metrics(tmp_path)) >= 5:
+      break
+    time.sleep(0.05)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  assert len(metrics.read_metrics(tmp_path)) < 12
+  result = _run_cli(tmp_path)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert _exact(metrics.read_metrics(tmp_path)) == reference
+
+
+@pytest.mark.slow
+def test_finetune_from_a_checkpoint_starts_from_its_parameters(uninterrupted, tmp_path):
+  overrides = {**OVERRIDES, "train.steps": 2, "train.eval_every": 0,
+               "train.init_from": str(uninterrupted[0])}
+  result = _run_cli(tmp_path, overrides)
+  assert result.returncode == 0, result.stderr[-3000:]
+  first = metrics.read_metrics(tmp_path)[0]
+  pretrained_losses = [r["loss"] for r in metrics.read_metrics(uninterrupted[0])]
+  assert first["loss"] < pretrained_losses[0] - 1.0
+
+
+@pytest.mark.slow
+def test_150m_config_starts_training_on_cpu(tmp_path):
+  command = [sys.executable, "-m", "editseq.train", "--config=configs/tinycodelm_150m.py",
+             f"--workdir={tmp_path}", "--config.train.steps=2", "--config.data.global_batch_size=8",
+             "--config.data.seq_len=256", "--config.train.eval_every=0",
+             "--config.data.data_dir=default:small"]
+  result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=1800)
+  assert result.returncode == 0, result.stderr[-3000:]
+  records = metrics.read_metrics(tmp_path)
+  assert [r["step"] for r in records] == [1, 2]
+  assert all(r["loss"] is not None and 9 < r["loss"] < 12 for r in records)
+  assert json.loads((tmp_path / "config.json").read_text())["model"]["num_layers"] == 12
