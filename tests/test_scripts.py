@@ -40,7 +40,8 @@ def test_strict_mode(script):
   assert "set -euo pipefail" in script.read_text()
 
 
-@pytest.mark.parametrize("script", [TPU, GPU, INSTALL], ids=lambda p: p.name)
+@pytest.mark.parametrize("script", [TPU, GPU, INSTALL, REPO_ROOT / "scripts" / "gpu" / "mfu_sweep.sh"],
+                         ids=lambda p: p.name)
 def test_help(script):
   result = _run(script, "--help")
   assert result.returncode == 0
@@ -138,3 +139,20 @@ def test_gpu_single_host_runs_locally_without_distributed_flags():
   assert train[:2] == ["bash", "-c"]
   assert "editseq.train --config=configs/test_tiny.py --workdir=/tmp/w" in train[2]
   assert "--coordinator_address" not in train[2]
+
+
+def test_mfu_sweep_runs_the_benchmark_for_each_setting():
+  result = subprocess.run(
+      ["bash", str(REPO_ROOT / "scripts" / "gpu" / "mfu_sweep.sh"), "--dry-run", "--batches",
+       "16 32", "--remats", "none full", "--seq-len", "2048"],
+      capture_output=True, text=True, timeout=60, cwd=REPO_ROOT)
+  assert result.returncode == 0, result.stderr
+  runs = [shlex.split(line) for line in result.stdout.splitlines()]
+  assert [(r[-2], r[-1]) for r in runs] == [
+      ("--config.data.global_batch_size=16", "--config.train.remat=none"),
+      ("--config.data.global_batch_size=32", "--config.train.remat=none"),
+      ("--config.data.global_batch_size=16", "--config.train.remat=full"),
+      ("--config.data.global_batch_size=32", "--config.train.remat=full")]
+  for r in runs:
+    assert r[1:4] == ["-m", "editseq.bench_train", "--config=configs/tinycodelm_150m.py"]
+    assert "--notorch" in r and "--config.data.seq_len=2048" in r

@@ -1,0 +1,275 @@
+"""Training speed: tokens/s and MFU of the trainer's jitted train step, beside PyTorch.
+
+    python -m editseq.bench_train --config=configs/test_tiny.py
+    python -m editseq.bench_train --config=configs/tinycodelm_150m.py \
+        --config.data.global_batch_size=4 --config.data.seq_len=512 \
+        --config.train.compute_dtype=float32
+
+Times `editseq.trainer.TrainProgram.train_step` (the exact jitted, sharded, donated step that
+`editseq.train` runs: forward, backward, clipping, AdamW) and, with --torch, `transformers`'
+`LlamaForCausalLM` of the same shape (no biases, gated MLP, RoPE, tied embeddings; fp32,
+`sdpa` attention) doing the same step: forward, token cross entropy, backward, global-norm
+clipping, `torch.optim.AdamW`, at the same batch × sequence length. The two differ only where
+the architectures do: Llama uses RMSNorm with a scale where TinyCodeLM uses LayerNorm without one.
+
+Batches are synthetic (uniform random tokens, one segment per row, every token in the loss), so
+the figure measures the step and not the input pipeline. Timing alternates rounds between the two
+frameworks, so that load from other processes on the machine falls on both; each side's figure
+is its median round. The last line of output is one JSON object with every figure.
+
+MFU uses `editseq.flops` (model FLOPs, causal attention) over the device peak from its table. On
+CPU the table's figure is an estimate, so the matmul rate of this machine is also measured in the
+same run (an n×n fp32/bf16 matmul) and MFU against it is reported too.
+"""
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import sys
+import time
+from collections.abc import Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import tqdm
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from editseq import config_validation
+from editseq import flops
+from editseq import model as model_lib
+from editseq import sharding
+from editseq import trainer
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.",
+                                          lock_config=True)
+_ROUNDS = flags.DEFINE_integer("rounds", 3, "Timed rounds per framework (alternating).")
+_STEPS = flags.DEFINE_integer("steps", 2, "Train steps per timed round.")
+_TORCH = flags.DEFINE_bool("torch", True, "Also time transformers' PyTorch Llama (CPU).")
+_TORCH_THREADS = flags.DEFINE_integer("torch_threads", 2, "torch.set_num_threads for PyTorch.")
+_MATMUL_N = flags.DEFINE_integer("matmul_n", 0,
+                                 "Size of the matmul that measures the device's rate "
+                                 "(0: 2048 on CPU, 8192 on accelerators).")
+
+
+def synthetic_batch(batch_size: int, seq_len: int, vocab_size: int, seed: int = 0
+                    ) -> dict[str, np.ndarray]:
+  """A batch in the input pipeline's format: random tokens, one segment per row, full loss."""
+  rng = np.random.default_rng(seed)
+  tokens = rng.integers(0, vocab_size, (batch_size, seq_len + 1), dtype=np.int32)
+  return {
+      "inputs": tokens[:, :-1],
+      "targets": tokens[:, 1:],
+      "loss_mask": np.ones((batch_size, seq_len), np.int32),
+      "segment_ids": np.ones((batch_size, seq_len), np.int32),
+      "positions": np.broadcast_to(np.arange(seq_len, dtype=np.int32), (batch_size, seq_len)),
+  }
+
+
+class JaxStep:
+  """The trainer's own jitted train step on a fixed batch; `run(n)` returns seconds for n steps."""
+
+  name = "editseq (JAX)"
+
+  def __init__(self, config: ml_collections.ConfigDict, batch: Mapping[str, np.ndarray]):
+    self.mesh = sharding.make_mesh(config.mesh)
+    self.program = trainer.TrainProgram(config, self.mesh)
+    with jax.set_mesh(self.mesh):
+      self.state = self.program.init(jax.random.key(config.train.seed))
+      self.batch = self.program.global_batch(batch)
+    self.num_params = model_lib.count_params(self.state["params"])
+    start = time.perf_counter()
+    self.last_loss = self._steps(1)
+    self.compile_s = time.perf_counter() - start
+
+  def _steps(self, n: int) -> float:
+    with jax.set_mesh(self.mesh):
+      for _ in range(n):
+        self.state, step_metrics = self.program.train_step(self.state, self.batch)
+      return float(jax.device_get(step_metrics["loss"]))
+
+  def run(self, n: int) -> float:
+    start = time.perf_counter()
+    self.last_loss = self._steps(n)
+    return time.perf_counter() - start
+
+
+class TorchStep:
+  """transformers' LlamaForCausalLM of the same shape, fp32 on CPU, doing the same step."""
+
+  name = "transformers Llama (PyTorch)"
+
+  def __init__(self, cfg: model_lib.ModelConfig, opt: ml_collections.ConfigDict,
+               batch: Mapping[str, np.ndarray], threads: int):
+    import torch
+    import transformers
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    self.torch = torch
+    llama_cfg = transformers.LlamaConfig(
+        vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.mlp_dim,
+        num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_kv_heads, head_dim=cfg.head_dim,
+        max_position_embeddings=cfg.max_seq_len, rope_theta=cfg.rope_base,
+        tie_word_embeddings=cfg.tie_embeddings, attention_bias=False, mlp_bias=False,
+        hidden_act="silu" if cfg.mlp_activation == "silu" else "gelu_pytorch_tanh",
+        rms_norm_eps=cfg.norm_eps, use_cache=False, attn_implementation="sdpa")
+    self.model = transformers.LlamaForCausalLM(llama_cfg).train()
+    self.num_params = sum(p.numel() for p in self.model.parameters())
+    self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=opt.learning_rate,
+                                       betas=(opt.b1, opt.b2), eps=opt.eps,
+                                       weight_decay=opt.weight_decay)
+    self.clip = opt.grad_clip_norm
+    self.inputs = torch.from_numpy(np.asarray(batch["inputs"], np.int64))
+    self.targets = torch.from_numpy(np.asarray(batch["targets"], np.int64))
+    start = time.perf_counter()
+    self.last_loss = self._step()
+    self.compile_s = time.perf_counter() - start
+
+  def _step(self) -> float:
+    torch = self.torch
+    logits = self.model(input_ids=self.inputs).logits
+    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), self.targets.flatten())
+    self.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if self.clip > 0:
+      torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
+    self.optimizer.step()
+    return loss.item()
+
+  def run(self, n: int) -> float:
+    start = time.perf_counter()
+    for _ in range(n):
+      self.last_loss = self._step()
+    return time.perf_counter() - start
+
+
+def time_rounds(runners: list, rounds: int, steps: int) -> dict[str, list[float]]:
+  """Seconds per step of each runner in each round; rounds alternate between the runners."""
+  seconds: dict[str, list[float]] = {r.name: [] for r in runners}
+  with tqdm.tqdm(total=rounds * len(runners), desc="timing", unit="round", file=sys.stderr) as bar:
+    for _ in range(rounds):
+      for runner in runners:
+        seconds[runner.name].append(runner.run(steps) / steps)
+        bar.update()
+  return seconds
+
+
+def _load_config() -> ml_collections.ConfigDict:
+  """The --config with its overrides, checked as editseq.train checks it (no data, no workdir)."""
+  config = _CONFIG.value
+  if config is None:
+    raise config_validation.ConfigError("--config is required, e.g. --config=configs/test_tiny.py")
+  config_validation.check_known_keys(config)
+  config_validation.check_values(config)
+  model_cfg = config_validation.model_config(config)
+  config_validation.check_layout(config, model_cfg)
+  return config
+
+
+def benchmark(config: ml_collections.ConfigDict, *, rounds: int, steps: int, use_torch: bool,
+              torch_threads: int, matmul_n: int,
+              log: Callable[[str], None] = print) -> dict:
+  """Runs the benchmark and returns its figures (the JSON record)."""
+  model_cfg = model_lib.ModelConfig.from_config_dict(config.model, config.train)
+  batch_size, seq_len = config.data.global_batch_size, config.data.seq_len
+  batch = synthetic_batch(batch_size, seq_len, model_cfg.vocab_size, config.data.seed)
+  device = jax.devices()[0]
+  num_devices = jax.device_count()
+  if use_torch and device.platform != "cpu":
+    raise config_validation.ConfigError(
+        f"--torch compares on CPU only; this run's devices are {device.platform} (pass --notorch)")
+
+  flops_per_token = flops.training_flops_per_token(model_cfg, seq_len)
+  try:
+    peak = flops.peak_flops_per_device(device)
+  except ValueError:
+    peak = float("nan")
+  matmul_dtype = jnp.float32 if model_cfg.dtype == "float32" else jnp.dtype(model_cfg.dtype)
+  n = matmul_n or (2048 if device.platform == "cpu" else 8192)
+  measured_peak = flops.measure_matmul_flops(n, matmul_dtype, device)
+
+  log(f"device: {num_devices} x {device.device_kind} ({device.platform}); table peak "
+      f"{peak / 1e12:.3f} TFLOP/s per device; measured {n}^3 {jnp.dtype(matmul_dtype).name} "
+      f"matmul {measured_peak / 1e12:.3f} TFLOP/s")
+  log(f"model: {model_cfg.num_layers} layers, d_model {model_cfg.d_model}, {model_cfg.num_heads} "
+      f"heads, mlp {model_cfg.mlp_dim}, vocab {model_cfg.vocab_size}, compute "
+      f"{model_cfg.dtype}, remat {model_cfg.remat}; batch {batch_size} x {seq_len}; "
+      f"{flops_per_token / 1e6:.1f} MFLOP/token")
+
+  runners = [JaxStep(config, batch)]
+  if use_torch:
+    runners.append(TorchStep(model_cfg, config.optimizer, batch, torch_threads))
+  for r in runners:
+    log(f"{r.name}: {r.num_params / 1e6:.2f}M parameters, first step (compile/warm-up) "
+        f"{r.compile_s:.1f}s, loss {r.last_loss:.4f}")
+  seconds = time_rounds(runners, rounds, steps)
+
+  tokens = batch_size * seq_len
+  record: dict = {
+      "config": {k: config.model[k] for k in config.model.keys()},
+      "batch_size": batch_size, "seq_len": seq_len, "compute_dtype": model_cfg.dtype,
+      "remat": model_cfg.remat, "device_kind": device.device_kind, "num_devices": num_devices,
+      "flops_per_token": flops_per_token, "peak_flops_per_device": peak,
+      "measured_matmul_flops": measured_peak, "rounds": rounds, "steps_per_round": steps,
+  }
+  for r, key in zip(runners, ("jax", "torch")):
+    step_s = statistics.median(seconds[r.name])
+    tokens_per_s = tokens / step_s
+    # Both sides use the whole host: on CPU, num_devices x per-device peak is the host's peak.
+    mfu = (flops.mfu(tokens_per_s, flops_per_token, num_devices, peak)
+           if math.isfinite(peak) else None)
+    mfu_measured = flops.mfu(tokens_per_s, flops_per_token, num_devices, measured_peak)
+    record.update({f"{key}_tokens_per_s": tokens_per_s, f"{key}_step_s": step_s,
+                   f"{key}_step_s_rounds": seconds[r.name], f"{key}_mfu": mfu,
+                   f"{key}_mfu_vs_measured_matmul": mfu_measured,
+                   f"{key}_params": r.num_params, f"{key}_final_loss": r.last_loss})
+    mfu_text = f"{100 * mfu:.1f}%" if mfu is not None else "n/a"
+    log(f"{r.name}: {tokens_per_s:,.0f} tokens/s, {step_s:.3f} s/step, MFU {mfu_text} "
+        f"(vs measured matmul {100 * mfu_measured:.1f}%)")
+  if use_torch:
+    record["ratio_jax_over_torch"] = record["jax_tokens_per_s"] / record["torch_tokens_per_s"]
+    log(f"ratio editseq / PyTorch: {record['ratio_jax_over_torch']:.2f}x")
+  return record
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl parsing, with a bad flag, config file or --config.KEY override as one line (exit 2)."""
+  try:
+    return flags.FLAGS(argv)
+  except Exception as e:  # pylint: disable=broad-except
+    # config_flags raises whatever loading the file or applying an override raised.
+    print(f"error: bad flags: {type(e).__name__}: {e} (see --help)", file=sys.stderr)
+    sys.exit(2)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  try:
+    config = _load_config()
+    if _ROUNDS.value < 1 or _STEPS.value < 1:
+      raise config_validation.ConfigError("--rounds and --steps must be >= 1")
+    if _TORCH.value:
+      try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+      except ImportError as e:
+        raise config_validation.ConfigError(
+            f"--torch needs torch and transformers (requirements-dev.txt): {e}; "
+            "or pass --notorch") from e
+    record = benchmark(config, rounds=_ROUNDS.value, steps=_STEPS.value, use_torch=_TORCH.value,
+                       torch_threads=_TORCH_THREADS.value, matmul_n=_MATMUL_N.value)
+  except config_validation.ConfigError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  print(json.dumps(record))
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=_parse_flags)

@@ -1,0 +1,62 @@
+"""The training benchmark: batch format, same-shape PyTorch model, figures, and bad input."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from configs import test_tiny
+from editseq import bench_train
+from tests.conftest import REPO_ROOT
+
+
+def test_synthetic_batch_matches_input_pipeline_format():
+  batch = bench_train.synthetic_batch(3, 16, 100)
+  assert set(batch) == set(bench_train.trainer.BATCH_KEYS)
+  for value in batch.values():
+    assert value.shape == (3, 16) and value.dtype == np.int32
+  np.testing.assert_array_equal(batch["inputs"][:, 1:], batch["targets"][:, :-1])
+  assert batch["inputs"].min() >= 0 and batch["inputs"].max() < 100
+  np.testing.assert_array_equal(batch["positions"][2], np.arange(16))
+  assert batch["loss_mask"].all() and (batch["segment_ids"] == 1).all()
+
+
+@pytest.mark.slow
+def test_benchmark_times_both_frameworks_on_the_same_shape():
+  config = test_tiny.get_config()
+  record = bench_train.benchmark(config, rounds=1, steps=1, use_torch=True, torch_threads=1,
+                                 matmul_n=64, log=lambda _: None)
+  cfg = config.model
+  # Llama differs only by its RMSNorm scales: two per layer and a final one, d_model each.
+  assert record["torch_params"] - record["jax_params"] == (2 * cfg.num_layers + 1) * cfg.d_model
+  for key in ("jax", "torch"):
+    assert record[f"{key}_tokens_per_s"] > 0
+    assert 0 < record[f"{key}_mfu"] < 1
+    assert np.isfinite(record[f"{key}_final_loss"])
+  assert record["ratio_jax_over_torch"] == pytest.approx(
+      record["jax_tokens_per_s"] / record["torch_tokens_per_s"])
+
+
+def test_bad_config_is_one_line_error(capsys, monkeypatch):
+  config = test_tiny.get_config()
+  config.model.num_heads = 5
+  flag_values = bench_train.flags.FLAGS
+  if not flag_values.is_parsed():
+    flag_values(["bench_train"])
+  monkeypatch.setattr(flag_values["config"], "value", config)
+  with pytest.raises(SystemExit) as exit_info:
+    bench_train.main(["bench_train"])
+  assert exit_info.value.code == 2
+  assert capsys.readouterr().err == (
+      "error: config.model: ModelConfig: d_model 64 is not divisible by num_heads 5; "
+      "set head_dim\n")
+
+
+@pytest.mark.slow
+def test_bad_override_is_one_line_error_from_the_command_line():
+  result = subprocess.run(
+      [sys.executable, "-m", "editseq.bench_train", "--config=configs/test_tiny.py",
+       "--config.bogus=1"], capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)
+  assert result.returncode == 2
+  assert "error: bad flags: AttributeError" in result.stderr
+  assert "Traceback" not in result.stderr
