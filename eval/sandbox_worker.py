@@ -27,7 +27,7 @@ import time
 OUTPUT_NAME = "__sandbox_output__"
 _HEADER = struct.Struct("<I")
 _NONCE_BYTES = 16
-_MAX_REPORT = 1 << 30
+_MAX_REPORT = 256 << 20
 _PR_SET_DUMPABLE = 4
 # Imported once here so that forked children find them loaded: `from typing import List` alone
 # costs a few milliseconds per program otherwise, more than fork and exit together.
