@@ -173,11 +173,12 @@ def test_mbpp_plus_special_oracles_and_cache(pool, tmp_path):
     assert [p.plus_expected for p in cached] == [p.plus_expected for p in subset]
 
 
-@pytest.mark.slow
-@needs_plus_data
 @needs_bwrap
-@pytest.mark.parametrize("name,total", [("humaneval", 164), ("humaneval_plus", 164),
-                                        ("mbpp_plus", 378)])
+@pytest.mark.parametrize("name,total", [
+    ("humaneval", 164),  # a few seconds: fast tier
+    pytest.param("humaneval_plus", 164, marks=[pytest.mark.slow, needs_plus_data]),
+    pytest.param("mbpp_plus", 378, marks=[pytest.mark.slow, needs_plus_data]),
+])
 def test_canonical_solutions_score_full_marks(pool, tmp_path_factory, name, total):
     problems = benchmarks.attach_expected_outputs(
         benchmarks.load_benchmark(name), pool, cache_dir=tmp_path_factory.mktemp("cache"),
