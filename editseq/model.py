@@ -81,6 +81,9 @@ class ModelConfig:
   dtype: str = "bfloat16"  # Compute dtype.
   param_dtype: str = "float32"
   remat: str = "none"  # "none", "full", "dots" or "dots_no_batch" (per layer).
+  # True: one compiled layer run by lax.scan (compile time independent of depth); False: layers
+  # unrolled (longer compiles; XLA can fuse across layers and skips the scan's buffer copies).
+  scan_layers: bool = True
 
   def __post_init__(self):
     def fail(msg):
@@ -156,7 +159,7 @@ class ModelConfig:
 ARCHITECTURE_FIELDS = tuple(
     f.name for f in dataclasses.fields(ModelConfig)
     if f.name not in ("max_seq_len", "init_std", "dtype", "param_dtype", "remat",
-                      "attention_impl", "max_segments"))
+                      "attention_impl", "max_segments", "scan_layers"))
 
 
 def _param(rngs: nnx.Rngs, cfg: ModelConfig, shape, axes, std: float | None) -> nnx.Param:
@@ -209,6 +212,31 @@ def apply_rope(x: Array, sin: Array, cos: Array) -> Array:
   sin, cos = sin[:, :, None, :], cos[:, :, None, :]
   out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
   return out.astype(x.dtype)
+
+
+@jax.custom_vjp
+def _logits_matmul(x: Array, w: Array) -> Array:
+  """x [B, T, d] @ w [d, V] accumulated and returned in fp32.
+
+  The backward casts the fp32 cotangent to the inputs' dtype, so that its two large matmuls run
+  in bf16 like the rest of the model's backward instead of falling back to fp32 GEMMs.
+  """
+  return jnp.einsum("btd,dv->btv", x, w, preferred_element_type=jnp.float32)
+
+
+def _logits_matmul_fwd(x, w):
+  return _logits_matmul(x, w), (x, w)
+
+
+def _logits_matmul_bwd(residuals, g):
+  x, w = residuals
+  g = g.astype(x.dtype)
+  dx = jnp.einsum("btv,dv->btd", g, w, preferred_element_type=jnp.float32)
+  dw = jnp.einsum("btd,btv->dv", x, g, preferred_element_type=jnp.float32)
+  return dx.astype(x.dtype), dw.astype(w.dtype)
+
+
+_logits_matmul.defvjp(_logits_matmul_fwd, _logits_matmul_bwd)
 
 
 def _softcap(x: Array, cap: float) -> Array:
@@ -427,12 +455,17 @@ class Transformer(nnx.Module):
 
     if cfg.remat != "none" and cache is None:
       body = jax.checkpoint(body, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
-    layer_ids = jnp.arange(cfg.num_layers, dtype=jnp.int32)
-    (x, kv), _ = jax.lax.scan(body, carry, (layer_state, layer_ids, windows))
+    xs = (layer_state, jnp.arange(cfg.num_layers, dtype=jnp.int32), windows)
+    if cfg.scan_layers:
+      carry, _ = jax.lax.scan(body, carry, xs)
+    else:
+      for i in range(cfg.num_layers):
+        carry, _ = body(carry, jax.tree.map(lambda a, i=i: a[i], xs))
+    x, kv = carry
 
     x = self.final_norm(x)
     head = self.embed[...].T if self.lm_head is None else self.lm_head[...]
-    logits = jnp.einsum("btd,dv->btv", x, head.astype(dt), preferred_element_type=jnp.float32)
+    logits = _logits_matmul(x, head.astype(dt))
     logits = sharding.constrain(_softcap(logits, cfg.final_logit_softcap),
                                 ("act_batch", "act_length", "act_vocab"))
     if cache is None:

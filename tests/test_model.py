@@ -139,6 +139,13 @@ def test_remat_gives_the_same_gradients():
                  nnx.to_pure_dict(reference), nnx.to_pure_dict(got))
 
 
+def test_unrolled_layers_match_scan():
+  x = tokens((2, 8))
+  want = run(make(GEMMA_LIKE), x)
+  np.testing.assert_allclose(run(make(dataclasses.replace(GEMMA_LIKE, scan_layers=False)), x),
+                             want, atol=1e-6)
+
+
 def test_bfloat16_compute_keeps_fp32_params_and_logits():
   model = make(dataclasses.replace(TINY, dtype="bfloat16"))
   logits = run(model, tokens((2, 8)))
