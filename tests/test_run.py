@@ -1,0 +1,114 @@
+"""eval.run end to end on a tiny random checkpoint, a few real problems and the sandbox."""
+import json
+import subprocess
+import sys
+
+import pytest
+from flax import nnx
+
+from configs import test_tiny
+from editseq import checkpointing, tokenizer
+from editseq.model import ModelConfig, Transformer
+from eval import run
+from tests.conftest import REPO_ROOT
+
+VOCAB = 512
+
+
+@pytest.fixture(scope="module")
+def vocab_path(tmp_path_factory):
+  sources = [p.read_text() for p in sorted((tokenizer.stdlib_root() / "json").glob("*.py"))]
+  return tokenizer.train_tokenizer(sources, tmp_path_factory.mktemp("tok") / "tokenizer.json",
+                                   vocab_size=VOCAB)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, vocab_path):
+  """A run folder in the trainer's layout holding a random test_tiny-shaped model."""
+  workdir = str(tmp_path_factory.mktemp("run"))
+  config = test_tiny.get_config()
+  config.model.vocab_size = VOCAB
+  config.data.vocab_path = str(vocab_path)
+  config.data.task = "editseq_lintseq_instruct"
+  checkpointing.save_config(workdir, config)
+  model = Transformer(ModelConfig.from_config_dict(config.model, config.train), rngs=nnx.Rngs(0))
+  saver = checkpointing.Checkpointer(workdir, every=1, keep=1)
+  saver.save(1, {"step": 1, "params": nnx.to_pure_dict(nnx.state(model, nnx.Param)),
+                 "opt_state": {}}, {}, force=True)
+  saver.wait_until_finished()
+  saver.close()
+  return workdir
+
+
+def test_default_format_from_training_task():
+  assert run.default_format("editseq_lintseq_instruct") == "lintseq"
+  assert run.default_format("editseq_lintseq_nolint_instruct") == "lintseq"
+  assert run.default_format("editseq_baseline_instruct") == "instruct"
+  assert run.default_format("editseq_pretrain") == "base"
+  assert run.default_format("my_mixture") is None
+
+
+def test_lintseq_stop_sequence_is_how_the_tokenizer_writes_a_double_diff(vocab_path):
+  vocab = tokenizer.load_vocabulary(vocab_path)
+  (sequence,), strings = run.stop_conditions("lintseq", vocab)
+  assert list(vocab.encode("@@ -0,0 +1 @@\n+x = 1" + run.DOUBLE_DIFF))[-len(sequence):] == sequence
+  assert sequence[0] == sequence[-1] == vocab.diff_id
+  assert strings == [run.DOUBLE_DIFF]
+  assert run.stop_conditions("instruct", vocab) == ([], [])
+  assert "\ndef" in run.stop_conditions("base", vocab)[1]
+
+
+@pytest.mark.sandbox
+def test_end_to_end_on_a_tiny_checkpoint(checkpoint, tmp_path):
+  out = tmp_path / "out"
+  assert run.main(["--checkpoint", checkpoint, "--benchmark", "humaneval", "--task_range", "0:3",
+                   "--num_samples", "2", "--max_new_tokens", "16", "--batch_size", "8",
+                   "--output_dir", str(out), "--workers", "2"]) == 0
+  samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+  assert [s["task_id"] for s in samples] == ["HumanEval/0"] * 2 + ["HumanEval/1"] * 2 + [
+      "HumanEval/2"] * 2
+  assert all(s["format"] == "diffs" and isinstance(s["completion"], str) for s in samples)
+  results = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+  assert [r["task_id"] for r in results] == [s["task_id"] for s in samples]
+  assert not any(r["passed"] for r in results)  # random weights solve nothing
+  summary = json.loads((out / "summary.json").read_text())
+  assert summary["format"] == "lintseq" and summary["num_problems"] == 3
+  assert summary["samples_per_problem"] == 2 and summary["num_samples"] == 6
+  assert summary["suites"]["base"]["pass@1"] == 0.0
+  assert summary["suites"]["base"]["coverage"] == [0.0, 0.0]
+  assert (out / "coverage.png").read_bytes().startswith(b"\x89PNG")
+
+
+def run_cli(*args):
+  return subprocess.run([sys.executable, "-m", "eval.run", *map(str, args)], cwd=REPO_ROOT,
+                        capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--num_samples", "0"], "--num_samples must be >= 1"),
+    (["--top_p", "0"], "top_p must be in (0, 1]"),
+    (["--task_range", "5:2"], "task range"),
+    (["--checkpoint", "/nonexistent/run"], "no checkpoint in /nonexistent/run"),
+])
+def test_user_mistakes_are_one_line_errors(checkpoint, tmp_path, args, message):
+  base = {"--checkpoint": checkpoint, "--benchmark": "humaneval", "--output_dir": tmp_path}
+  for flag, value in zip(args[::2], args[1::2]):
+    base[flag] = value
+  proc = run_cli(*[x for kv in base.items() for x in kv])
+  assert proc.returncode == 2
+  assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_coverage_by_suite_uses_base_and_combined_verdicts():
+  results = [
+      {"task_id": "a", "base_passed": True, "passed": True},
+      {"task_id": "a", "base_passed": True, "passed": False},  # plus tests failed
+      {"task_id": "b", "base_passed": False, "passed": False},
+      {"task_id": "b", "base_passed": True, "passed": False},
+  ]
+  suites = run.coverage_by_suite(results, ("base", "plus"))
+  assert suites["base"]["coverage"] == [0.75, 1.0]
+  assert suites["plus"]["coverage"] == [0.25, 0.5]
+  assert suites["plus"]["pass@1"] == 0.25 and "pass@10" not in suites["plus"]
+  humaneval = run.coverage_by_suite([{"task_id": "a", "passed": True}], ("base",))
+  assert humaneval == {"base": {"pass@1": 1.0, "coverage": [1.0]}}
