@@ -75,8 +75,9 @@ class ModelConfig:
   # bf16/fp16) for training and scoring; decoding with a cache always uses "xla".
   attention_impl: str = "xla"
   # cudnn with segment_ids: packed examples per row given their own sequence; any beyond this
-  # many share the row's last one (so they can attend to each other).
-  max_segments: int = 64
+  # many share the row's last one (so they can attend to each other). Its cost grows with it:
+  # 16 -> 38.5% MFU, 64 -> 31.6% for the 150M shape on an H100 (batch 32 x 1024).
+  max_segments: int = 16
   init_std: float = 0.02
   dtype: str = "bfloat16"  # Compute dtype.
   param_dtype: str = "float32"
