@@ -55,7 +55,7 @@ REFERENCE_TIME_FACTOR = 4.0
 
 
 class BenchmarkError(ValueError):
-    """Bad benchmark name, data file or task range."""
+    """Bad benchmark name, data file or task range, or data whose reference solutions fail."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -513,7 +513,7 @@ def _compute_expected(problems: Sequence[Problem], pool: SandboxPool, progress: 
         entry = cached.setdefault(problem.task_id, {})
         entry[suite], entry[f"{suite}_cpu"] = outputs, cpu
     if failures:
-        raise RuntimeError("reference outputs could not be computed: " + "; ".join(failures))
+        raise BenchmarkError("reference outputs could not be computed: " + "; ".join(failures))
     return cached
 
 
