@@ -20,7 +20,7 @@ pytestmark = [
     pytest.mark.skipif(sandbox.bwrap_path() is None, reason="bubblewrap (bwrap) not installed"),
 ]
 
-LIMITS = Limits(cpu_seconds=1.0, wall_seconds=20.0, memory_bytes=512 << 20, nproc=32)
+LIMITS = Limits(cpu_seconds=0.5, wall_seconds=20.0, memory_bytes=512 << 20, nproc=32)
 LEFTOVERS = "import os\n__sandbox_output__ = repr(sorted(int(p) for p in os.listdir('/proc') if p.isdigit()))"
 
 
