@@ -11,7 +11,9 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.data = ml_collections.ConfigDict()
   config.data.task = "editseq_lintseq_instruct"
-  config.data.data_dir = ""  # "" = the embedded default data, built on first use.
+  # "" = the embedded default data (standard-library instruction pairs), "default:small" = its
+  # 300-program sample; both are built on first use. Else data_gen's output folder.
+  config.data.data_dir = ""
   config.data.vocab_path = ""  # "" = the embedded default tokenizer, built on first use.
   config.data.seq_len = 1024
   config.data.global_batch_size = 512
@@ -29,21 +31,24 @@ def get_config() -> ml_collections.ConfigDict:
   config.optimizer.b2 = 0.95
   config.optimizer.eps = 1e-8
   config.optimizer.grad_clip_norm = 1.0
-  config.optimizer.grad_accum_steps = 1
+  config.optimizer.grad_accum_steps = 1  # Microbatches per step; the global batch stays the same.
 
   config.train = ml_collections.ConfigDict()
-  config.train.steps = 1000
+  config.train.steps = 1000  # Optimizer steps (the schedule's length).
+  # "sum": sum of the loss tokens' cross entropies over the global batch (the reference recipe);
+  # "mean": their average. Metrics always report the per-token mean as `loss`.
   config.train.loss_reduction = "sum"
   config.train.compute_dtype = "bfloat16"
-  config.train.param_dtype = "float32"
-  config.train.remat = "none"
-  config.train.log_every = 1
-  config.train.eval_every = 200
+  config.train.param_dtype = "float32"  # Master weights and optimizer state.
+  config.train.remat = "none"  # Per layer: "none", "full", "dots" or "dots_no_batch".
+  config.train.log_every = 1  # Steps per metrics.jsonl/TensorBoard record.
+  config.train.eval_every = 200  # 0 = no eval; else eval_steps batches of data.eval_split.
   config.train.eval_steps = 10
-  config.train.checkpoint_every = 200
+  config.train.checkpoint_every = 200  # 0 = only at the end and on preemption.
   config.train.keep_checkpoints = 3
+  # Finetune from: a run's workdir, one of its step folders, or a Hugging Face model folder.
   config.train.init_from = ""
-  config.train.seed = 0
+  config.train.seed = 0  # Parameter initialisation.
 
   config.mesh = ml_collections.ConfigDict()
   config.mesh.data = -1

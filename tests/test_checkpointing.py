@@ -103,3 +103,28 @@ def test_hugging_face_folders_are_told_apart_from_runs(saved_run, tmp_path):
   (tmp_path / "model.safetensors").write_bytes(b"")
   assert checkpointing.is_hf_model_dir(str(tmp_path))
   assert not checkpointing.is_hf_model_dir(str(saved_run[0]))
+
+
+def test_init_from_a_hugging_face_folder_loads_its_weights(tmp_path):
+  """train.init_from = an OLMo folder (TinyCodeLM's format): same logits, program's shardings."""
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  program = _program((2, 2, 2))
+  cfg = program.model_cfg
+  torch.manual_seed(0)
+  hf_model = transformers.OlmoForCausalLM(transformers.OlmoConfig(
+      vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.mlp_dim,
+      num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
+      max_position_embeddings=cfg.max_seq_len, tie_word_embeddings=True))
+  hf_model.save_pretrained(tmp_path)
+  assert checkpointing.is_hf_model_dir(str(tmp_path))
+
+  params = trainer.load_pretrained_params(str(tmp_path), program)
+  up = params["layers"]["mlp"]["up"]
+  assert up.sharding == program.param_shardings["layers"]["mlp"]["up"]
+  tokens = np.frombuffer(pathlib.Path(json.decoder.__file__).read_bytes()[:48], np.uint8)
+  tokens = tokens.astype(np.int64)[None]
+  with torch.no_grad():
+    want = hf_model(torch.from_numpy(tokens)).logits.numpy()
+  got = nnx.merge(program.graphdef, jax.device_get(params))(jnp.asarray(tokens, jnp.int32))
+  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-3, atol=1e-3)
