@@ -15,7 +15,8 @@ the architectures do: Llama uses RMSNorm with a scale where TinyCodeLM uses Laye
 Batches are synthetic (uniform random tokens, one segment per row, every token in the loss), so
 the figure measures the step and not the input pipeline. Timing alternates rounds between the two
 frameworks, so that load from other processes on the machine falls on both; each side's figure
-is its median round. The last line of output is one JSON object with every figure.
+is its median round (--nointerleave times one side, frees it, then the other: half the memory).
+The last line of output is one JSON object with every figure.
 
 MFU uses `editseq.flops` (model FLOPs, causal attention) over the device peak from its table. On
 CPU the table's figure is an estimate, so the matmul rate of this machine is also measured in the
@@ -23,12 +24,15 @@ same run (an n×n fp32/bf16 matmul) and MFU against it is reported too.
 """
 from __future__ import annotations
 
+import gc
 import json
 import math
+import os
 import statistics
 import sys
 import time
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -51,6 +55,9 @@ _ROUNDS = flags.DEFINE_integer("rounds", 3, "Timed rounds per framework (alterna
 _STEPS = flags.DEFINE_integer("steps", 2, "Train steps per timed round.")
 _TORCH = flags.DEFINE_bool("torch", True, "Also time transformers' PyTorch Llama (CPU).")
 _TORCH_THREADS = flags.DEFINE_integer("torch_threads", 2, "torch.set_num_threads for PyTorch.")
+_INTERLEAVE = flags.DEFINE_bool(
+    "interleave", True, "Alternate timed rounds between the frameworks (both models in memory); "
+    "--nointerleave times one, frees it, then the other (half the memory, for 150M on CPU).")
 _MATMUL_N = flags.DEFINE_integer("matmul_n", 0,
                                  "Size of the matmul that measures the device's rate "
                                  "(0: 2048 on CPU, 8192 on accelerators).")
@@ -98,6 +105,20 @@ class JaxStep:
     return time.perf_counter() - start
 
 
+def _import_torch():
+  """Imports torch with OpenMP's passive wait policy (unless the user set one).
+
+  OpenMP threads otherwise spin at every barrier; on a machine shared with other processes they
+  lose their cores mid-spin and a step takes 3-10x longer (measured here: 0.48 s vs 1.5-6.5 s per
+  step of the tiny config with 2 threads). Passive waiting gives PyTorch its best figure. It
+  only takes effect if torch was not imported before.
+  """
+  os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+  import torch  # pylint: disable=import-outside-toplevel
+  import transformers  # pylint: disable=import-outside-toplevel
+  return torch, transformers
+
+
 class TorchStep:
   """transformers' LlamaForCausalLM of the same shape, fp32 on CPU, doing the same step."""
 
@@ -105,9 +126,7 @@ class TorchStep:
 
   def __init__(self, cfg: model_lib.ModelConfig, opt: ml_collections.ConfigDict,
                batch: Mapping[str, np.ndarray], threads: int):
-    import torch
-    import transformers
-
+    torch, transformers = _import_torch()
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     self.torch = torch
@@ -160,6 +179,36 @@ def time_rounds(runners: list, rounds: int, steps: int) -> dict[str, list[float]
   return seconds
 
 
+def time_runners(factories: list[Callable[[], Any]], rounds: int, steps: int, interleave: bool,
+                 log: Callable[[str], None]) -> list[dict]:
+  """Builds and times each runner: all alive with alternating rounds, or one after the other.
+
+  One after the other, a runner is dropped before the next is built, so the process holds one
+  model and optimizer at a time (at 150M both at once need ~14 GB on CPU).
+  """
+  def summary(runner, seconds):
+    return {"name": runner.name, "num_params": runner.num_params, "seconds": seconds,
+            "final_loss": runner.last_loss}
+
+  def built(factory):
+    runner = factory()
+    log(f"{runner.name}: {runner.num_params / 1e6:.2f}M parameters, first step "
+        f"(compile/warm-up) {runner.compile_s:.1f}s, loss {runner.last_loss:.4f}")
+    return runner
+
+  if interleave:
+    runners = [built(f) for f in factories]
+    seconds = time_rounds(runners, rounds, steps)
+    return [summary(r, seconds[r.name]) for r in runners]
+  results = []
+  for factory in factories:
+    runner = built(factory)
+    results.append(summary(runner, time_rounds([runner], rounds, steps)[runner.name]))
+    del runner
+    gc.collect()
+  return results
+
+
 def _load_config() -> ml_collections.ConfigDict:
   """The --config with its overrides, checked as editseq.train checks it (no data, no workdir)."""
   config = _CONFIG.value
@@ -173,7 +222,7 @@ def _load_config() -> ml_collections.ConfigDict:
 
 
 def benchmark(config: ml_collections.ConfigDict, *, rounds: int, steps: int, use_torch: bool,
-              torch_threads: int, matmul_n: int,
+              torch_threads: int, matmul_n: int, interleave: bool = True,
               log: Callable[[str], None] = print) -> dict:
   """Runs the benchmark and returns its figures (the JSON record)."""
   model_cfg = model_lib.ModelConfig.from_config_dict(config.model, config.train)
@@ -202,13 +251,10 @@ def benchmark(config: ml_collections.ConfigDict, *, rounds: int, steps: int, use
       f"{model_cfg.dtype}, remat {model_cfg.remat}; batch {batch_size} x {seq_len}; "
       f"{flops_per_token / 1e6:.1f} MFLOP/token")
 
-  runners = [JaxStep(config, batch)]
+  factories = [lambda: JaxStep(config, batch)]
   if use_torch:
-    runners.append(TorchStep(model_cfg, config.optimizer, batch, torch_threads))
-  for r in runners:
-    log(f"{r.name}: {r.num_params / 1e6:.2f}M parameters, first step (compile/warm-up) "
-        f"{r.compile_s:.1f}s, loss {r.last_loss:.4f}")
-  seconds = time_rounds(runners, rounds, steps)
+    factories.append(lambda: TorchStep(model_cfg, config.optimizer, batch, torch_threads))
+  results = time_runners(factories, rounds, steps, interleave, log)
 
   tokens = batch_size * seq_len
   record: dict = {
@@ -217,20 +263,21 @@ def benchmark(config: ml_collections.ConfigDict, *, rounds: int, steps: int, use
       "remat": model_cfg.remat, "device_kind": device.device_kind, "num_devices": num_devices,
       "flops_per_token": flops_per_token, "peak_flops_per_device": peak,
       "measured_matmul_flops": measured_peak, "rounds": rounds, "steps_per_round": steps,
+      "interleaved": interleave,
   }
-  for r, key in zip(runners, ("jax", "torch")):
-    step_s = statistics.median(seconds[r.name])
+  for r, key in zip(results, ("jax", "torch")):
+    step_s = statistics.median(r["seconds"])
     tokens_per_s = tokens / step_s
     # Both sides use the whole host: on CPU, num_devices x per-device peak is the host's peak.
     mfu = (flops.mfu(tokens_per_s, flops_per_token, num_devices, peak)
            if math.isfinite(peak) else None)
     mfu_measured = flops.mfu(tokens_per_s, flops_per_token, num_devices, measured_peak)
     record.update({f"{key}_tokens_per_s": tokens_per_s, f"{key}_step_s": step_s,
-                   f"{key}_step_s_rounds": seconds[r.name], f"{key}_mfu": mfu,
+                   f"{key}_step_s_rounds": r["seconds"], f"{key}_mfu": mfu,
                    f"{key}_mfu_vs_measured_matmul": mfu_measured,
-                   f"{key}_params": r.num_params, f"{key}_final_loss": r.last_loss})
+                   f"{key}_params": r["num_params"], f"{key}_final_loss": r["final_loss"]})
     mfu_text = f"{100 * mfu:.1f}%" if mfu is not None else "n/a"
-    log(f"{r.name}: {tokens_per_s:,.0f} tokens/s, {step_s:.3f} s/step, MFU {mfu_text} "
+    log(f"{r['name']}: {tokens_per_s:,.0f} tokens/s, {step_s:.3f} s/step, MFU {mfu_text} "
         f"(vs measured matmul {100 * mfu_measured:.1f}%)")
   if use_torch:
     record["ratio_jax_over_torch"] = record["jax_tokens_per_s"] / record["torch_tokens_per_s"]
@@ -257,14 +304,14 @@ def main(argv):
       raise config_validation.ConfigError("--rounds and --steps must be >= 1")
     if _TORCH.value:
       try:
-        import torch  # noqa: F401
-        import transformers  # noqa: F401
+        _import_torch()
       except ImportError as e:
         raise config_validation.ConfigError(
             f"--torch needs torch and transformers (requirements-dev.txt): {e}; "
             "or pass --notorch") from e
     record = benchmark(config, rounds=_ROUNDS.value, steps=_STEPS.value, use_torch=_TORCH.value,
-                       torch_threads=_TORCH_THREADS.value, matmul_n=_MATMUL_N.value)
+                       torch_threads=_TORCH_THREADS.value, matmul_n=_MATMUL_N.value,
+                       interleave=_INTERLEAVE.value)
   except config_validation.ConfigError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
