@@ -380,7 +380,7 @@ def validate_data_config(config, vocab, *, splits: tuple[str, ...] | None = None
 
   Checks: seq_len against `model.max_seq_len`, the tokenizer against `model.vocab_size`, the
   batch against the process count, the task name, and that each split's files exist and are
-  not empty (`splits` defaults to train plus `data.eval_split`).
+  not empty (`splits` defaults to train, plus `data.eval_split` when the run evaluates).
   """
   data, model = config.data, config.model
   if data.seq_len < 1:
@@ -403,7 +403,10 @@ def validate_data_config(config, vocab, *, splits: tuple[str, ...] | None = None
     raise DataError(f"data.data_dir not found: {data_dir}")
   tasks.register_tasks(data_dir, vocab)
   components = tasks.task_components(data.task)
-  for split in splits or ("train", data.eval_split):
+  if splits is None:
+    evaluates = config.get("train") is None or config.train.get("eval_every", 1) > 0
+    splits = ("train", data.eval_split) if evaluates else ("train",)
+  for split in splits:
     for name, _ in components:
       tasks.task_files(name, split)
 

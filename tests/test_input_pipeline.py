@@ -252,6 +252,14 @@ def test_bad_data_config(vocab, change, message):
     ip.validate_data_config(_config(**change), vocab, process_count=4)
 
 
+def test_eval_split_checked_only_when_evaluating(vocab):
+  config = _config(eval_split="test")
+  with pytest.raises(tasks.DataError, match="no 'test' shards"):
+    ip.validate_data_config(config, vocab, process_count=1)
+  config.train.eval_every = 0
+  ip.validate_data_config(config, vocab, process_count=1)
+
+
 def test_vocabulary_larger_than_model(vocab):
   config = _config()
   config.model.vocab_size = 4096
