@@ -11,7 +11,6 @@ import time
 from collections.abc import Mapping
 
 import tqdm
-from clu import metric_writers
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
@@ -43,6 +42,7 @@ class MetricsLogger:
     for record in records:
       self._jsonl.write(json.dumps(record) + "\n")
     self._jsonl.flush()
+    from clu import metric_writers  # Loads TensorFlow: only when a run actually logs.
     self._writer = metric_writers.AsyncWriter(
         metric_writers.SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR)))
     self._bar = tqdm.tqdm(total=total_steps, initial=start_step, unit="step",
