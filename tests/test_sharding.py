@@ -70,6 +70,13 @@ def test_logical_to_spec_resolves_conflicts_and_unknown_names():
     sharding.logical_to_spec(("hidden",), rules)
 
 
+def test_use_rules_sets_the_rules_for_activations():
+  assert sharding.logical_to_spec(("act_batch", "act_mlp")) == P(("data", "fsdp"), "tensor")
+  with sharding.use_rules((("act_batch", "data"), ("act_mlp", None))):
+    assert sharding.logical_to_spec(("act_batch", "act_mlp")) == P("data", None)
+  assert sharding.current_rules() == sharding.DEFAULT_RULES
+
+
 def test_make_mesh_shapes_and_fill():
   assert mesh_of((8, 1, 1)).shape == {"data": 8, "fsdp": 1, "tensor": 1}
   assert sharding.make_mesh(dict(data=-1, fsdp=2, tensor=2)).shape == {
