@@ -117,9 +117,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if fmt is None:
       raise ValueError(f"cannot tell the prompt format from training task "
                        f"{run_config.data.task!r}; pass --format")
+    out = pathlib.Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
     # The sandbox (and the + variants' reference outputs) first: fail before hours of sampling.
     pool = SandboxPool(args.workers, unsafe_no_sandbox=args.unsafe_no_sandbox)
-  except (ValueError, FileNotFoundError, SandboxUnavailableError) as e:
+  except (OSError, ValueError, SandboxUnavailableError) as e:
     parser.error(str(e))
   with pool:
     problems = benchmarks.attach_expected_outputs(problems, pool)
@@ -134,8 +136,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 **({"format": FORMATS[fmt][1]} if FORMATS[fmt][1] != "completion" else {}),
                 "finish_reason": c.finish_reason}
                for problem, per_problem in zip(problems, completions) for c in per_problem]
-    out = pathlib.Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     _write_jsonl(out / "samples.jsonl", samples)
     results = execute.evaluate(samples, benchmarks.problems_by_id(problems), pool,
                                timeout=args.timeout, memory_bytes=args.memory_mb << 20)

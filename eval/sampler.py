@@ -1,17 +1,19 @@
 """Batched autoregressive sampling with a KV cache, for pass@k evaluation.
 
-A batch of left-padded prompts is prefilled in one forward pass, then an on-device
-`lax.while_loop` decodes one token per step for every row until each row has stopped (EOS or a
-token-level stop sequence such as LintSeq's double `<|diff|>`) or the token budget is spent. The
-loop runs in chunks of `chunk_size` steps so that the host can look for stop *strings* (which do
-not map to fixed token ids) between chunks without a round trip per token; rows that are all done
-end the loop early.
+A batch of left-padded prompts (padding has position -1 and is never attended to) is prefilled
+in one forward pass, then an on-device `lax.while_loop` decodes one token per step for every row
+until each row has stopped (EOS, or a token-level stop sequence such as LintSeq's double
+`<|diff|>`) or the token budget is spent; the loop ends as soon as every row is done. When there
+are stop *strings* (which do not map to fixed token ids), the loop runs in chunks of `chunk_size`
+steps and the host checks the decoded text between chunks, not after every token.
 
 Shapes are bucketed (prompt length to a power of two, new tokens to a multiple of the chunk) and
-the compiled prefill/decode executables are cached per bucket, so a whole benchmark compiles a
+the compiled prefill/decode programs are cached per bucket, so a whole benchmark compiles a
 handful of programs. Every sample draws its randomness from a key derived from
 (seed, prompt index, sample index, step) alone, so a sample does not depend on which other rows
-share its batch, on the batch size or on the order of the prompts' lengths.
+share its batch (bit for bit within one prompt-length bucket; across buckets only float rounding
+of the longer padded attention differs). Top-p and sampling avoid sorting the vocabulary (XLA's CPU
+sort costs more than a 150M model's decode step); see `nucleus_mask` and `choose_tokens`.
 """
 from __future__ import annotations
 
@@ -58,7 +60,9 @@ class SamplingConfig:
 
 @dataclasses.dataclass(frozen=True)
 class Completion:
-  """One sample. `tokens`/`text` exclude whatever stopped it (EOS, stop sequence, stop string)."""
+  """One sample. `tokens` and `text` exclude the EOS or stop sequence that ended it; a stop string
+  cuts `text` at its first occurrence, while `tokens` then run to the end of the decode chunk in
+  which it was seen (a string need not end on a token boundary)."""
 
   tokens: tuple[int, ...]
   text: str | None
@@ -246,7 +250,7 @@ class Sampler:
       for start in range(0, len(rows), batch):
         chunk = rows[start:start + batch]
         for (i, j), completion in zip(chunk, self._sample_batch(
-            [prompts[i] for i, _ in chunk], chunk, batch, config, seed, table, stop_strings)):
+            prompts, chunk, batch, config, seed, table, stop_strings)):
           results[i][j] = completion
         bar.update(len(chunk))
     bar.close()
@@ -261,18 +265,25 @@ class Sampler:
     return _round_up(rows, self._rows_multiple)
 
   def _sample_batch(self, prompts, row_ids, batch, config, seed, table, stop_strings):
-    num_real = len(prompts)
-    prompt_len = _bucket(max(len(p) for p in prompts), 16)
-    tokens = np.full((batch, prompt_len), self.pad_id, np.int32)
-    positions = np.full((batch, prompt_len), -1, np.int32)
-    for r, p in enumerate(prompts):
-      tokens[r, prompt_len - len(p):] = p
-      positions[r, prompt_len - len(p):] = np.arange(len(p))
+    """Samples the rows `row_ids` ((prompt index, sample index) pairs) as one batch."""
+    num_real = len(row_ids)
+    # Each distinct prompt is prefilled once; rows gather their copy of its cache.
+    unique = list(dict.fromkeys(i for i, _ in row_ids))
+    num_unique = min(_bucket(len(unique), 1), batch)
+    prompt_len = _bucket(max(len(prompts[i]) for i in unique), 16)
+    tokens = np.full((num_unique, prompt_len), self.pad_id, np.int32)
+    positions = np.full((num_unique, prompt_len), -1, np.int32)
+    for u, i in enumerate(unique):
+      tokens[u, prompt_len - len(prompts[i]):] = prompts[i]
+      positions[u, prompt_len - len(prompts[i]):] = np.arange(len(prompts[i]))
+    source = np.zeros((batch,), np.int32)
+    source[:num_real] = [unique.index(i) for i, _ in row_ids]
     ids = np.zeros((batch, 2), np.int32)
     ids[:num_real] = row_ids
     done = np.arange(batch) >= num_real  # filler rows start done
     state = _prefill(
-        self._graphdef, self._params, *self._put(tokens, positions, ids, done), np.uint32(seed),
+        self._graphdef, self._params, *self._put(tokens, positions, replicated=True),
+        *self._put(source, ids, done), np.uint32(seed),
         new_len=_round_up(config.max_new_tokens, self.chunk_size), stop_width=table.shape[1],
         cache_dtype=self.cache_dtype, pad_id=self.pad_id)
     # Without stop strings there is nothing for the host to check: one call runs to the end.
@@ -322,11 +333,13 @@ class Sampler:
       completions.append(Completion(tuple(tokens), text, finish))
     return completions
 
-  def _put(self, *arrays):
-    """Places host arrays on device, rows split over the mesh's data axes when there is a mesh."""
+  def _put(self, *arrays, replicated: bool = False):
+    """Places host arrays on device: with a mesh, rows split over its batch axes (or copied to
+    every device when `replicated`)."""
     if self.mesh is None:
       return tuple(jnp.asarray(a) for a in arrays)
-    spec = lambda a: PartitionSpec(sharding.BATCH_AXES, *([None] * (a.ndim - 1)))
+    spec = lambda a: PartitionSpec() if replicated else PartitionSpec(
+        sharding.BATCH_AXES, *([None] * (a.ndim - 1)))
     return tuple(jax.device_put(a, NamedSharding(self.mesh, spec(a))) for a in arrays)
 
 
@@ -334,25 +347,35 @@ class Sampler:
 # per (model structure, shapes, static options), shared by every Sampler of that model.
 @functools.partial(jax.jit, static_argnums=0,
                    static_argnames=("new_len", "stop_width", "cache_dtype", "pad_id"))
-def _prefill(graphdef, params, tokens, positions, ids, done, seed, *, new_len, cache_dtype,
-             pad_id, stop_width):
+def _prefill(graphdef, params, tokens, positions, source, ids, done, seed, *, new_len,
+             cache_dtype, pad_id, stop_width):
   """Fills the cache with all prompt tokens but the last and returns the initial decode state.
 
-  The last prompt token is the decode loop's first input: the prefill's logits are then dead
-  code, so XLA never materialises the `[batch, prompt, vocab]` projection.
+  `tokens`/`positions` hold the batch's distinct prompts; row r of the batch continues prompt
+  `source[r]`, so n samples of one prompt cost one prefill. The last prompt token is the decode
+  loop's first input: the prefill's logits are then dead code, so XLA never materialises the
+  `[batch, prompt, vocab]` projection.
   """
-  batch, prompt_len = tokens.shape
+  prompt_len = tokens.shape[1]
+  batch = source.shape[0]
   model = nnx.merge(graphdef, params)
-  cache = model.init_cache(batch, prompt_len - 1 + new_len, cache_dtype)
-  cache = {k: sharding.constrain(v, model_lib.CACHE_LOGICAL_AXES[k]) for k, v in cache.items()}
+  cache = model.init_cache(tokens.shape[0], prompt_len - 1 + new_len, cache_dtype)
   _, cache = model(tokens[:, :-1], positions=positions[:, :-1], cache=cache)
+
+  def rows(name, x):  # the batch's rows of a cache array, laid out by its logical axes
+    axes = model_lib.CACHE_LOGICAL_AXES[name]
+    if "cache_batch" in axes:
+      x = jnp.take(x, source, axis=axes.index("cache_batch"))
+    return sharding.constrain(x, axes)
+
+  cache = {name: rows(name, x) for name, x in cache.items()}
   base = jax.random.key(seed)
   keys = jax.vmap(lambda i, j: jax.random.fold_in(jax.random.fold_in(base, i), j))(
       ids[:, 0], ids[:, 1])
   return dict(
       cache=cache,
-      token=tokens[:, -1],
-      position=positions[:, -1],
+      token=tokens[source, -1],
+      position=positions[source, -1],
       out=jnp.full((batch, new_len), pad_id, jnp.int32),
       recent=jnp.full((batch, stop_width), -1, jnp.int32),
       step=jnp.zeros((), jnp.int32),
