@@ -70,7 +70,8 @@ def plot_coverage(curves: Sequence[tuple[str, Sequence[float]]], output: str | p
   else:
     ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
   ax.set_xlim(1, max_k if max_k > 1 else 2)
-  ax.set_ylim(bottom=0)
+  highest = max(100 * max(c) for _, c in curves)
+  ax.set_ylim(0, min(100, max(10, 1.15 * highest)))  # all-zero curves still get a readable axis
   ax.set_xlabel("k (samples per problem)")
   ax.set_ylabel("pass@k (%)")
   if title:

@@ -155,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   }
   (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
   headline = "plus" if "plus" in summary["suites"] else "base"
-  plots.plot_coverage([(f"{fmt} ({headline} tests)", summary["suites"][headline]["coverage"])],
+  plots.plot_coverage([(f"{fmt}, {headline} tests", summary["suites"][headline]["coverage"])],
                       out / "coverage.png", title=f"{args.benchmark}: {workdir.name}")
   print(json.dumps({k: v for k, v in summary.items() if k != "suites"}))
   return 0
