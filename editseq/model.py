@@ -1,8 +1,10 @@
 """Decoder-only transformer (Flax NNX): TinyCodeLM by default, plus the options of Llama/Gemma 2/Phi-3.
 
 Layers are stacked on a leading `layers` axis and run with `jax.lax.scan`, so compile time does not
-grow with depth. Parameters are fp32 (`param_dtype`) and are cast to the compute `dtype` at use;
-norms, softmax, RoPE and the output logits are computed in fp32.
+grow with depth (`scan_layers=False` unrolls them: slower compiles, faster steps on GPUs).
+Parameters are fp32 (`param_dtype`) and are cast to the compute `dtype` at use; norms, softmax,
+RoPE and the output logits are computed in fp32. Attention is XLA einsums (any option, any
+device) or cuDNN flash attention (`attention_impl="cudnn"`, NVIDIA GPUs, training and scoring).
 
 Parameters carry logical axis names in their `out_sharding` metadata; `editseq.sharding` maps them
 onto a mesh. Eager sharding is off so that a model can be built without a mesh (tests, CPU); the
