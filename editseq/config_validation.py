@@ -119,8 +119,25 @@ def check_layout(config: ml_collections.ConfigDict, model_cfg: model_lib.ModelCo
 
 def check_paths(config: ml_collections.ConfigDict) -> None:
   """Paths the trainer opens itself (the data paths are checked by the input pipeline)."""
-  if config.train.init_from and not _exists(config.train.init_from):
-    _fail(f"train.init_from {config.train.init_from!r} does not exist")
+  init_from = config.train.init_from
+  if not init_from:
+    return
+  if not _exists(init_from):
+    _fail(f"train.init_from {init_from!r} does not exist")
+  if checkpointing.is_hf_model_dir(init_from):
+    return  # hf_convert compares the architectures when it loads.
+  try:
+    workdir, _ = checkpointing.resolve_step_dir(init_from)
+  except FileNotFoundError as e:
+    _fail(f"train.init_from: {e}")
+  source = checkpointing.load_config(str(workdir))
+  if source is not None and not _same_model(source, config):
+    _fail(f"train.init_from {init_from!r} holds a different model than config.model")
+
+
+def _same_model(a: ml_collections.ConfigDict, b: ml_collections.ConfigDict) -> bool:
+  return json.dumps(a.model.to_dict(), sort_keys=True) == json.dumps(b.model.to_dict(),
+                                                                    sort_keys=True)
 
 
 def _exists(path: str) -> bool:
@@ -132,8 +149,7 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
   previous = checkpointing.load_config(workdir)
   if previous is None or "model" not in previous:
     return
-  if json.dumps(previous.model.to_dict(), sort_keys=True) != json.dumps(
-      config.model.to_dict(), sort_keys=True):
+  if not _same_model(previous, config):
     _fail(f"{os.path.join(workdir, checkpointing.CONFIG_FILE)} holds a run of a different "
           "model; use a new --workdir (or init_from to finetune from that run)")
 

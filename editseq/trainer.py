@@ -335,7 +335,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   logger = metrics_lib.MetricsLogger(workdir, start_step=start_step, total_steps=total_steps,
                                      enabled=jax.process_index() == 0)
-  if start_step:
+  if start_step >= total_steps:
+    logger.message(f"{workdir} is already trained to step {start_step} (train.steps = "
+                   f"{total_steps}); raise train.steps to continue")
+  elif start_step:
     logger.message(f"resumed from step {start_step} ({workdir})")
   reporter = _Reporter(program, logger, checkpointer, train_cfg.log_every, workdir)
   pending = None

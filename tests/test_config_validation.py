@@ -68,3 +68,14 @@ def test_resuming_a_workdir_with_a_different_model_is_refused(tmp_path):
   config_validation.validate(_config(**{"train.steps": 50}), str(tmp_path), jax.devices())
   assert "holds a run of a different model" in _error(_config(**{"model.num_layers": 3}),
                                                       tmp_path)
+
+
+def test_finetuning_from_a_run_of_another_model_is_refused(tmp_path):
+  run = tmp_path / "run"
+  checkpointing.save_config(str(run), _config(**{"model.num_layers": 3}))
+  (run / "checkpoints" / "5" / "state").mkdir(parents=True)
+  assert "holds a different model" in _error(_config(**{"train.init_from": str(run)}),
+                                             tmp_path / "new")
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  assert "no checkpoint in" in _error(_config(**{"train.init_from": str(empty)}), tmp_path / "new")
