@@ -55,19 +55,18 @@ def test_sliding_window_layers_counted_per_layer():
   assert flops.attention_flops_per_token(local, t) == pytest.approx(4 * per_layer(window_mean))
 
 
-@pytest.mark.parametrize("shape", [
-    dict(vocab_size=2048, d_model=256, num_heads=8, num_kv_heads=2, mlp_dim=1024),
-    dict(vocab_size=1024, d_model=128, num_heads=4, head_dim=48, mlp_dim=384,
-         tie_embeddings=False),
-])
-def test_matches_xla_cost_analysis_of_model_gradient(shape):
+def test_matches_xla_cost_analysis_of_model_gradient():
   """XLA's FLOP count of the real model's forward + backward agrees with the formula.
 
-  The model computes the dense T×T score matrix, so the comparison uses causal=False. XLA
-  counts a scan's body once, whatever the trip count, so the model has one layer. XLA also
-  counts elementwise work (softmax, norms, RoPE), hence a few percent above the matmul count.
+  The XLA attention path computes the dense T×T score matrix, so the comparison uses
+  causal=False. Layers are unrolled (XLA counts a scan's body once, whatever its trip count).
+  XLA also counts elementwise work (softmax, norms, RoPE), hence a few percent above the matmul
+  count.
   """
-  cfg = ModelConfig(num_layers=1, dtype="float32", **shape)
+  # Grouped-query attention, untied embeddings and head_dim != d_model / num_heads.
+  cfg = ModelConfig(vocab_size=1024, num_layers=2, d_model=128, num_heads=4, num_kv_heads=2,
+                    head_dim=48, mlp_dim=384, tie_embeddings=False, scan_layers=False,
+                    dtype="float32")
   graphdef, params = nnx.split(Transformer(cfg, rngs=nnx.Rngs(0)), nnx.Param)
   batch, seq_len = 2, 128
   tokens = jax.random.randint(jax.random.key(1), (batch, seq_len), 0, cfg.vocab_size)
@@ -78,7 +77,7 @@ def test_matches_xla_cost_analysis_of_model_gradient(shape):
 
   cost = jax.jit(jax.grad(loss)).lower(params).compile().cost_analysis()
   want = flops.training_flops_per_step(cfg, batch, seq_len, causal=False)
-  assert 1.0 <= cost["flops"] / want < 1.06
+  assert 1.0 <= cost["flops"] / want < 1.05, cost["flops"] / want
 
 
 def test_mfu():
