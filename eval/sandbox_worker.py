@@ -250,12 +250,13 @@ def run_one(req, uid, in_own_pid_namespace, scratch):
         _child(req, nonce, report_w, uid, scratch)
     os.close(report_w)
     report, exited = _wait(pid, report_r, req["wall_seconds"])
+    # Before reaping: the child's pid (its process group id) cannot be reused yet, and once this
+    # returns nothing but zombies is left that could fork again.
     _kill_leftovers(pid, in_own_pid_namespace)
     _, wait_status, rusage = os.wait4(pid, 0)
     wall = time.monotonic() - start
     _drain(report_r, report)
     os.close(report_r)
-    _kill_leftovers(pid, in_own_pid_namespace)
     _clean_scratch(uid, scratch)
     verdict = _verdict(report, nonce, wait_status, rusage, req["cpu_seconds"], not exited)
     verdict["wall"] = wall
