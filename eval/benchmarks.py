@@ -45,7 +45,6 @@ PROMPT_STYLES = ("completion", "instruction", "lintseq")
 SAMPLE_FORMATS = ("completion", "program", "diffs")
 _SHARED_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
 _DEFAULT_FILES = {"humaneval_plus": "HumanEvalPlus.jsonl.gz", "mbpp_plus": "MbppPlus.jsonl.gz"}
-_HF_HINT = {"humaneval_plus": "evalplus/humanevalplus", "mbpp_plus": "evalplus/mbppplus"}
 # Bump when the reference-output programs change, so stale caches are not reused.
 _HARNESS_VERSION = 1
 FLOAT_ATOL = 1e-6
@@ -187,8 +186,10 @@ def load_benchmark(name: str, source: str | None = None, *,
         try:
             problems.append(_problem(name, row))
         except KeyError as e:
-            hint = f" (evalplus release files have it; try {_HF_HINT.get(name)})" if name in _HF_HINT else ""
-            raise BenchmarkError(f"{name} row {row.get('task_id', '?')} lacks field {e}{hint}") from None
+            hint = (f" (the evalplus release file {_DEFAULT_FILES[name]} has it)"
+                    if name in _DEFAULT_FILES else "")
+            raise BenchmarkError(
+                f"{name} row {row.get('task_id', '?')} lacks field {e}{hint}") from None
     return problems
 
 
