@@ -133,8 +133,9 @@ def main(argv: list[str] | None = None) -> int:
         report["agreement"] = {"samples": len(samples),
                                "agree": sum(a == b for a, b in zip(ours, theirs)),
                                "unexpected_disagreements": unexpected,
-                               "documented_disagreements": {k: len(v) for k, v in disagreements.items()
-                                                            if k in EXPECTED_DISAGREEMENTS}}
+                               "documented_disagreements": {
+                                   k: len(v) for k, v in disagreements.items()
+                                   if k in EXPECTED_DISAGREEMENTS}}
 
         # Alternate the two harnesses chunk by chunk, so that load from other processes on
         # the machine falls on both alike.

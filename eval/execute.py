@@ -30,9 +30,11 @@ class UsageError(Exception):
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m eval.execute", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m eval.execute",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--benchmark", required=True, choices=benchmarks.BENCHMARKS)
-    parser.add_argument("--samples", required=True, help="input JSONL (task_id, completion[, format])")
+    parser.add_argument("--samples", required=True,
+                        help="input JSONL (task_id, completion[, format])")
     parser.add_argument("--output", required=True, help="output JSONL, one result per sample")
     parser.add_argument("--data_path", default=None,
                         help="benchmark JSONL[.gz] or Hugging Face dataset id (HumanEval: the "
@@ -42,7 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--timeout", type=float, default=3.0,
                         help="CPU seconds per program (+ variants add 4x the reference's time)")
-    parser.add_argument("--memory_mb", type=int, default=4096, help="address-space limit per program")
+    parser.add_argument("--memory_mb", type=int, default=4096,
+                        help="address-space limit per program")
     parser.add_argument("--ks", default="1,10,100", help="comma-separated k for pass@k")
     parser.add_argument("--cache_dir", default=None,
                         help="where reference outputs of the + variants are cached "
@@ -139,8 +142,8 @@ def evaluate(samples: list[dict], problems: dict[str, benchmarks.Problem], pool:
 
 def summarize(benchmark: str, results: list[dict], ks: tuple[int, ...]) -> dict:
     task_ids = [r["task_id"] for r in results]
-    summary = {"benchmark": benchmark,
-               **passk.summarize(passk.counts_by_problem(task_ids, [r["passed"] for r in results]), ks)}
+    counts = passk.counts_by_problem(task_ids, [r["passed"] for r in results])
+    summary = {"benchmark": benchmark, **passk.summarize(counts, ks)}
     if benchmark != "humaneval":
         base = passk.counts_by_problem(task_ids, [r["base_passed"] for r in results])
         summary["base"] = passk.pass_at_ks(list(base.values()), ks)

@@ -53,7 +53,8 @@ def coverage_curve(counts: Sequence[tuple[int, int]], max_k: int | None = None) 
     return [mean_pass_at_k(counts, k) for k in range(1, max_k + 1)]
 
 
-def counts_by_problem(task_ids: Sequence[str], passed: Sequence[bool]) -> dict[str, tuple[int, int]]:
+def counts_by_problem(task_ids: Sequence[str], passed: Sequence[bool]
+                      ) -> dict[str, tuple[int, int]]:
     """(n, c) per task id from per-sample verdicts, in first-seen order."""
     if len(task_ids) != len(passed):
         raise ValueError("task_ids and passed differ in length")
