@@ -315,7 +315,8 @@ def main(argv):
   except config_validation.ConfigError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-  print(json.dumps(record))
+  print(json.dumps({"command": " ".join(["python -m editseq.bench_train", *sys.argv[1:]]),
+                    **record}))
 
 
 if __name__ == "__main__":
