@@ -18,11 +18,11 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 
-if ! command -v bwrap >/dev/null 2>&1; then
+if ! command -v bwrap >/dev/null 2>&1 || ! command -v shellcheck >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ]; then
-    echo "[setup] installing bubblewrap (eval sandbox)"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null
-  else
+    echo "[setup] installing bubblewrap (eval sandbox) and shellcheck (script tests)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap shellcheck >/dev/null
+  elif ! command -v bwrap >/dev/null 2>&1; then
     echo "[setup] WARNING: bubblewrap (bwrap) is missing; install it (sudo apt-get install bubblewrap)" \
          "or sandboxed evaluation will refuse to run." >&2
   fi
