@@ -301,8 +301,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   TrainingDiverged on a non-finite loss and Preempted after saving on SIGTERM.
   """
   config_validation.validate(config, workdir)
-  # TensorFlow only reads data here: keep it off the accelerators (it would reserve GPU memory).
+  # The data stack (seqio/TensorFlow) loads only here, so TrainProgram users stay light.
+  # TensorFlow only reads data: keep it off the accelerators (it would reserve GPU memory).
   import tensorflow as tf
+  from editseq import input_pipeline, tasks
   tf.config.set_visible_devices([], "GPU")
   train_cfg = config.train
   total_steps = train_cfg.steps
@@ -310,8 +312,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   mesh = sharding.make_mesh(config.mesh)
   program = TrainProgram(config, mesh)
 
-  # The data stack (seqio/TensorFlow) loads only here, so TrainProgram users stay light.
-  from editseq import input_pipeline
   train_iter = input_pipeline.make_train_iterator(config, vocab, split="train")
   eval_iter = eval_start = None
   if train_cfg.eval_every > 0:
@@ -330,7 +330,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       start_step = 0
     else:
       state, data_state = checkpointer.restore(start_step, program.abstract_state)
-      train_iter.set_state(data_state)
+      try:
+        train_iter.set_state(data_state)
+      except tasks.DataError as e:
+        raise config_validation.ConfigError(f"cannot resume {workdir}: {e}") from e
   checkpointing.save_config(workdir, config)
 
   logger = metrics_lib.MetricsLogger(workdir, start_step=start_step, total_steps=total_steps,
@@ -377,4 +380,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     checkpointer.wait_until_finished()
     checkpointer.close()
     logger.close()
+    for iterator in (train_iter, eval_iter):
+      if iterator is not None:
+        iterator.close()
   return reporter.last_record

@@ -91,6 +91,9 @@ class _SigtermAt:
   def set_state(self, state):
     self._iterator.set_state(state)
 
+  def close(self):
+    self._iterator.close()
+
 
 def test_sigterm_saves_and_rerunning_the_command_resumes_exactly(uninterrupted, tmp_path,
                                                                  monkeypatch):
@@ -141,6 +144,15 @@ def test_bad_config_is_one_line_and_exit_2(tmp_path, args, message):
   assert not (tmp_path / "checkpoints").exists()
 
 
+def test_resuming_with_other_data_is_refused(uninterrupted):
+  workdir = uninterrupted[0]
+  before = (workdir / "metrics.jsonl").read_text()
+  result = _run_cli(workdir, {**OVERRIDES, "data.seed": 1})
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert f"error: cannot resume {workdir}: iterator state does not match" in result.stderr
+  assert (workdir / "metrics.jsonl").read_text() == before
+
+
 @pytest.mark.slow
 def test_sigkill_at_any_moment_then_rerun_resumes_exactly(uninterrupted, tmp_path):
   """A run killed outright (possibly mid-save) loses at most the steps since its last checkpoint."""
@@ -173,11 +185,14 @@ def test_finetune_from_a_checkpoint_starts_from_its_parameters(uninterrupted, tm
 
 @pytest.mark.slow
 def test_150m_config_starts_training_on_cpu(tmp_path):
+  """As a user runs it: one CPU device (8 simulated devices would hold 8 replicas of the state)."""
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   command = [sys.executable, "-m", "editseq.train", "--config=configs/tinycodelm_150m.py",
              f"--workdir={tmp_path}", "--config.train.steps=2", "--config.data.global_batch_size=8",
              "--config.data.seq_len=256", "--config.train.eval_every=0",
              "--config.data.data_dir=default:small"]
-  result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=1800)
+  result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=1800,
+                          env=env)
   assert result.returncode == 0, result.stderr[-3000:]
   records = metrics.read_metrics(tmp_path)
   assert [r["step"] for r in records] == [1, 2]
