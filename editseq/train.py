@@ -24,7 +24,13 @@ _WORKDIR = flags.DEFINE_string(
 _DISTRIBUTED = flags.DEFINE_enum(
     "distributed", "auto", ["auto", "on", "off"],
     "jax.distributed.initialize(): 'auto' joins a multi-process job when the environment "
-    "describes one (Cloud TPU VM, SLURM, Open MPI, Kubernetes JobSet) and runs alone otherwise.")
+    "describes one (Cloud TPU VM, SLURM, Open MPI, Kubernetes JobSet) or when "
+    "--coordinator_address is given, and runs alone otherwise.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0, for multi-host jobs that no cluster "
+    "environment describes (e.g. GPU hosts started by scripts/gpu/gpu_launch.sh).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "With --coordinator_address.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "With --coordinator_address.")
 
 EXIT_DIVERGED, EXIT_USAGE, EXIT_PREEMPTED = 1, 2, 143
 
@@ -75,8 +81,11 @@ def _initialize_distributed(mode: str) -> None:
   import jax  # pylint: disable=g-import-not-at-top
   if mode == "off":
     return
+  explicit = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  if any(v is not None for v in explicit) and None in explicit:
+    _fail("--coordinator_address, --num_processes and --process_id go together", EXIT_USAGE)
   try:
-    jax.distributed.initialize()
+    jax.distributed.initialize(*explicit)
   except ValueError as e:
     # Raised before contacting anyone when no cluster environment is detected.
     if mode == "on" or "coordinator_address" not in str(e):

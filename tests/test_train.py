@@ -6,10 +6,12 @@ bitwise the same losses, gradient norms and eval losses as an uninterrupted run.
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from configs import test_tiny
@@ -170,6 +172,30 @@ def test_sigkill_at_any_moment_then_rerun_resumes_exactly(uninterrupted, tmp_pat
   result = _run_cli(tmp_path)
   assert result.returncode == 0, result.stderr[-3000:]
   assert _exact(metrics.read_metrics(tmp_path)) == reference
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one(uninterrupted, tmp_path):
+  """Multi-host on one machine: 2 processes x 4 CPU devices (gloo collectives), one workdir."""
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+         "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo"}
+  processes = [
+      subprocess.Popen([*_command(tmp_path), f"--coordinator_address=localhost:{port}",
+                        "--num_processes=2", f"--process_id={i}"], cwd=REPO_ROOT, env=env,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+      for i in range(2)]
+  for process in processes:
+    _, stderr = process.communicate(timeout=900)
+    assert process.returncode == 0, stderr[-3000:]
+  got, want = metrics.read_metrics(tmp_path), metrics.read_metrics(uninterrupted[0])
+  assert [r["step"] for r in got] == [r["step"] for r in want]
+  for key in EXACT_KEYS:
+    np.testing.assert_allclose([r.get(key, 0.0) for r in got], [r.get(key, 0.0) for r in want],
+                               rtol=1e-5, err_msg=key)
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["12", "8"]
 
 
 @pytest.mark.slow
