@@ -153,9 +153,10 @@ class DataSource:
   """The examples of a task or mixture as units of a given seq_len, and their epoch plans."""
 
   def __init__(self, parts: list[_Part], seq_len: int, *, seed: int, shuffle: bool, pack: bool,
-               open_rows: int = 8):
+               open_rows: int = 8, max_segments_per_row: int | None = None):
     self.parts, self.seq_len, self.seed = parts, seq_len, seed
     self.shuffle, self.pack, self.open_rows = shuffle, pack, open_rows
+    self.max_segments_per_row = max_segments_per_row
     self._plans: collections.OrderedDict[int, _Plan] = collections.OrderedDict()
     self._lock = threading.Lock()
     self.num_units = sum(len(p.units) for p in parts)
@@ -169,8 +170,10 @@ class DataSource:
   def fingerprint(self) -> str:
     desc = [(p.store.meta["task"], p.store.meta["split"], p.store.meta["vocab"],
              p.store.meta["num_tokens"], len(p.units), p.rate) for p in self.parts]
-    return hashlib.sha256(json.dumps(
-        [desc, self.seq_len, self.shuffle, self.pack, self.open_rows]).encode()).hexdigest()[:16]
+    plan = [desc, self.seq_len, self.shuffle, self.pack, self.open_rows]
+    if self.max_segments_per_row is not None:  # uncapped plans keep their earlier fingerprint
+      plan.append(self.max_segments_per_row)
+    return hashlib.sha256(json.dumps(plan).encode()).hexdigest()[:16]
 
   def _draw(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
     """(part, unit) of every unit of the epoch, in the epoch's order."""
@@ -205,7 +208,8 @@ class DataSource:
         slots = np.zeros(len(part), np.int64)
         for i, p in enumerate(self.parts):
           slots[part == i] = p.units.slots[unit[part == i]]
-        order, row_splits = packing.pack(slots, self.seq_len, open_rows=self.open_rows)
+        order, row_splits = packing.pack(slots, self.seq_len, open_rows=self.open_rows,
+                                         max_segments_per_row=self.max_segments_per_row)
         part, unit = part[order], unit[order]
       else:
         row_splits = np.arange(len(part) + 1)
@@ -256,9 +260,10 @@ def _merge_rows(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str,
 
 
 def open_source(task_name: str, split: str, vocab, seq_len: int, *, seed: int = 0,
-                shuffle: bool = True, pack: bool = True, overlong: str | None = None
-                ) -> DataSource:
-  """A DataSource over a registered task or mixture (`overlong` overrides each task's mode)."""
+                shuffle: bool = True, pack: bool = True, overlong: str | None = None,
+                max_segments_per_row: int | None = None) -> DataSource:
+  """A DataSource over a registered task or mixture (`overlong` overrides each task's mode,
+  `max_segments_per_row` caps the examples packed into one row)."""
   parts = []
   for name, rate in tasks.task_components(task_name):
     store = token_store(name, split, vocab)
@@ -268,7 +273,8 @@ def open_source(task_name: str, split: str, vocab, seq_len: int, *, seed: int = 
                  "%d target tokens lost)", name, split, len(store), len(units), seq_len, mode,
                  units.num_truncated, units.num_dropped, units.tokens_lost)
     parts.append(_Part(store, units, rate))
-  return DataSource(parts, seq_len, seed=seed, shuffle=shuffle, pack=pack)
+  return DataSource(parts, seq_len, seed=seed, shuffle=shuffle, pack=pack,
+                    max_segments_per_row=max_segments_per_row)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -411,12 +417,23 @@ def validate_data_config(config, vocab, *, splits: tuple[str, ...] | None = None
       tasks.task_files(name, split)
 
 
+def max_segments_per_row(model_config) -> int | None:
+  """The most examples a packed row may hold for this model: `max_segments` under cuDNN
+  attention, whose packed-sequence mode describes no more per row (see
+  `editseq.model.packed_layout`); unlimited for the XLA attention's segment-id mask."""
+  if model_config.get("attention_impl", "xla") != "cudnn":
+    return None
+  from editseq import model as model_lib  # pylint: disable=g-import-not-at-top
+  return model_config.get("max_segments", model_lib.ModelConfig.max_segments)
+
+
 def _make(config, vocab, split, *, shuffle, num_epochs, process_index, process_count, prefetch):
   index, count = _process(process_index, process_count)
   validate_data_config(config, vocab, splits=(split,), process_count=count)
   data = config.data
   source = open_source(data.task, split, vocab, data.seq_len, seed=data.seed, shuffle=shuffle,
-                       pack=data.pack, overlong=data.get("overlong") or None)
+                       pack=data.pack, overlong=data.get("overlong") or None,
+                       max_segments_per_row=max_segments_per_row(config.model))
   return BatchIterator(source, global_batch_size=data.global_batch_size, pad_id=vocab.pad_id,
                        process_index=index, process_count=count, num_epochs=num_epochs,
                        prefetch=prefetch)

@@ -167,6 +167,28 @@ def test_without_packing_each_row_is_one_example(vocab):
   assert np.all(batch["segment_ids"][:, 0] == 1)
 
 
+def test_cudnn_attention_caps_the_segments_per_row(vocab):
+  """Under cuDNN attention a row holds at most model.max_segments examples (cuDNN's packed
+  mode merges any further ones); the capped epoch still holds every unit exactly once."""
+  def iterator(**model):
+    config = _config(seq_len=1024)
+    config.model.update(model)
+    it = ip.make_train_iterator(config, vocab, process_index=0, process_count=1)
+    it.num_epochs = 1
+    return it
+
+  xla = iterator()
+  assert xla.source.max_segments_per_row is None
+  assert np.diff(xla.source.plan(0).row_splits).max() > 2  # the cap below binds
+  assert iterator(attention_impl="cudnn").source.max_segments_per_row == 16  # model default
+  capped = iterator(attention_impl="cudnn", max_segments=2)
+  batches = list(capped)
+  assert max(b["segment_ids"].max() for b in batches) == 2
+  assert _segments(batches) == _all_units(capped.source)
+  with pytest.raises(tasks.DataError, match="iterator state does not match"):
+    capped.set_state(xla.get_state())
+
+
 def test_external_tokenizer_with_nonzero_pad(tmp_path):
   """An OLMo-style tokenizer (pad 1, eos last, <|diff|> appended) through the whole pipeline."""
   vocab = tokenizer.load_vocabulary(test_tokenizer.write_olmo_like_tokenizer(tmp_path))

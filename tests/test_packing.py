@@ -59,18 +59,37 @@ def test_more_open_rows_pack_tighter():
   assert slots.sum() / (rows[8] * 1024) > 0.95
 
 
-def test_pack_rejects_oversized_units():
+@pytest.mark.parametrize("cap", [1, 3, 16])
+def test_pack_segment_cap(cap):
+  # Short units (16 per row on average uncapped): the cap, not the room, closes most rows.
+  slots = np.random.default_rng(cap).integers(1, 8, size=2000)
+  order, splits = packing.pack(slots, 64, max_segments_per_row=cap)
+  assert sorted(order.tolist()) == list(range(2000))
+  assert np.diff(splits).max() <= cap
+  assert np.add.reduceat(slots[order], splits[:-1]).max() <= 64
+  uncapped = packing.pack(slots, 64)[1]
+  assert np.diff(uncapped).max() > cap or cap == 16
+  if cap == 1:
+    assert order.tolist() == list(range(2000))  # one unit per row, in order
+  # Deterministic: the plan is a pure function of its inputs.
+  again = packing.pack(slots, 64, max_segments_per_row=cap)
+  assert np.array_equal(again[0], order) and np.array_equal(again[1], splits)
+
+
+def test_pack_rejects_bad_input():
   with pytest.raises(ValueError, match="must fill"):
     packing.pack(np.array([3, 9]), 8)
+  with pytest.raises(ValueError, match="max_segments_per_row must be positive"):
+    packing.pack(np.array([3]), 8, max_segments_per_row=0)
 
 
-@pytest.mark.parametrize("mode", ["truncate", "split"])
-def test_assemble_unpack_round_trip(mode):
+@pytest.mark.parametrize("mode,cap", [("truncate", None), ("split", None), ("truncate", 2)])
+def test_assemble_unpack_round_trip(mode, cap):
   rng = np.random.default_rng(1)
   tokens, offsets, prompt_lens, lengths = _store(rng, 300)
   seq_len = 48
   units = packing.make_units(lengths, seq_len, mode)
-  order, splits = packing.pack(units.slots, seq_len)
+  order, splits = packing.pack(units.slots, seq_len, max_segments_per_row=cap)
   row_of = np.repeat(np.arange(len(splits) - 1), np.diff(splits))
   batch = packing.assemble(tokens, offsets, prompt_lens, units, order, row_of,
                            len(splits) - 1, seq_len, pad_id=0)
@@ -91,6 +110,7 @@ def test_assemble_unpack_round_trip(mode):
   for row in batch["segment_ids"]:
     used = row[row > 0]
     assert np.all(row[:len(used)] > 0) and list(np.unique(used)) == list(range(1, used.max() + 1))
+    assert cap is None or used.max() <= cap
 
 
 def test_assemble_empty_rows():
