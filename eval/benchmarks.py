@@ -21,7 +21,7 @@ alternative formula). Deliberate differences from evalplus: one CPU-time limit p
 (`timeout` + 4x the canonical solution's CPU time) instead of per-input wall-clock limits, so
 load cannot flip verdicts; the 1e-6 float floor applies per comparison (evalplus makes it stick
 for later inputs); outputs too large to store (over 200k leaves, e.g. Mbpp/255's ~1 GB list)
-are compared by a SHA-256 of their structure and scalar reprs.
+are compared by a SHA-256 of their items' reprs.
 """
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ SAMPLE_FORMATS = ("completion", "program", "diffs")
 _SHARED_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
 _DEFAULT_FILES = {"humaneval_plus": "HumanEvalPlus.jsonl.gz", "mbpp_plus": "MbppPlus.jsonl.gz"}
 # Bump when the reference-output programs change, so stale caches are not reused.
-_HARNESS_VERSION = 1
+_HARNESS_VERSION = 3
 FLOAT_ATOL = 1e-6
 FLOAT_RTOL = 1e-7
 # A candidate may take this many times the canonical solution's CPU time (evalplus uses 4).
@@ -276,15 +276,17 @@ def _oracle(problem: Problem) -> str:
     return "equal"
 
 
-# Outputs with more than this many leaves are compared through a streamed SHA-256 of their
-# structure and scalar reprs instead of being stored (a few MBPP+ inputs produce ~1 GB reprs).
+# Outputs with more than this many leaves are compared through a SHA-256 of their items' reprs
+# instead of being stored (a few MBPP+ inputs produce ~1 GB reprs).
 _DIGEST_LEAVES = 200_000
 _DIGEST_TAG = "__editseq_sha256__"
 _DIGEST_HELPERS = """
     import hashlib
 
-    def _leaves(x, budget):
+    def _leaves(x, budget):  # budget minus x's leaves, stopping once it goes negative
         if isinstance(x, (list, tuple)):
+            if len(x) > budget:
+                return -1
             for item in x:
                 budget = _leaves(item, budget)
                 if budget < 0:
@@ -292,17 +294,14 @@ _DIGEST_HELPERS = """
             return budget - 1
         return budget - 1 - (len(x) // 64 if isinstance(x, str) else 0)
 
-    def _digest(x):
+    def _digest(x):  # item by item (each by its C-speed repr), never one giant string
         h = hashlib.sha256()
-        def walk(y):
-            if type(y) in (list, tuple):
-                h.update(b"[" if type(y) is list else b"(")
-                for item in y:
-                    walk(item)
-                h.update(b"]")
-            else:
-                h.update(repr(y).encode() + b",")
-        walk(x)
+        if type(x) in (list, tuple):
+            h.update(b"[" if type(x) is list else b"(")
+            for item in x:
+                h.update(repr(item).encode() + b",")
+        else:
+            h.update(repr(x).encode())
         return ({tag!r}, h.hexdigest())
 """.format(tag=_DIGEST_TAG)
 
