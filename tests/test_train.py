@@ -174,20 +174,22 @@ def test_sigkill_at_any_moment_then_rerun_resumes_exactly(uninterrupted, tmp_pat
   assert _exact(metrics.read_metrics(tmp_path)) == reference
 
 
-@pytest.mark.slow
-def test_two_processes_train_like_one(uninterrupted, tmp_path):
+def _launch_two_processes(workdir, overrides=OVERRIDES):
   """Multi-host on one machine: 2 processes x 4 CPU devices (gloo collectives), one workdir."""
   with socket.socket() as s:
     s.bind(("localhost", 0))
     port = s.getsockname()[1]
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
          "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo"}
-  processes = [
-      subprocess.Popen([*_command(tmp_path), f"--coordinator_address=localhost:{port}",
-                        "--num_processes=2", f"--process_id={i}"], cwd=REPO_ROOT, env=env,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-      for i in range(2)]
-  for process in processes:
+  return [subprocess.Popen([*_command(workdir, overrides), f"--coordinator_address=localhost:{port}",
+                            "--num_processes=2", f"--process_id={i}"], cwd=REPO_ROOT, env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+          for i in range(2)]
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one(uninterrupted, tmp_path):
+  for process in _launch_two_processes(tmp_path):
     _, stderr = process.communicate(timeout=900)
     assert process.returncode == 0, stderr[-3000:]
   got, want = metrics.read_metrics(tmp_path), metrics.read_metrics(uninterrupted[0])
@@ -196,6 +198,22 @@ def test_two_processes_train_like_one(uninterrupted, tmp_path):
     np.testing.assert_allclose([r.get(key, 0.0) for r in got], [r.get(key, 0.0) for r in want],
                                rtol=1e-5, err_msg=key)
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["12", "8"]
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_host_stops_every_host_at_the_same_step(tmp_path):
+  """JAX's preemption sync points: both processes save the same step and exit 143."""
+  processes = _launch_two_processes(tmp_path, {**OVERRIDES, "train.steps": 1000})
+  deadline = time.monotonic() + 600
+  while time.monotonic() < deadline and len(metrics.read_metrics(tmp_path)) < 5:
+    time.sleep(0.2)
+  processes[1].send_signal(signal.SIGTERM)
+  for process in processes:
+    _, stderr = process.communicate(timeout=600)
+    assert process.returncode == 143, stderr[-3000:]
+  steps = [r["step"] for r in metrics.read_metrics(tmp_path)]
+  assert 5 <= steps[-1] < 1000
+  assert str(steps[-1]) in os.listdir(tmp_path / "checkpoints")
 
 
 @pytest.mark.slow
