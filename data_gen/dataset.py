@@ -1,8 +1,11 @@
-"""The generated data as a TFDS dataset: record layout, metadata writing and reading helpers.
+"""The generated data as TFDS datasets: record layout, metadata writing and reading helpers.
 
-Layout (docs/ARCHITECTURE.md section 2): `OUT/<variant>/editseq-<split>.tfrecord-XXXXX-of-YYYYY`
-plus TFDS metadata (`dataset_info.json`, `features.json`) so that
-`tfds.builder_from_directory(OUT/<variant>)` reads it like any prepared TFDS dataset.
+Layout (docs/ARCHITECTURE.md section 2): each variant is a prepared TFDS dataset named after
+it, in TFDS's `<data_dir>/<name>/<version>/` layout:
+`OUT/<variant>/1.0.0/<variant>-<split>.tfrecord-XXXXX-of-YYYYY` plus TFDS metadata
+(`dataset_info.json`, `features.json`), so that `tfds.load("<variant>", data_dir=OUT)` and
+`tfds.builder_from_directory("OUT/<variant>/1.0.0")` read it without any registered builder.
+The variant's stats (`stats.json`, `stats.txt`) sit beside the version folder.
 """
 from __future__ import annotations
 
@@ -11,19 +14,30 @@ from typing import Iterator
 
 VARIANTS = ("lintseq", "baseline", "lintseq_nolint")
 SPLITS = ("train", "validation")
-DATASET_NAME = "editseq"
+VERSION = "1.0.0"
 TEXT_FEATURES = ("instruction", "program", "prompt", "completion", "source_id", "variant")
 INT_FEATURES = ("sample_index", "num_edits")
 METADATA_FILES = ("dataset_info.json", "features.json")
 
 
-def shard_filename(split: str, index: int, num_shards: int) -> str:
-  """TFDS's default file naming, `{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}`."""
-  return f"{DATASET_NAME}-{split}.tfrecord-{index:05d}-of-{num_shards:05d}"
+def dataset_dir(output_dir: str, variant: str) -> str:
+  """A variant's shards and TFDS metadata: TFDS's `<data_dir>/<name>/<version>` folder."""
+  return os.path.join(output_dir, variant, VERSION)
+
+
+def shard_filename(variant: str, split: str, index: int, num_shards: int) -> str:
+  """TFDS's default file naming, `{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}`; the dataset
+  name is the variant."""
+  return f"{variant}-{split}.tfrecord-{index:05d}-of-{num_shards:05d}"
+
+
+def split_pattern(output_dir: str, variant: str, split: str) -> str:
+  """A glob matching every shard of one split."""
+  return os.path.join(dataset_dir(output_dir, variant), f"{variant}-{split}.tfrecord-*")
 
 
 def is_shard_filename(name: str) -> bool:
-  return name.startswith(f"{DATASET_NAME}-") and ".tfrecord-" in name
+  return ".tfrecord-" in name
 
 
 def features():
@@ -48,39 +62,42 @@ def serialize_example(example: dict) -> bytes:
   return proto.SerializeToString(deterministic=True)
 
 
-def write_metadata(variant_dir: str, shard_lengths: dict[str, list[int]], description: str) -> None:
-  """Writes the TFDS metadata (`METADATA_FILES`) for the shards already in `variant_dir`.
+def write_metadata(output_dir: str, variant: str, shard_lengths: dict[str, list[int]],
+                   description: str) -> None:
+  """Writes the TFDS metadata (`METADATA_FILES`) beside the variant's shards.
 
   `shard_lengths[split][i]` is the number of records in shard i of that split. Pass only splits
   with examples: TFDS cannot read a split without any.
   """
   import tensorflow as tf
   import tensorflow_datasets as tfds
+  folder = dataset_dir(output_dir, variant)
   split_infos = []
   for split, lengths in sorted(shard_lengths.items()):
     num_bytes = sum(
-        tf.io.gfile.stat(os.path.join(variant_dir, shard_filename(split, i, len(lengths)))).length
+        tf.io.gfile.stat(os.path.join(folder, shard_filename(variant, split, i, len(lengths)))
+                         ).length
         for i in range(len(lengths)))
     split_infos.append(tfds.core.SplitInfo(
         name=split, shard_lengths=list(lengths), num_bytes=num_bytes))
   tfds.folder_dataset.write_metadata(
-      data_dir=variant_dir, features=features(), split_infos=split_infos, version="1.0.0",
+      data_dir=folder, features=features(), split_infos=split_infos, version=VERSION,
       check_data=False, description=description)
 
 
-def builder(variant_dir: str):
-  """The TFDS builder over one variant's folder."""
+def builder(output_dir: str, variant: str):
+  """The TFDS builder of one variant, found by name as `tfds.load` finds it."""
   import tensorflow_datasets as tfds
-  return tfds.builder_from_directory(variant_dir)
+  return tfds.builder(variant, data_dir=output_dir)
 
 
-def load(variant_dir: str, split: str = "train"):
+def load(output_dir: str, variant: str, split: str = "train"):
   """A `tf.data.Dataset` of one split, in stored (deterministic) order."""
-  return builder(variant_dir).as_dataset(split=split, shuffle_files=False)
+  return builder(output_dir, variant).as_dataset(split=split, shuffle_files=False)
 
 
-def read_examples(variant_dir: str, split: str = "train") -> Iterator[dict]:
+def read_examples(output_dir: str, variant: str, split: str = "train") -> Iterator[dict]:
   """The records of one split as Python dicts with `str` text, for tools and tests."""
   import tensorflow_datasets as tfds
-  for row in tfds.as_numpy(load(variant_dir, split)):
+  for row in tfds.as_numpy(load(output_dir, variant, split)):
     yield {k: v.decode("utf-8") if isinstance(v, bytes) else int(v) for k, v in row.items()}

@@ -104,10 +104,9 @@ def default_vocab_path(vocab_size: int = DEFAULT_VOCAB_SIZE) -> str:
 
   def build(tmp: pathlib.Path) -> None:
     from data_gen import dataset  # pylint: disable=g-import-not-at-top
-    lintseq_dir = os.path.join(default_data_dir(small=True), "lintseq")
     code = (text for _, text in tokenizer.iter_python_sources())
-    instructions = (ex["prompt"] + ex["completion"]
-                    for ex in dataset.read_examples(lintseq_dir, "train"))
+    instructions = (ex["prompt"] + ex["completion"] for ex in
+                    dataset.read_examples(default_data_dir(small=True), "lintseq", "train"))
     tokenizer.train_tokenizer(itertools.chain(code, instructions), tmp / "tokenizer.json",
                               vocab_size=vocab_size)
 

@@ -25,7 +25,7 @@ from data_gen import dataset as data_lib
 @dataclasses.dataclass(frozen=True)
 class TaskSpec:
   """Which folder of the generated data a task reads, and which features feed it."""
-  variant: str  # sub-folder of the data dir (a data_gen variant)
+  variant: str  # the data_gen variant (its TFDS dataset name in the data dir)
   prompt_feature: str | None  # None: no prompt (pretraining)
   target_feature: str
   overlong: str  # what the input pipeline does with examples longer than a row
@@ -47,20 +47,16 @@ class DataError(ValueError):
   """Missing or empty data, named so that the user can fix the path."""
 
 
-def split_pattern(data_dir: str, variant: str, split: str) -> str:
-  return os.path.join(data_dir, variant, f"{data_lib.DATASET_NAME}-{split}.tfrecord-*")
-
-
 def list_split_files(data_dir: str, variant: str, split: str) -> list[str]:
   """The split's shards, sorted; a clear DataError when there are none or all are empty."""
-  folder = os.path.join(data_dir, variant)
+  folder = data_lib.dataset_dir(data_dir, variant)
   if not tf.io.gfile.isdir(folder):
     raise DataError(f"data folder not found: {folder} (generate it with "
                     f"`python -m data_gen.pipeline --output_dir {data_dir}`)")
-  files = sorted(tf.io.gfile.glob(split_pattern(data_dir, variant, split)))
+  pattern = data_lib.split_pattern(data_dir, variant, split)
+  files = sorted(tf.io.gfile.glob(pattern))
   if not files:
-    raise DataError(f"no {split!r} shards in {folder} (expected "
-                    f"{data_lib.DATASET_NAME}-{split}.tfrecord-*)")
+    raise DataError(f"no {split!r} shards in {folder} (expected {os.path.basename(pattern)})")
   if all(tf.io.gfile.stat(f).length == 0 for f in files):
     raise DataError(f"the {split!r} split in {folder} is empty ({len(files)} empty shards)")
   return files
@@ -118,7 +114,8 @@ def register_tasks(data_dir: str, vocab: seqio.Vocabulary) -> list[str]:
   description.update({name: number for name in data_lib.INT_FEATURES})
   for name, spec in TASK_SPECS.items():
     source = seqio.TFExampleDataSource(
-        {split: split_pattern(data_dir, spec.variant, split) for split in data_lib.SPLITS},
+        {split: data_lib.split_pattern(data_dir, spec.variant, split)
+         for split in data_lib.SPLITS},
         feature_description=description)
     seqio.TaskRegistry.remove(name)
     seqio.TaskRegistry.add(

@@ -75,7 +75,7 @@ def test_batches_reproduce_the_records(vocab):
   it = ip.make_eval_iterator(config, vocab, process_index=0, process_count=1)
   from data_gen import dataset as data_lib
   records = list(data_lib.read_examples(
-      f"{default_data.resolve_data_dir(default_data.SMALL)}/lintseq", "validation"))
+      default_data.resolve_data_dir(default_data.SMALL), "lintseq", "validation"))
   fits, truncated = collections.Counter(), collections.Counter()
   for r in records:
     tokens = vocab.encode(r["prompt"]) + vocab.encode(r["completion"]) + [vocab.eos_id]
@@ -290,12 +290,13 @@ def test_vocabulary_larger_than_model(vocab):
 
 
 def test_missing_and_empty_split(vocab, tmp_path):
-  (tmp_path / "lintseq").mkdir()
+  from data_gen import dataset as data_lib
+  folder = tmp_path / "lintseq" / data_lib.VERSION
+  folder.mkdir(parents=True)
   config = _config(data_dir=str(tmp_path))
   with pytest.raises(tasks.DataError, match="no 'train' shards"):
     ip.make_train_iterator(config, vocab, process_index=0, process_count=1)
-  from data_gen import dataset as data_lib
-  (tmp_path / "lintseq" / data_lib.shard_filename("train", 0, 1)).write_bytes(b"")
+  (folder / data_lib.shard_filename("lintseq", "train", 0, 1)).write_bytes(b"")
   with pytest.raises(tasks.DataError, match="is empty"):
     ip.make_train_iterator(config, vocab, process_index=0, process_count=1)
 

@@ -82,18 +82,19 @@ def _expected_programs(make_sources):
   return {k: min(v) for k, v in found.items()}
 
 
-def _shard_files(variant_dir):
-  return sorted(n for n in os.listdir(variant_dir) if dataset.is_shard_filename(n))
+def _shard_files(out, variant):
+  folder = dataset.dataset_dir(str(out), variant)
+  return sorted(n for n in os.listdir(folder) if dataset.is_shard_filename(n))
 
 
 def test_outputs_load_with_tfds_and_match_the_inputs(generated):
   make_sources, out, reports = generated
   expected = _expected_programs(make_sources)
   for variant in dataset.VARIANTS:
-    variant_dir = str(out / variant)
-    builder = dataset.builder(variant_dir)
+    builder = dataset.builder(str(out), variant)
     assert set(builder.info.splits) == {"train", "validation"}
-    rows = {split: list(dataset.read_examples(variant_dir, split)) for split in builder.info.splits}
+    rows = {split: list(dataset.read_examples(str(out), variant, split))
+            for split in builder.info.splits}
     for split, split_rows in rows.items():
       assert builder.info.splits[split].num_examples == len(split_rows)
       assert reports[variant]["splits"][split]["examples"] == len(split_rows)
@@ -123,9 +124,24 @@ def test_outputs_load_with_tfds_and_match_the_inputs(generated):
                  for v in by_id.values())
 
 
+def test_plain_tfds_loads_every_variant_by_name(generated):
+  """`tfds.load(<variant>, data_dir=OUT)` with no registered builder, and the version folder
+  with `builder_from_directory`, give the same records."""
+  import tensorflow_datasets as tfds
+  _, out, reports = generated
+  for variant in dataset.VARIANTS:
+    by_name = tfds.load(variant, data_dir=str(out), split="validation", shuffle_files=False)
+    by_dir = tfds.builder_from_directory(str(out / variant / "1.0.0")).as_dataset(
+        split="validation", shuffle_files=False)
+    rows = [(r["source_id"], r["sample_index"], r["completion"]) for r in tfds.as_numpy(by_name)]
+    assert rows == [(r["source_id"], r["sample_index"], r["completion"])
+                    for r in tfds.as_numpy(by_dir)]
+    assert len(rows) == reports[variant]["splits"]["validation"]["examples"] > 0
+
+
 def test_sequences_match_lintseq_called_directly(generated):
   _, out, _ = generated
-  rows = list(dataset.read_examples(str(out / "lintseq"), "train"))[:6]
+  rows = list(dataset.read_examples(str(out), "lintseq", "train"))[:6]
   for row in rows:
     direct = lintseq.lintseq_sample(row["program"], seed=SETTINGS["seed"],
                                     sample_index=row["sample_index"])
@@ -135,14 +151,15 @@ def test_sequences_match_lintseq_called_directly(generated):
 def test_shards_are_sorted_and_named_like_tfds(generated):
   import tensorflow as tf
   _, out, reports = generated
-  variant_dir = str(out / "lintseq")
-  names = _shard_files(variant_dir)
-  train = [n for n in names if n.startswith("editseq-train.")]
+  names = _shard_files(out, "lintseq")
+  train = [n for n in names if n.startswith("lintseq-train.")]
   assert len(train) == reports["lintseq"]["splits"]["train"]["shards"] > 1
-  assert train == [dataset.shard_filename("train", i, len(train)) for i in range(len(train))]
+  assert train == [dataset.shard_filename("lintseq", "train", i, len(train))
+                   for i in range(len(train))]
   for name in names:
     keys = []
-    for raw in tf.data.TFRecordDataset(os.path.join(variant_dir, name)).as_numpy_iterator():
+    path = os.path.join(dataset.dataset_dir(str(out), "lintseq"), name)
+    for raw in tf.data.TFRecordDataset(path).as_numpy_iterator():
       example = tf.train.Example.FromString(raw)
       f = example.features.feature
       keys.append((f["source_id"].bytes_list.value[0], f["sample_index"].int64_list.value[0]))
@@ -174,10 +191,12 @@ def test_two_worker_processes_give_identical_bytes(generated, tmp_path):
                pipeline_args=("--direct_num_workers=2", "--direct_running_mode=multi_processing"),
                **SETTINGS)
   for variant in ("lintseq", "baseline"):
-    names = _shard_files(out / variant)
-    assert names == _shard_files(other / variant)
+    names = _shard_files(out, variant)
+    assert names == _shard_files(other, variant)
     for name in names:
-      assert (out / variant / name).read_bytes() == (other / variant / name).read_bytes(), name
+      a, b = (os.path.join(dataset.dataset_dir(str(d), variant), name) for d in (out, other))
+      with open(a, "rb") as fa, open(b, "rb") as fb:
+        assert fa.read() == fb.read(), name
 
 
 def test_rerun_in_place_replaces_old_shards(generated, tmp_path):
@@ -186,12 +205,17 @@ def test_rerun_in_place_replaces_old_shards(generated, tmp_path):
   settings = {**SETTINGS, "examples_per_shard": 1000}
   pipeline.run(sources=make_sources(), output_dir=str(out), variants=("baseline",),
                **{**SETTINGS, "examples_per_shard": 5})
-  assert len(_shard_files(out / "baseline")) > 2
+  assert len(_shard_files(out, "baseline")) > 2
+  # Files of the layout without a version folder, from an older data_gen, are removed too.
+  legacy = ["editseq-train.tfrecord-00000-of-00001", *dataset.METADATA_FILES]
+  for name in legacy:
+    (out / "baseline" / name).write_text("stale")
   report = pipeline.run(sources=make_sources(), output_dir=str(out), variants=("baseline",),
                         **settings)["baseline"]
-  assert _shard_files(out / "baseline") == [dataset.shard_filename("train", 0, 1),
-                                            dataset.shard_filename("validation", 0, 1)]
-  assert sum(1 for _ in dataset.read_examples(str(out / "baseline"))) == (
+  assert _shard_files(out, "baseline") == [dataset.shard_filename("baseline", "train", 0, 1),
+                                           dataset.shard_filename("baseline", "validation", 0, 1)]
+  assert not any((out / "baseline" / name).exists() for name in legacy)
+  assert sum(1 for _ in dataset.read_examples(str(out), "baseline")) == (
       report["splits"]["train"]["examples"])
 
 
@@ -217,7 +241,8 @@ def test_time_cap_skips_slow_programs_for_lintseq_only(tmp_path):
   lint = json.loads((tmp_path / "out" / "lintseq" / "stats.json").read_text())
   base = json.loads((tmp_path / "out" / "baseline" / "stats.json").read_text())
   assert lint["skipped"] == {"timeout": 1} and lint["programs_out"] == 0
-  assert not (tmp_path / "out" / "lintseq" / "dataset_info.json").exists()
+  assert not os.path.exists(os.path.join(dataset.dataset_dir(str(tmp_path / "out"), "lintseq"),
+                                         "dataset_info.json"))
   assert base["programs_out"] == 1
 
 
@@ -273,7 +298,7 @@ def test_cli_tfds_source_end_to_end(tmp_path):
                         "tiny_instructions", "--tfds_data_dir", str(tmp_path / "tfds"),
                         "--instruction_key", "question", "--response_key", "answer",
                         "--validation_fraction", "0", "--num_samples", "3", "--no_progress"]) == 0
-  got = sorted(dataset.read_examples(str(out / "lintseq")),
+  got = sorted(dataset.read_examples(str(out), "lintseq"),
                key=lambda r: (r["source_id"], r["sample_index"]))
   assert [(r["source_id"], r["sample_index"]) for r in got] == [
       (f"tfds:tiny_instructions:train:{i}", s) for i in range(4) for s in range(3)]

@@ -37,7 +37,7 @@ def test_instruct_tasks_match_records(registered, data_dir, vocab, name):
   """inputs = the prompt's tokens, targets = the completion's + eos, in the records' order."""
   assert name in registered
   variant = tasks.TASK_SPECS[name].variant
-  records = list(data_lib.read_examples(f"{data_dir}/{variant}", "validation"))
+  records = list(data_lib.read_examples(data_dir, variant, "validation"))
   examples = _task_examples(name, "validation")
   assert len(examples) == len(records) > 0
   by_id = {(r["source_id"], r["sample_index"]): r for r in records}
@@ -51,7 +51,7 @@ def test_instruct_tasks_match_records(registered, data_dir, vocab, name):
 
 
 def test_pretrain_task_is_programs(registered, data_dir, vocab):
-  records = list(data_lib.read_examples(f"{data_dir}/baseline", "validation"))
+  records = list(data_lib.read_examples(data_dir, "baseline", "validation"))
   examples = _task_examples("editseq_pretrain", "validation")
   assert sorted(vocab.decode(ex["targets"]) for ex in examples) == sorted(
       r["program"] for r in records)
@@ -87,10 +87,11 @@ def test_register_points_tasks_at_another_dir(registered, data_dir, vocab, tmp_p
   try:
     with pytest.raises(tasks.DataError, match="data folder not found"):
       tasks.task_files("editseq_lintseq_instruct", "train")
-    (tmp_path / "lintseq").mkdir()
+    folder = tmp_path / "lintseq" / data_lib.VERSION
+    folder.mkdir(parents=True)
     with pytest.raises(tasks.DataError, match="no 'train' shards"):
       tasks.task_files("editseq_lintseq_instruct", "train")
-    (tmp_path / "lintseq" / data_lib.shard_filename("train", 0, 1)).write_bytes(b"")
+    (folder / data_lib.shard_filename("lintseq", "train", 0, 1)).write_bytes(b"")
     with pytest.raises(tasks.DataError, match="is empty"):
       tasks.task_files("editseq_lintseq_instruct", "train")
   finally:
