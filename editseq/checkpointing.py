@@ -7,7 +7,6 @@ after `save` returns); a step folder only appears once complete, so a run killed
 resumes from the previous step.
 """
 import json
-import os
 
 import jax
 import ml_collections
