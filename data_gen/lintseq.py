@@ -59,7 +59,8 @@ The rules err towards deleting (where pyflakes would tolerate a use, e.g. under
 that could fail. On the standard-library benchmark input the checker runs for <1% of the
 sequences and the sequences are identical to those of `lint_every_state=True`.
 Units whose removal changes name resolution without binding anything (`from x import *`,
-`from __future__ import ...`, an `except` clause naming `NameError`) always run the checker.
+`from __future__ import ...`, an `except` clause naming `NameError`, a statement about
+`__all__`) always run the checker.
 A state is linted only when something is uncertain, checker results are cached per state, and
 the per-program tables are built once. `lint_every_state=True` lints every candidate state as
 the paper does (slow; used to check that both give the same sequences).
@@ -283,7 +284,7 @@ class _Piece:
     def __init__(self, start: int, end: int, depth: int, parent: int):
         self.start, self.end, self.depth, self.parent = start, end, depth, parent
         self.binds: list[tuple[str, int, bool]] = []   # (name, scope, plain)
-        self.uses: list[tuple[str, int, bool]] = []    # (name, scope, nested)
+        self.uses: list[tuple[str, int, bool, bool]] = []    # (name, scope, nested, by `del`)
         self.always_check = False
         # All its reads happen before its bindings (false for `:=`, guards after a pattern,
         # `with a() as x, b(x):`), so a name it both reads and binds is read unbound.
@@ -303,6 +304,7 @@ class _Analysis:
         self.lines = lines
         self.pieces: list[_Piece] = []
         self.scope_parent: list[int] = [-1]
+        self.scope_is_function: list[bool] = [False]
         self.string_lines: set[int] = set()   # 1-based lines that start inside a string
         self.deleted_names: set[str] = set()
         self.declared_names: set[str] = set()
@@ -332,8 +334,9 @@ class _Analysis:
         self.pieces.append(_Piece(start, end, depth, parent))
         return len(self.pieces) - 1
 
-    def _new_scope(self, parent: int) -> int:
+    def _new_scope(self, parent: int, is_function: bool) -> int:
         self.scope_parent.append(parent)
+        self.scope_is_function.append(is_function)
         return len(self.scope_parent) - 1
 
     def _statement(self, stmt: ast.stmt, scope: int, depth: int, parent: int) -> int:
@@ -356,7 +359,7 @@ class _Analysis:
             for arg in [*args.posonlyargs, *args.args, args.vararg, *args.kwonlyargs, args.kwarg]:
                 if arg is not None:
                     self._uses_in(piece, scope, [arg.annotation], annotation=True)
-            body_scope = self._new_scope(scope)
+            body_scope = self._new_scope(scope, True)
             for arg in [*args.posonlyargs, *args.args, args.vararg, *args.kwonlyargs, args.kwarg]:
                 if arg is not None:
                     piece.binds.append((arg.arg, body_scope, True))
@@ -364,7 +367,7 @@ class _Analysis:
         elif isinstance(stmt, ast.ClassDef):
             self._uses_in(piece, scope, [*stmt.decorator_list, *stmt.bases,
                                          *(k.value for k in stmt.keywords)])
-            body_scope = self._new_scope(scope)
+            body_scope = self._new_scope(scope, False)
             piece.binds.append((stmt.name, scope, True))
         elif isinstance(stmt, (ast.For, ast.AsyncFor)):
             self._targets(piece, scope, stmt.target, plain=True)
@@ -465,19 +468,20 @@ class _Analysis:
                     piece.binds.append((name, s, False))
                     s = self.scope_parent[s]
                 if isinstance(stmt, ast.Nonlocal):
-                    piece.uses.append((name, self.scope_parent[scope], True))
+                    piece.uses.append((name, self.scope_parent[scope], True, False))
         elif isinstance(stmt, ast.Assign):
             for target in stmt.targets:
                 self._targets(piece, scope, target, plain=True)
             self._uses_in(piece, scope, [stmt.value])
         elif isinstance(stmt, ast.AugAssign):
             if isinstance(stmt.target, ast.Name):
-                piece.uses.append((stmt.target.id, scope, False))
+                piece.uses.append((stmt.target.id, scope, False, False))
             self._targets(piece, scope, stmt.target, plain=True)
             self._uses_in(piece, scope, [stmt.value])
         elif isinstance(stmt, ast.AnnAssign):
-            if stmt.value is not None or not isinstance(stmt.target, ast.Name):
-                self._targets(piece, scope, stmt.target, plain=True)
+            # `x: int` alone binds nothing at run time, but pyflakes resolves names in
+            # postponed (string or `from __future__`) annotations to it.
+            self._targets(piece, scope, stmt.target, plain=stmt.value is not None)
             self._uses_in(piece, scope, [stmt.annotation], annotation=True)
             self._uses_in(piece, scope, [stmt.value], annotation=self._is_typing(stmt.annotation))
         elif isinstance(stmt, ast.Delete):
@@ -488,16 +492,22 @@ class _Analysis:
         else:
             self._uses_in(piece, scope, [stmt])
         if any("__all__" in self.lines[line - 1] for line in range(stmt.lineno, stmt.end_lineno + 1)):
+            # Its strings are exports pyflakes checks; removing it can bring back an earlier
+            # `__all__` whose exports were shadowed, so its removal is always checked.
+            piece.always_check = True
             for node in ast.walk(stmt):
                 if isinstance(node, ast.Constant) and isinstance(node.value, str):
                     for name in _names_in_string(node.value):
-                        piece.uses.append((name, 0, True))
+                        piece.uses.append((name, 0, True, False))
 
     def _targets(self, piece: _Piece, scope: int, target: ast.AST, plain: bool) -> None:
         if isinstance(target, ast.Name):
             if isinstance(target.ctx, ast.Del):
+                # `del x` reads x, and changes what later reads of x resolve to (removing it
+                # can turn a builtin into "local variable referenced before assignment").
                 self.deleted_names.add(target.id)
-                piece.uses.append((target.id, scope, False))
+                piece.uses.append((target.id, scope, False, True))
+                piece.binds.append((target.id, scope, False))
             else:
                 piece.binds.append((target.id, scope, plain))
         elif isinstance(target, (ast.Tuple, ast.List)):
@@ -547,10 +557,11 @@ class _Analysis:
         if isinstance(node, ast.Name):
             if isinstance(node.ctx, ast.Load):
                 if not any(node.id in frame for frame in frames):
-                    piece.uses.append((node.id, scope, nested))
+                    piece.uses.append((node.id, scope, nested, False))
             elif isinstance(node.ctx, ast.Del):
                 self.deleted_names.add(node.id)
-                piece.uses.append((node.id, scope, nested))
+                piece.uses.append((node.id, scope, nested, True))
+                piece.binds.append((node.id, scope, False))
             elif not frames:
                 piece.binds.append((node.id, scope, True))
             return
@@ -560,7 +571,7 @@ class _Analysis:
                 if annotation:
                     for name in _names_in_string(node.value):
                         if not any(name in frame for frame in frames):
-                            piece.uses.append((name, scope, True))
+                            piece.uses.append((name, scope, True, False))
             elif isinstance(node.value, bytes):
                 self._mark_string(node)
             return
@@ -762,12 +773,22 @@ class _Program:
                 unit_keys[unit].add(key)
                 if plain:
                     plain_binders.setdefault(key, []).append(unit)
-        self.always_check = always
         unsafe_order = analysis.deleted_names | analysis.declared_names
+        # pyflakes reports "local variable referenced before assignment" at a function's read
+        # of an outer binding when the function's first local store of the name comes next and
+        # nothing else read that binding in between; comprehensions and class bodies run
+        # inline, so removing their reads before the first local store is always checked.
+        function_of = [next((s for s in chain if analysis.scope_is_function[s]), -1)
+                       for chain in chains]
         entries_of: dict[tuple[str, int], set] = {}
         for index, piece in enumerate(pieces):
             unit = piece_unit[index]
-            for name, scope, nested in piece.uses:
+            for name, scope, nested, deleting in piece.uses:
+                function = function_of[scope]
+                if function != -1 and (nested or function != scope):
+                    local = binders.get((name, function), 0)
+                    if local and not local & ((2 << unit) - 1):
+                        always |= 1 << unit
                 chain_mask = 0
                 keys = []
                 for s in chains[scope]:
@@ -777,7 +798,7 @@ class _Program:
                         keys.append(key)
                 if not keys:
                     continue
-                builtin = name in _BUILTINS
+                builtin = name in _BUILTINS and not deleting   # `del len` needs a binding
                 binds_too = chain_mask >> unit & 1
                 # What pyflakes says about this use once no other binding is left: a builtin
                 # resolves (unless the unit binds it after reading it: "local variable
@@ -799,6 +820,7 @@ class _Program:
                 entry = (1 << unit, chain_mask & ~(1 << unit), before, later, alone)
                 for key in keys:
                     entries_of.setdefault(key, set()).add(entry)
+        self.always_check = always
         self.threats = [sorted({e for key in keys for e in entries_of.get(key, ())})
                         for keys in unit_keys]
         self.needs_symtable = analysis.has_declarations
