@@ -449,3 +449,118 @@ def test_mutated_programs_never_crash():
             outcomes["ok"] += 1
             assert_valid_sequence(text, sequences[0])
     assert outcomes["ok"] > 20 and outcomes["error"] > 20, outcomes
+
+
+# --- random programs that stress the checker-skipping rules ---------------------------------
+class _ProgramGenerator:
+    """Small random programs that reuse a few names across scopes, `del`, `global`/`nonlocal`,
+    comprehensions, lambdas, `:=`, annotations, star imports, `__all__`, `except NameError`,
+    `match` guards: the corners of pyflakes' name resolution."""
+
+    NAMES = ["a", "b", "c", "len", "x"]
+
+    def __init__(self, seed: int):
+        self.rng = random.Random(seed)
+
+    def name(self) -> str:
+        return self.rng.choice(self.NAMES)
+
+    def expr(self, depth: int = 0) -> str:
+        r, n = self.rng.random(), self.name()
+        if depth > 1 or r < 0.4:
+            return self.rng.choice([n, self.name(), "1", "'s'", "None"])
+        forms = [f"{self.expr(depth + 1)} + {self.expr(depth + 1)}", f"f({self.expr(depth + 1)})",
+                 f"[{n} for {n} in {self.expr(depth + 1)} if {self.expr(depth + 1)}]",
+                 f"(lambda {n}: {n} + {self.expr(depth + 1)})", f"({n} := {self.expr(depth + 1)})",
+                 f"cast('{n}', {self.expr(depth + 1)})", f"{n}.attr"]
+        return self.rng.choice(forms)
+
+    def block(self, indent: int, ctx: frozenset, depth: int) -> list[str]:
+        return [line for _ in range(self.rng.randint(1, 3))
+                for line in self.statement(indent, ctx, depth)]
+
+    def statement(self, indent: int, ctx: frozenset, depth: int) -> list[str]:
+        pad, n, r = "    " * indent, self.name(), self.rng.random()
+        sub = lambda extra=frozenset(), drop=frozenset(): self.block(indent + 1, (ctx | extra) - drop, depth + 1)
+        if depth >= 3 or r < 0.3:
+            simple = [f"{n} = {self.expr()}", f"{n} += {self.expr()}", f"print({self.expr()})",
+                      f"del {n}", f"{n}: int", f"{n}: 'int' = {self.expr()}", f"import os as {n}",
+                      f"{n}, {self.name()} = {self.expr()}, 1", f"{n} = 1; {self.name()} = {self.expr()}"]
+            if "function" in ctx:
+                simple += [f"return {self.expr()}", f"global {n}", f"nonlocal {n}"]
+            if "loop" in ctx:
+                simple += ["break", "continue"]
+            if "module" in ctx:
+                simple += ["from os.path import *", f"__all__ = ['{n}', '{self.name()}']"]
+            return [pad + self.rng.choice(simple)]
+        if r < 0.45:
+            out = [pad + f"if {self.expr()}:", *sub()]
+            if self.rng.random() < 0.4:
+                out += [pad + f"elif {self.expr()}:", *sub()]
+            if self.rng.random() < 0.4:
+                out += [pad + "else:", *sub()]
+            return out
+        if r < 0.55:
+            head = f"for {n} in {self.expr()}:" if self.rng.random() < 0.6 else f"while {self.expr()}:"
+            return [pad + head, *sub(frozenset({"loop"}))]
+        if r < 0.67:
+            out = [pad + "try:", *sub()]
+            handlers = self.rng.randint(0, 2)
+            for _ in range(handlers):
+                kind = self.rng.choice(["NameError", "ValueError", f"ValueError as {n}", "(NameError, KeyError)"])
+                out += [pad + f"except {kind}:", *sub()]
+            if handlers and self.rng.random() < 0.3:
+                out += [pad + "else:", *sub()]
+            if not handlers or self.rng.random() < 0.3:
+                out += [pad + "finally:", *sub()]
+            return out
+        if r < 0.82:
+            args = self.rng.choice(["", n, f"{n}, {self.name()}=1", f"{n}: '{self.name()}'", f"*{n}"])
+            returns = self.rng.choice(["", f" -> '{self.name()}'", f" -> {self.name()}"])
+            decorator = [pad + "@" + self.name()] if self.rng.random() < 0.2 else []
+            return [*decorator, pad + f"def {self.rng.choice(['f', 'g', n])}({args}){returns}:",
+                    *sub(frozenset({"function"}), frozenset({"loop", "module"}))]
+        if r < 0.88:
+            return [pad + f"class {self.rng.choice(['C', n])}({self.name()}):",
+                    *sub(drop=frozenset({"loop", "function", "module"}))]
+        if r < 0.93:
+            return [pad + f"with {self.expr()} as {n}:", *sub()]
+        return [pad + f"match {self.expr()}:", pad + f"    case [{n}] if {self.name()}:",
+                *self.block(indent + 2, ctx, depth + 1), pad + "    case _:",
+                *self.block(indent + 2, ctx, depth + 1)]
+
+    def programs(self, count: int) -> list[str]:
+        found = []
+        while len(found) < count:
+            lines = []
+            if self.rng.random() < 0.2:
+                lines.append("from __future__ import annotations")
+            if self.rng.random() < 0.3:
+                lines.append("from typing import cast")
+            for _ in range(self.rng.randint(2, 6)):
+                lines += self.statement(0, frozenset({"module"}), 0)
+            program = "\n".join(lines) + "\n"
+            try:
+                compile(program, "<generated>", "exec", dont_inherit=True)
+            except SyntaxError:
+                continue
+            found.append(program)
+        return found
+
+
+def _check_generated(seed: int, count: int) -> None:
+    for program in _ProgramGenerator(seed).programs(count):
+        for diffs in lintseq(program, num_samples=3):
+            assert_valid_sequence(program, diffs)
+        for diffs in lintseq(program, num_samples=2, lint_every_state=True):
+            assert_valid_sequence(program, diffs)
+
+
+def test_random_programs_stay_lint_clean():
+    _check_generated(seed=100, count=40)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(5))
+def test_random_programs_stay_lint_clean_sweep(seed):
+    _check_generated(seed=seed, count=400)
