@@ -42,8 +42,9 @@ of a single statement or of its enclosing blocks, which survive unchanged. Each 
 analysed once into per-unit tables of bindings and uses with their scopes (strings where
 pyflakes reads annotations -- annotations, arguments of `typing` calls, subscripts of `typing`
 members -- and `__all__` entries count as uses; `global`/`nonlocal` bind in every enclosing
-scope, as pyflakes does; a scope is a module, class or function, and lambdas/comprehensions are
-folded into their statement's scope with their own names left out). For a deletion, every
+scope, as pyflakes does; `del x` and `x: int` count as (non-plain) bindings, since pyflakes'
+resolution depends on them; a scope is a module, class or function, and lambdas/comprehensions
+are folded into their statement's scope with their own names left out). For a deletion, every
 remaining use of a removed binding is then classified:
 - *certain*: no other binding of the name remains in any enclosing scope, or the only ones left
   are in the use's own scope and later in the text, and it is no builtin; pyflakes reports
@@ -54,16 +55,18 @@ remaining use of a removed binding is then classified:
   scope remains earlier in the text and the name is never `del`-eted nor declared
   `global`/`nonlocal`;
 - *uncertain* otherwise: the checker runs on that state and its errors decide.
-The rules err towards deleting (where pyflakes would tolerate a use, e.g. under
+Units whose removal changes name resolution without binding anything always run the checker:
+`from x import *`, `from __future__ import ...`, an `except` clause naming `NameError`, a
+statement about `__all__`, and a comprehension or class body reading a name before its
+function's first local store of it (pyflakes' "referenced before assignment" looks at the last
+read). The rules err towards deleting (where pyflakes would tolerate a use, e.g. under
 `except NameError`, the unit still goes) and towards checking, never towards skipping a check
-that could fail. On the standard-library benchmark input the checker runs for <1% of the
-sequences and the sequences are identical to those of `lint_every_state=True`.
-Units whose removal changes name resolution without binding anything (`from x import *`,
-`from __future__ import ...`, an `except` clause naming `NameError`, a statement about
-`__all__`) always run the checker.
-A state is linted only when something is uncertain, checker results are cached per state, and
-the per-program tables are built once. `lint_every_state=True` lints every candidate state as
-the paper does (slow; used to check that both give the same sequences).
+that could fail; the tests check every state of real and of randomly generated programs with an
+independent checker. A state is linted only when something is uncertain, checker results are
+cached per state, and the per-program tables are built once. On the standard-library benchmark
+input the checker runs for <1% of the sequences, and the sequences are identical to those of
+`lint_every_state=True`, which lints every candidate state as the paper does (slow; kept to
+check exactly that).
 
 Linter-free ablation (`use_linter=False`): units are sampled uniformly and deleted with their
 blocks, nothing else; intermediate programs may be broken, as in the paper's ablation.
