@@ -128,8 +128,11 @@ def _bwrap_argv(bwrap: str, as_root: bool) -> list[str]:
             argv += ["--symlink", os.readlink(path), path]
         elif os.path.isdir(path):
             argv += ["--ro-bind", path, path]
+    # The private /tmp comes before the read-only binds, so an interpreter, venv or checkout that
+    # lives under /tmp on the host is mounted on top of it instead of being hidden by it.
+    argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
     mounts = [(root, root) for root in _python_roots()] + [(str(_WORKER_FILE), _WORKER_IN_SANDBOX)]
-    made: set[str] = set()
+    made: set[str] = {"/tmp"}
     for _, dest in mounts:  # bwrap would create missing parents as 0700: unreadable after setuid
         for parent in reversed(pathlib.PurePosixPath(dest).parents[:-1]):
             if str(parent) not in made:
@@ -137,8 +140,7 @@ def _bwrap_argv(bwrap: str, as_root: bool) -> list[str]:
                 argv += ["--perms", "0755", "--dir", str(parent)]
     for source, dest in mounts:
         argv += ["--ro-bind", source, dest]
-    argv += ["--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache",
-             "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--chdir", "/tmp"]
+    argv += ["--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache", "--chdir", "/tmp"]
     return argv
 
 
