@@ -13,9 +13,13 @@ trainer places parameters with `jax.jit(..., out_shardings=...)`.
 RoPE uses the "rotate half" layout (the two halves of each head are the real and imaginary parts),
 the layout of Hugging Face's Llama/OLMo/Gemma/Phi-3 weights, so they load without a permutation.
 
-KV cache (`init_cache`): `{"k", "v": [layers, batch, slots, kv_heads, head_dim], "slot_pos":
-[batch, slots] int32, "index": int32 scalar}`. Layer `i`'s cache is `cache["k"][i]`; stacking
-keeps the scan over layers and lets XLA update the cache in place.
+KV cache (`init_cache`): `{"k", "v": tuples of one [batch, kv_heads, slots, head_dim] array per
+layer, "slot_pos": [batch, slots] int32, "index": int32 scalar}`. Decoding runs the layers
+unrolled, so each layer's cache is its own buffer: XLA writes the new token in place and the
+attention reads it with no copy (kv-heads before slots makes each (batch, head) a contiguous
+matrix). `unstack_layers(model)` gives each layer its own weight arrays for the same reason; the
+sampler decodes with such a model (on the CPU, slicing the stacked weights costs more than the
+matmuls they feed).
 """
 from __future__ import annotations
 
@@ -259,7 +263,7 @@ class Attention(nnx.Module):
     self.o = _param(rngs, cfg, (h, hd, d), ("heads", "head_dim", "embed"), out_std)
 
   def __call__(self, x, sin, cos, mask, kv_cache=None, packing=None):
-    """x [B, T, d]; kv_cache = (k_all, v_all, layer, index).
+    """x [B, T, d]; kv_cache = (k [B, KV, S, Dh], v, index): this layer's cache, written at index.
 
     `mask` [B, T, S] (S = T, or the cache's slots) selects the XLA path; `mask=None` the cuDNN
     path, causal within the segments that `packing` (see `packed_layout`) describes.
@@ -273,35 +277,40 @@ class Attention(nnx.Module):
     k = sharding.constrain(apply_rope(k, sin, cos), ("act_batch", "act_length", "act_kv_heads", None))
     v = sharding.constrain(v, ("act_batch", "act_length", "act_kv_heads", None))
     new_cache = None
-    if kv_cache is not None:
-      k_all, v_all, layer, index = kv_cache
-      start = (layer, 0, index, 0, 0)
-      k_all = jax.lax.dynamic_update_slice(k_all, k[None].astype(k_all.dtype), start)
-      v_all = jax.lax.dynamic_update_slice(v_all, v[None].astype(v_all.dtype), start)
-      k = jax.lax.dynamic_index_in_dim(k_all, layer, 0, keepdims=False).astype(dt)
-      v = jax.lax.dynamic_index_in_dim(v_all, layer, 0, keepdims=False).astype(dt)
-      new_cache = (k_all, v_all)
+    kv_major = kv_cache is not None
+    if kv_major:
+      k_cache, v_cache, index = kv_cache  # [B, KV, S, Dh]
+      k = jax.lax.dynamic_update_slice(
+          k_cache, k.transpose(0, 2, 1, 3).astype(k_cache.dtype), (0, 0, index, 0))
+      v = jax.lax.dynamic_update_slice(
+          v_cache, v.transpose(0, 2, 1, 3).astype(v_cache.dtype), (0, 0, index, 0))
+      new_cache = (k, v)
+      k, v = k.astype(dt), v.astype(dt)
     scale = cfg.query_scale or cfg.head_dim ** -0.5
     if mask is None:
       out = _cudnn_attention(q, k, v, scale, cfg.sliding_window, packing)
     else:
-      out = _xla_attention(q, k, v, mask, scale, cfg.attn_logit_softcap)
+      out = _xla_attention(q, k, v, mask, scale, cfg.attn_logit_softcap, kv_major=kv_major)
     out = sharding.constrain(out, ("act_batch", "act_length", "act_heads", None))
     return jnp.einsum("bthk,hkd->btd", out, self.o[...].astype(dt)), new_cache
 
 
-def _xla_attention(q, k, v, mask, scale, softcap):
-  """Grouped-query attention with an explicit [B, T, S] mask; fp32 scores and softmax."""
+def _xla_attention(q, k, v, mask, scale, softcap, *, kv_major=False):
+  """Grouped-query attention with an explicit [B, T, S] mask; fp32 scores and softmax.
+
+  q is [B, T, H, Dh]; k and v are [B, S, KV, Dh], or [B, KV, S, Dh] when `kv_major` (the cache).
+  """
   b, t, h, hd = q.shape
-  kv = k.shape[2]
+  kv = k.shape[1 if kv_major else 2]
   dt = q.dtype
   q = q.reshape(b, t, kv, h // kv, hd)
-  scores = jnp.einsum("btkgd,bskd->bkgts", q * jnp.asarray(scale, dt), k,
+  kv_dims = "bksd" if kv_major else "bskd"
+  scores = jnp.einsum(f"btkgd,{kv_dims}->bkgts", q * jnp.asarray(scale, dt), k,
                       preferred_element_type=jnp.float32)
   scores = _softcap(scores, softcap)
   scores = jnp.where(mask[:, None, None], scores, _MASK_VALUE)
   probs = jax.nn.softmax(scores, axis=-1).astype(dt)
-  return jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, h, hd)
+  return jnp.einsum(f"bkgts,{kv_dims}->btkgd", probs, v).reshape(b, t, h, hd)
 
 
 def packed_layout(segment_ids: Array, max_segments: int) -> tuple[Array, Array]:
@@ -430,41 +439,30 @@ class Transformer(nnx.Module):
 
     packing = None
     if cache is not None:
-      index = cache["index"]
-      slot_pos = jax.lax.dynamic_update_slice(cache["slot_pos"], positions, (0, index))
-      carry = (x, (cache["k"], cache["v"]))
+      slot_pos = jax.lax.dynamic_update_slice(cache["slot_pos"], positions, (0, cache["index"]))
       mask = attention_mask(positions, slot_pos)
       dist = positions[:, :, None] - slot_pos[:, None, :]
     elif cfg.attention_impl == "cudnn":
-      carry, mask, dist = (x, None), None, None
+      mask, dist = None, None
       if segment_ids is not None:
         packing = packed_layout(segment_ids, min(cfg.max_segments, t))
     else:
-      carry = (x, None)
       mask = attention_mask(positions, positions, segment_ids, segment_ids)
       dist = positions[:, :, None] - positions[:, None, :]
 
-    windows = jnp.asarray([w or _NO_WINDOW for w in cfg.window_per_layer], jnp.int32)
-    graphdef, layer_state = nnx.split(self.layers)
+    def layer_mask(window):
+      return mask & (dist < window) if mask is not None and cfg.sliding_window else mask
 
-    def body(carry, xs):
-      x, kv = carry
-      state, layer, window = xs
-      block = nnx.merge(graphdef, state)
-      layer_mask = mask & (dist < window) if mask is not None and cfg.sliding_window else mask
-      kv_cache = None if kv is None else (*kv, layer, cache["index"])
-      x, new_kv = block(x, sin, cos, layer_mask, kv_cache, packing)
-      return (x, new_kv), None
-
-    if cfg.remat != "none" and cache is None:
-      body = jax.checkpoint(body, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
-    xs = (layer_state, jnp.arange(cfg.num_layers, dtype=jnp.int32), windows)
-    if cfg.scan_layers:
-      carry, _ = jax.lax.scan(body, carry, xs)
+    new_kv = []
+    if cache is not None or isinstance(self.layers, nnx.List):
+      # Unrolled, one layer's weights and cache at a time (decoding, or an unstacked model).
+      for i, window in enumerate(cfg.window_per_layer):
+        block = self.layers[i] if isinstance(self.layers, nnx.List) else _layer(self.layers, i)
+        kv = None if cache is None else (cache["k"][i], cache["v"][i], cache["index"])
+        x, kv = block(x, sin, cos, layer_mask(window or _NO_WINDOW), kv, packing)
+        new_kv.append(kv)
     else:
-      for i in range(cfg.num_layers):
-        carry, _ = body(carry, jax.tree.map(lambda a, i=i: a[i], xs))
-    x, kv = carry
+      x = self._run_stacked_layers(x, sin, cos, layer_mask, packing)
 
     x = self.final_norm(x)
     head = self.embed[...].T if self.lm_head is None else self.lm_head[...]
@@ -473,8 +471,29 @@ class Transformer(nnx.Module):
                                 ("act_batch", "act_length", "act_vocab"))
     if cache is None:
       return logits
-    new_cache = {"k": kv[0], "v": kv[1], "slot_pos": slot_pos, "index": index + t}
+    new_cache = {"k": tuple(k for k, _ in new_kv), "v": tuple(v for _, v in new_kv),
+                 "slot_pos": slot_pos, "index": cache["index"] + t}
     return logits, new_cache
+
+  def _run_stacked_layers(self, x, sin, cos, layer_mask, packing):
+    """Training and scoring: the stacked layers under lax.scan (or unrolled), with remat."""
+    cfg = self.cfg
+    windows = jnp.asarray([w or _NO_WINDOW for w in cfg.window_per_layer], jnp.int32)
+    graphdef, layer_state = nnx.split(self.layers)
+
+    def body(x, xs):
+      state, window = xs
+      x, _ = nnx.merge(graphdef, state)(x, sin, cos, layer_mask(window), None, packing)
+      return x, None
+
+    if cfg.remat != "none":
+      body = jax.checkpoint(body, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
+    if cfg.scan_layers:
+      x, _ = jax.lax.scan(body, x, (layer_state, windows))
+    else:
+      for i in range(cfg.num_layers):
+        x, _ = body(x, jax.tree.map(lambda a, i=i: a[i], (layer_state, windows)))
+    return x
 
   def init_cache(self, batch: int, max_len: int, dtype: Any = None) -> Cache:
     """An empty KV cache of `max_len` slots (dtype defaults to the compute dtype)."""
@@ -485,22 +504,48 @@ class Transformer(nnx.Module):
 
 
 def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype: Any = None) -> Cache:
-  shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
+  shape = (batch, cfg.num_kv_heads, max_len, cfg.head_dim)
   dtype = jnp.dtype(dtype or cfg.dtype)
   return {
-      "k": jnp.zeros(shape, dtype),
-      "v": jnp.zeros(shape, dtype),
+      "k": tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)),
+      "v": tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)),
       "slot_pos": jnp.full((batch, max_len), -1, jnp.int32),
       "index": jnp.zeros((), jnp.int32),
   }
 
 
-CACHE_LOGICAL_AXES = {
-    "k": ("layers", "cache_batch", "cache_length", "cache_kv_heads", "head_dim"),
-    "v": ("layers", "cache_batch", "cache_length", "cache_kv_heads", "head_dim"),
-    "slot_pos": ("cache_batch", "cache_length"),
-    "index": (),
-}
+_KV_CACHE_AXES = ("cache_batch", "cache_kv_heads", "cache_length", "head_dim")
+
+
+def cache_logical_axes(num_layers: int) -> dict[str, Any]:
+  """Logical axis names of each array of a cache of `num_layers` layers (same tree as the cache)."""
+  return {"k": (_KV_CACHE_AXES,) * num_layers, "v": (_KV_CACHE_AXES,) * num_layers,
+          "slot_pos": ("cache_batch", "cache_length"), "index": ()}
+
+
+def _layer(layers: Block, i: int) -> Block:
+  """Layer `i` of the stacked layers (its arrays sliced out of the stacks)."""
+  graphdef, state = nnx.split(layers)
+  return nnx.merge(graphdef, jax.tree.map(lambda a: a[i], state))
+
+
+def unstack_layers(model: Transformer) -> Transformer:
+  """`model` with each layer a separate Block owning its own arrays (a copy of its slice of the
+  stacks; the other parameters are shared). Such a model computes the same function, unrolled,
+  with no remat; the sampler decodes with one."""
+  if isinstance(model.layers, nnx.List):
+    return model
+  cfg = model.cfg
+  stacked = nnx.to_pure_dict(nnx.state(model.layers))
+  block_graphdef, block_state = nnx.split(nnx.eval_shape(lambda: Block(cfg, rngs=nnx.Rngs(0))))
+  blocks = []
+  for i in range(cfg.num_layers):
+    nnx.replace_by_pure_dict(block_state, jax.tree.map(lambda a, i=i: a[i], stacked))
+    blocks.append(nnx.merge(block_graphdef, block_state))
+  graphdef, state = nnx.split(model)
+  unstacked = nnx.merge(graphdef, state)  # new module objects, same arrays
+  unstacked.layers = nnx.List(blocks)
+  return unstacked
 
 
 def count_params(state) -> int:

@@ -76,21 +76,65 @@ def nucleus_mask(probs: jax.Array, top_p: jax.Array | float) -> jax.Array:
   Found without sorting: the nucleus is {p_i >= t} for the largest t with mass(p >= t) >= top_p,
   and t is one of the probabilities. Non-negative float32 values order like their bit patterns as
   int32, so 32 bisection steps over the bits find t exactly, each step one masked sum over the
-  vocabulary. (XLA's CPU sort is ~20x slower than this for a 50k vocabulary.)
+  vocabulary that compares floats (reading only `probs`). (XLA's CPU sort is ~20x slower than
+  this for a 50k vocabulary.)
   """
-  probs = probs.astype(jnp.float32)
-  bits = jax.lax.bitcast_convert_type(probs, jnp.int32)
+  # The barrier keeps XLA from recomputing `probs` (e.g. a softmax's exp) in every step's pass.
+  probs = jax.lax.optimization_barrier(probs.astype(jnp.float32))
+  as_float = lambda bits: jax.lax.bitcast_convert_type(bits, jnp.float32)
   lo = jnp.zeros(probs.shape[:-1] + (1,), jnp.int32)  # everything: mass 1 >= top_p
-  hi = jnp.max(bits, axis=-1, keepdims=True) + 1  # nothing: mass 0 < top_p
+  hi = jax.lax.bitcast_convert_type(jnp.max(probs, axis=-1, keepdims=True), jnp.int32) + 1
 
   def step(_, bounds):
     lo, hi = bounds
     mid = lo + (hi - lo) // 2
-    enough = jnp.sum(jnp.where(bits >= mid, probs, 0.0), axis=-1, keepdims=True) >= top_p
+    mass = jnp.sum(jnp.where(probs >= as_float(mid), probs, 0.0), axis=-1, keepdims=True)
+    enough = mass >= top_p
     return jnp.where(enough, mid, lo), jnp.where(enough, hi, mid)
 
   lo, _ = jax.lax.fori_loop(0, 32, step, (lo, hi))
-  return bits >= lo
+  return probs >= as_float(lo)
+
+
+def first_argmax(x: jax.Array) -> jax.Array:
+  """`jnp.argmax(x, -1)` (first index of the maximum) as two plain reductions: XLA's CPU variadic
+  (value, index) reduce is ~3x slower over a 50k vocabulary."""
+  ids = jax.lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1)
+  is_max = x == jnp.max(x, axis=-1, keepdims=True)
+  return jnp.min(jnp.where(is_max, ids, x.shape[-1] - 1), axis=-1)
+
+
+def _last_positive(p: jax.Array) -> jax.Array:
+  ids = jax.lax.broadcasted_iota(jnp.int32, p.shape, p.ndim - 1)
+  return jnp.max(jnp.where(p > 0, ids, 0), axis=-1)
+
+
+_CDF_BLOCK = 128
+
+
+def inverse_cdf(weights: jax.Array, u: jax.Array) -> jax.Array:
+  """Token `i` of each row of `weights` `[B, V]` (non-negative, not all zero) such that
+  `cdf[i - 1] <= u * total < cdf[i]`, for `u` `[B]` uniform in [0, 1): a draw from the weights.
+
+  Two levels instead of one cumulative sum over the vocabulary (a slow scan on XLA's CPU): the
+  masses of blocks of 128 tokens locate the block, then a cumulative sum over that block alone
+  locates the token. Tokens of weight zero are never returned, rounding included.
+  """
+  b, v = weights.shape
+  blocks = -(-v // _CDF_BLOCK)
+  padded = jnp.pad(weights, ((0, 0), (0, blocks * _CDF_BLOCK - v)))
+  padded = padded.reshape(b, blocks, _CDF_BLOCK)
+  block_mass = jnp.sum(padded, axis=-1)
+  block_cdf = jnp.cumsum(block_mass, axis=-1)
+  target = u * block_cdf[:, -1]
+  # Rounding can make target reach the total: fall back to the last block with any weight.
+  block = jnp.minimum(jnp.sum(block_cdf <= target[:, None], axis=-1), _last_positive(block_mass))
+  rows = jnp.arange(b)
+  before = jnp.where(block > 0, block_cdf[rows, jnp.maximum(block - 1, 0)], 0.0)
+  inner = padded[rows, block]  # [B, block]
+  inner_cdf = before[:, None] + jnp.cumsum(inner, axis=-1)
+  within = jnp.minimum(jnp.sum(inner_cdf <= target[:, None], axis=-1), _last_positive(inner))
+  return block * _CDF_BLOCK + within
 
 
 def choose_tokens(
@@ -104,19 +148,15 @@ def choose_tokens(
 ) -> jax.Array:
   """Picks one token per row of `logits` `[B, V]`, row i drawing from `keys[i]` alone.
 
-  Sampling inverts the cumulative distribution with one uniform number per row: far cheaper on
-  CPU than Gumbel-max, which draws V random numbers per row.
+  Sampling inverts the cumulative distribution with one uniform number per row (`inverse_cdf`):
+  far cheaper on CPU than Gumbel-max, which draws V random numbers per row.
   """
   if greedy:
-    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    return first_argmax(logits).astype(jnp.int32)
   probs = jax.nn.softmax(logits.astype(jnp.float32) / temperature, axis=-1)
   if use_top_p:
     probs = jnp.where(nucleus_mask(probs, top_p), probs, 0.0)
-  cdf = jnp.cumsum(probs, axis=-1)
-  u = jax.vmap(jax.random.uniform)(keys)[:, None] * cdf[:, -1:]
-  token = jnp.sum(cdf <= u, axis=-1)
-  # u < total, so token < V except when rounding makes u * total == total.
-  return jnp.where(token < probs.shape[-1], token, jnp.argmax(probs, axis=-1)).astype(jnp.int32)
+  return inverse_cdf(probs, jax.vmap(jax.random.uniform)(keys)).astype(jnp.int32)
 
 
 def _bucket(n: int, minimum: int) -> int:
@@ -178,6 +218,8 @@ class Sampler:
   ):
     if batch_size < 1 or chunk_size < 1:
       raise ValueError("batch_size and chunk_size must be >= 1")
+    if isinstance(model, model_lib.Transformer):
+      model = model_lib.unstack_layers(model)  # decoding reads each layer's weights in place
     self._graphdef, params = nnx.split(model)
     self.eos_id = int(eos_id)
     self.pad_id = int(pad_id)
@@ -362,13 +404,12 @@ def _prefill(graphdef, params, tokens, positions, source, ids, done, seed, *, ne
   cache = model.init_cache(tokens.shape[0], prompt_len - 1 + new_len, cache_dtype)
   _, cache = model(tokens[:, :-1], positions=positions[:, :-1], cache=cache)
 
-  def rows(name, x):  # the batch's rows of a cache array, laid out by its logical axes
-    axes = model_lib.CACHE_LOGICAL_AXES[name]
+  def rows(x, axes):  # the batch's rows of a cache array, laid out by its logical axes
     if "cache_batch" in axes:
       x = jnp.take(x, source, axis=axes.index("cache_batch"))
     return sharding.constrain(x, axes)
 
-  cache = {name: rows(name, x) for name, x in cache.items()}
+  cache = jax.tree.map(rows, cache, model_lib.cache_logical_axes(len(cache["k"])))
   base = jax.random.key(seed)
   keys = jax.vmap(lambda i, j: jax.random.fold_in(jax.random.fold_in(base, i), j))(
       ids[:, 0], ids[:, 1])

@@ -12,7 +12,8 @@ from flax import nnx
 from editseq import sharding
 from editseq import tokenizer
 from editseq.model import ModelConfig, Transformer
-from eval.sampler import Sampler, SamplingConfig, choose_tokens, nucleus_mask, stop_sequence_table
+from eval.sampler import (Sampler, SamplingConfig, choose_tokens, first_argmax, inverse_cdf,
+                          nucleus_mask, stop_sequence_table)
 
 VOCAB = 512
 EOS = 1
@@ -172,6 +173,40 @@ def test_nucleus_edge_cases():
   # Ties at the threshold are all kept; zero-probability tokens never are.
   tied = jnp.asarray([[0.4, 0.2, 0.2, 0.2, 0.0]])
   assert np.asarray(nucleus_mask(tied, 0.5)).tolist() == [[True, True, True, True, False]]
+
+
+def test_first_argmax_is_argmax_with_ties_to_the_first():
+  x = jnp.asarray(np.random.default_rng(0).integers(0, 5, size=(64, 300)), jnp.float32)
+  np.testing.assert_array_equal(first_argmax(x), jnp.argmax(x, axis=-1))
+  assert first_argmax(jnp.asarray([[-jnp.inf, 2.0, 2.0, -1.0]])).tolist() == [1]
+
+
+@pytest.mark.parametrize("vocab", [1, 127, 300, 1024])
+def test_inverse_cdf_matches_a_flat_cumulative_sum(vocab):
+  rng = np.random.default_rng(vocab)
+  weights = rng.exponential(size=(256, vocab)) * (rng.uniform(size=(256, vocab)) < 0.3)
+  weights[:, rng.integers(0, vocab)] += 1.0  # no all-zero row
+  u = rng.uniform(size=256)
+  got = np.asarray(inverse_cdf(jnp.asarray(weights, jnp.float32), jnp.asarray(u, jnp.float32)))
+  cdf = np.cumsum(weights, axis=1)
+  expected = np.array([np.searchsorted(c, x * c[-1], side="right") for c, x in zip(cdf, u)])
+  # Block sums round differently from one long sum: allow a neighbour only at a boundary.
+  off = got != expected
+  assert off.mean() < 0.01
+  assert (weights[np.arange(256), got] > 0).all()
+
+
+def test_inverse_cdf_never_returns_a_zero_weight_token():
+  weights = np.zeros((4, 500), np.float32)
+  weights[0, 3] = 1.0  # first block only
+  weights[1, 499] = 1e-30  # last (padded) block only, tiny
+  weights[2, [130, 131]] = [0.5, 0.5]
+  weights[3, :] = 1.0 / 500
+  w = jnp.asarray(weights)
+  for u in (0.0, 0.5, np.nextafter(np.float32(1), np.float32(0))):
+    got = np.asarray(inverse_cdf(w, jnp.full((4,), u, jnp.float32)))
+    assert (weights[np.arange(4), got] > 0).all(), (u, got)
+  assert np.asarray(inverse_cdf(w, jnp.zeros((4,), jnp.float32))).tolist() == [3, 499, 130, 0]
 
 
 def test_sampled_frequencies_follow_temperature_and_top_p():

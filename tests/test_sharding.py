@@ -133,10 +133,9 @@ def test_cache_shardings():
   mesh = mesh_of((4, 1, 2))
   cache = jax.eval_shape(lambda: model_lib.init_cache(TINY, 4, 16))
   specs = jax.tree.map(lambda s: s.spec, sharding.tree_shardings(
-      cache, model_lib.CACHE_LOGICAL_AXES, mesh))
-  assert specs == {"k": P(None, ("data", "fsdp"), None, "tensor", None),
-                   "v": P(None, ("data", "fsdp"), None, "tensor", None),
-                   "slot_pos": P(("data", "fsdp"), None), "index": P()}
+      cache, model_lib.cache_logical_axes(TINY.num_layers), mesh))
+  kv = (P(("data", "fsdp"), "tensor", None, None),) * TINY.num_layers
+  assert specs == {"k": kv, "v": kv, "slot_pos": P(("data", "fsdp"), None), "index": P()}
 
 
 def loss_fn(model, tokens, targets, segment_ids):
