@@ -17,9 +17,9 @@ KV cache (`init_cache`): `{"k", "v": tuples of one [batch, kv_heads, slots, head
 layer, "slot_pos": [batch, slots] int32, "index": int32 scalar}`. Decoding runs the layers
 unrolled, so each layer's cache is its own buffer: XLA writes the new token in place and the
 attention reads it with no copy (kv-heads before slots makes each (batch, head) a contiguous
-matrix). `unstack_layers(model)` gives each layer its own weight arrays for the same reason; the
-sampler decodes with such a model (on the CPU, slicing the stacked weights costs more than the
-matmuls they feed).
+matrix). `unstack_layers(model)` gives each layer its own weight arrays for the same reason, and
+the sampler decodes with such a model (`for_decoding`: on the CPU, slicing the stacked weights
+costs more than the matmuls they feed).
 """
 from __future__ import annotations
 
@@ -527,6 +527,17 @@ def _layer(layers: Block, i: int) -> Block:
   """Layer `i` of the stacked layers (its arrays sliced out of the stacks)."""
   graphdef, state = nnx.split(layers)
   return nnx.merge(graphdef, jax.tree.map(lambda a: a[i], state))
+
+
+def for_decoding(model: Transformer) -> Transformer:
+  """`model` as the sampler runs it: layers unstacked (`unstack_layers`) and every matrix stored
+  in the compute dtype. The forward casts matrices to that dtype at use anyway, so the outputs
+  are bit-identical, and a bf16 model's decode step reads half the bytes (norm scales, cast to
+  fp32 at use, stay as they are)."""
+  dtype = jnp.dtype(model.cfg.dtype)
+  graphdef, state = nnx.split(unstack_layers(model))
+  state = jax.tree.map(lambda a: a.astype(dtype) if a.ndim >= 2 else a, state)
+  return nnx.merge(graphdef, state)
 
 
 def unstack_layers(model: Transformer) -> Transformer:

@@ -219,7 +219,7 @@ class Sampler:
     if batch_size < 1 or chunk_size < 1:
       raise ValueError("batch_size and chunk_size must be >= 1")
     if isinstance(model, model_lib.Transformer):
-      model = model_lib.unstack_layers(model)  # decoding reads each layer's weights in place
+      model = model_lib.for_decoding(model)  # weights read in place, in the compute dtype
     self._graphdef, params = nnx.split(model)
     self.eos_id = int(eos_id)
     self.pad_id = int(pad_id)

@@ -114,6 +114,20 @@ def test_unstacked_layers_compute_the_same_function(cfg):
   assert model_lib.unstack_layers(unstacked) is unstacked
 
 
+def test_decoding_copy_stores_matrices_in_the_compute_dtype_with_identical_outputs():
+  model = make(dataclasses.replace(GEMMA_LIKE, dtype="bfloat16"))
+  decoding = model_lib.for_decoding(model)
+  dtypes = {v.ndim: v.dtype for v in jax.tree.leaves(nnx.state(decoding, nnx.Param))}
+  assert dtypes == {1: jnp.float32, 2: jnp.bfloat16, 3: jnp.bfloat16}
+  unstacked = model_lib.unstack_layers(model)  # same layer loop, fp32 matrices cast at use
+  x = tokens((2, 9))
+  np.testing.assert_array_equal(run(decoding, x), run(unstacked, x))
+  cache = model.init_cache(2, 12)
+  positions = arange_positions(2, 0, 9)
+  np.testing.assert_array_equal(run(decoding, x, positions=positions, cache=cache)[0],
+                                run(unstacked, x, positions=positions, cache=cache)[0])
+
+
 @CONFIGS
 def test_left_padding_is_never_attended(cfg):
   model = make(cfg)
