@@ -6,6 +6,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import uuid
 
@@ -221,17 +222,59 @@ def test_user_namespace_mode(monkeypatch):
     exec(_user_mode_checks(fork_bomb=not as_root), {})
 
 
+def _reachable_by_anyone(path: str) -> bool:
+    """Whether every directory above `path` lets other users through (e.g. not under /root)."""
+    parent = pathlib.Path(os.path.realpath(path)).parent
+    return all(p.stat().st_mode & 0o001 for p in (parent, *parent.parents))
+
+
+def _interpreter_for_anyone() -> str | None:
+    """This interpreter if any user can run it, else the system's Python 3 (>= 3.10) if present."""
+    if _reachable_by_anyone(sys.executable):
+        return sys.executable
+    for candidate in ("/usr/bin/python3", "/usr/local/bin/python3"):
+        if os.path.exists(candidate) and _reachable_by_anyone(candidate):
+            version = subprocess.run([candidate, "-c", "import sys; print(sys.version_info >= (3, 10))"],
+                                     capture_output=True, text=True).stdout.strip()
+            if version == "True":
+                return candidate
+    return None
+
+
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
                     reason="needs root to switch to an unprivileged user")
 def test_works_as_an_ordinary_user():
-    """Skips where bwrap, as that user, cannot see the interpreter (e.g. Python under /root)."""
-    script = ("from eval.sandbox import SandboxPool, SandboxUnavailableError\n"
+    """The whole pool run by `nobody` (uid 65534): bwrap in an unprivileged user namespace, no
+    capabilities. The sandbox modules (standard library only) are copied where that user can
+    read them, and run with an interpreter that user can reach (the system's Python when this one
+    lives under /root)."""
+    python = _interpreter_for_anyone()
+    if python is None:
+        pytest.skip("no Python interpreter that an unprivileged user can run")
+    root = pathlib.Path(tempfile.mkdtemp(prefix="editseq-anyone-"))
+    try:
+        _run_as_nobody(python, root)
+    finally:
+        shutil.rmtree(root)
+
+
+def _run_as_nobody(python: str, root: pathlib.Path) -> None:
+    package = root / "eval"
+    package.mkdir()
+    for name in ("__init__.py", "sandbox.py", "sandbox_worker.py"):
+        shutil.copy(REPO / "eval" / name, package / name)
+        (package / name).chmod(0o644)
+    for directory in (root, package):
+        directory.chmod(0o755)
+    script = ("import os\nassert os.geteuid() == 65534\n"
+              "from eval.sandbox import SandboxPool, SandboxUnavailableError\n"
               "try:\n    SandboxPool(1).close()\n"
               "except SandboxUnavailableError as e:\n    print(e)\n    raise SystemExit(3)\n"
               + _user_mode_checks(fork_bomb=True) + "print('ok')\n")
     user = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
-    result = subprocess.run(user + [sys.executable, "-c", script], cwd=REPO, capture_output=True,
-                            text=True, env={"PATH": os.environ["PATH"]}, timeout=120)
+    result = subprocess.run(user + [python, "-s", "-c", script], cwd=root,
+                            capture_output=True, text=True, env={"PATH": os.environ["PATH"]},
+                            timeout=120)
     if result.returncode == 3:
         pytest.skip(f"no sandbox for an unprivileged user here: {result.stdout.strip()}")
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
