@@ -413,12 +413,17 @@ class Transformer(nnx.Module):
                     _param(rngs, cfg, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), cfg.init_std))
 
   def __call__(self, tokens: Array, positions: Array | None = None,
-               segment_ids: Array | None = None, cache: Cache | None = None):
+               segment_ids: Array | None = None, cache: Cache | None = None,
+               return_hidden: bool = False):
     """Training/scoring when `cache` is None; otherwise appends `tokens` to the cache.
 
-    Returns logits [B, T, vocab] (fp32), and with a cache `(logits, new_cache)`.
+    Returns logits [B, T, vocab] (fp32), and with a cache `(logits, new_cache)`; with
+    `return_hidden` (no cache) the final-normed hidden states [B, T, d] instead of the logits
+    (`output_logits` maps them to logits).
     """
     cfg = self.cfg
+    if return_hidden and cache is not None:
+      raise ValueError("return_hidden is for training and scoring, not for decoding with a cache")
     dt = jnp.dtype(cfg.dtype)
     b, t = tokens.shape
     if positions is None:
@@ -465,15 +470,28 @@ class Transformer(nnx.Module):
       x = self._run_stacked_layers(x, sin, cos, layer_mask, packing)
 
     x = self.final_norm(x)
-    head = self.embed[...].T if self.lm_head is None else self.lm_head[...]
-    logits = _logits_matmul(x, head.astype(dt))
-    logits = sharding.constrain(_softcap(logits, cfg.final_logit_softcap),
-                                ("act_batch", "act_length", "act_vocab"))
+    if return_hidden:
+      return x
+    logits = self.output_logits(x)
     if cache is None:
       return logits
     new_cache = {"k": tuple(k for k, _ in new_kv), "v": tuple(v for _, v in new_kv),
                  "slot_pos": slot_pos, "index": cache["index"] + t}
     return logits, new_cache
+
+  def output_logits(self, hidden: Array, head: Array | None = None) -> Array:
+    """fp32 logits [..., vocab] of final-normed `hidden` [..., T, d] (the head, tied or not, cast
+    to the compute dtype; `head` [d, vocab] overrides it, e.g. a loss that chunks the tokens)."""
+    cfg = self.cfg
+    if head is None:
+      head = self.output_matrix()
+    logits = _logits_matmul(hidden, head.astype(hidden.dtype))
+    return sharding.constrain(_softcap(logits, cfg.final_logit_softcap),
+                              ("act_batch", "act_length", "act_vocab"))
+
+  def output_matrix(self) -> Array:
+    """The output projection [d, vocab] as stored (the transposed embedding when tied)."""
+    return self.embed[...].T if self.lm_head is None else self.lm_head[...]
 
   def _run_stacked_layers(self, x, sin, cos, layer_mask, packing):
     """Training and scoring: the stacked layers under lax.scan (or unrolled), with remat."""

@@ -40,6 +40,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from editseq import checkpointing
 from editseq import config_validation
 from editseq import flops
+from editseq import losses
 from editseq import metrics as metrics_lib
 from editseq import model as model_lib
 from editseq import optimizer
@@ -124,12 +125,8 @@ class TrainProgram:
 
   def _loss_sums(self, params, batch: Batch) -> tuple[jax.Array, jax.Array]:
     """(sum of masked token cross entropies, number of loss tokens) of one (micro)batch."""
-    model = nnx.merge(self.graphdef, params)
-    logits = model(batch["inputs"], positions=batch["positions"],
-                   segment_ids=batch["segment_ids"])
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
-    mask = batch["loss_mask"].astype(jnp.float32)
-    return jnp.sum(losses * mask), jnp.sum(mask)
+    return losses.loss_sums(nnx.merge(self.graphdef, params), batch,
+                            self.config.train.loss_chunk_size)
 
   def _train_step(self, state: State, batch: Batch) -> tuple[State, dict[str, jax.Array]]:
     with jax.sharding.use_abstract_mesh(self.mesh.abstract_mesh):

@@ -65,10 +65,11 @@ def _initial_state():
 
 
 @functools.cache
-def _run(mesh=(-1, 1, 1), reduction="mean", accum=1):
+def _run(mesh=(-1, 1, 1), reduction="mean", accum=1, loss_chunk=0):
   """Two train steps: per-step metrics, final parameters, final state's specs, donation."""
   config = _config(mesh, **{"train.loss_reduction": reduction,
-                            "optimizer.grad_accum_steps": accum})
+                            "optimizer.grad_accum_steps": accum,
+                            "train.loss_chunk_size": loss_chunk})
   devices = jax.devices()[:1] if mesh == (-1, 1, 1) else jax.devices()
   initial = _initial_state()
   program = trainer.TrainProgram(config, sharding.make_mesh(config.mesh, devices))
@@ -108,6 +109,10 @@ def test_state_is_sharded_by_the_rules_and_donated():
 
 def test_gradient_accumulation_equals_the_big_batch():
   _assert_same_run(_run((2, 2, 2), accum=2), _run())
+
+
+def test_chunked_loss_trains_like_the_whole_sequence_loss():
+  _assert_same_run(_run((2, 2, 2), loss_chunk=16), _run())
 
 
 @pytest.mark.slow
