@@ -1,5 +1,6 @@
 """Containment and verdict tests for eval/sandbox.py: every attack must be contained and the
 pool must keep producing correct verdicts afterwards."""
+import dataclasses
 import os
 import pathlib
 import shutil
@@ -134,7 +135,9 @@ def test_fork_bomb_is_contained(pool):
     "chunks = []\nwhile True:\n    chunks.append(bytearray(16 << 20))",
 ])
 def test_memory_bomb_is_contained(pool, program):
-    verdict = pool.run(program)
+    # CPU time to spare: zero-filling 512 MB must run into the memory limit, not the CPU one, even
+    # on a loaded machine (0.5 s of CPU was seen to run out first).
+    verdict = pool.run(program, limits=dataclasses.replace(LIMITS, cpu_seconds=10.0))
     assert verdict.status == "killed" and "memory" in verdict.detail, verdict
     assert_healthy(pool)
 
