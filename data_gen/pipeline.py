@@ -6,8 +6,8 @@
     python -m data_gen.pipeline --output_dir gs://B/out --runner=DataflowRunner \\
         --project P --region R --temp_location gs://B/tmp --sdk_container_image IMAGE
 
-(a remote runner's workers need this project and its requirements: a container image holding
-them, or `--setup_file` with a setup.py that installs them.)
+(a remote runner's workers need `data_gen` and its requirements: `--setup_file ./setup.py`
+installs them on every worker, or use a container image holding them.)
 
 Flags this module does not define are Beam pipeline options, so one command runs on any runner.
 Without `--runner` the job runs on Beam's portable in-process runner (`FnApiRunner`, what

@@ -1,0 +1,48 @@
+"""setup.py: the package a remote Beam runner builds (sdist) and installs on its workers."""
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import zipfile
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _build(tmp_path, command):
+  """Runs `setup.py <command>` in a copy of the files it reads; returns the built archive."""
+  src = tmp_path / "src"
+  shutil.copytree(REPO / "data_gen", src / "data_gen",
+                  ignore=shutil.ignore_patterns("__pycache__"))
+  for name in ("setup.py", "requirements.txt"):
+    shutil.copy(REPO / name, src / name)
+  subprocess.run([sys.executable, "setup.py", "-q", command, "--dist-dir", str(tmp_path / "dist")],
+                 cwd=src, check=True, capture_output=True)
+  (archive,) = (tmp_path / "dist").iterdir()
+  return archive
+
+
+def _worker_pins():
+  pins = dict(re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", (REPO / "requirements.txt").read_text(),
+                         re.M))
+  return sorted(f"{n}=={pins[n]}" for n in ("pyflakes", "tensorflow", "tensorflow-datasets"))
+
+
+def test_sdist_holds_the_pipeline_and_its_pinned_worker_requirements(tmp_path):
+  archive = _build(tmp_path, "sdist")
+  with tarfile.open(archive) as tar:
+    names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
+    requires = next(tar.extractfile(m).read().decode() for m in tar.getmembers()
+                    if m.name.endswith("requires.txt"))
+  assert {f"data_gen/{p.name}" for p in (REPO / "data_gen").glob("*.py")} <= names
+  assert sorted(requires.split()) == _worker_pins()
+
+
+def test_wheel_installs_data_gen_only(tmp_path):
+  with zipfile.ZipFile(_build(tmp_path, "bdist_wheel")) as wheel:
+    packages = {n.split("/")[0] for n in wheel.namelist() if not n.split("/")[0].endswith(
+        ".dist-info")}
+    metadata = next(wheel.read(n).decode() for n in wheel.namelist() if n.endswith("METADATA"))
+  assert packages == {"data_gen"}
+  assert sorted(re.findall(r"^Requires-Dist: (\S+)", metadata, re.M)) == _worker_pins()
