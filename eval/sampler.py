@@ -79,8 +79,7 @@ def nucleus_mask(probs: jax.Array, top_p: jax.Array | float) -> jax.Array:
   vocabulary that compares floats (reading only `probs`). (XLA's CPU sort is ~20x slower than
   this for a 50k vocabulary.)
   """
-  # The barrier keeps XLA from recomputing `probs` (e.g. a softmax's exp) in every step's pass.
-  probs = jax.lax.optimization_barrier(probs.astype(jnp.float32))
+  probs = probs.astype(jnp.float32)
   as_float = lambda bits: jax.lax.bitcast_convert_type(bits, jnp.float32)
   lo = jnp.zeros(probs.shape[:-1] + (1,), jnp.int32)  # everything: mass 1 >= top_p
   hi = jax.lax.bitcast_convert_type(jnp.max(probs, axis=-1, keepdims=True), jnp.int32) + 1
