@@ -41,9 +41,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.compute_dtype = "bfloat16"
   config.train.param_dtype = "float32"  # Master weights and optimizer state.
   config.train.remat = "none"  # Per layer: "none", "full", "dots" or "dots_no_batch".
-  # Tokens per chunk of the loss (0 = whole sequence): logits are made and dropped one chunk at a
-  # time, so a 50k vocabulary's [B, T, vocab] fp32 logits never exist at once (editseq/losses.py).
-  config.train.loss_chunk_size = 0
+  # Positions per chunk of the fused head + loss (0 = whole sequence): logits are made, turned into
+  # gradients and dropped one chunk at a time, so a 50k vocabulary's [B, T, vocab] fp32 logits
+  # never exist at once, at no extra FLOPs (editseq/losses.py).
+  config.train.loss_chunk_size = 256
   config.train.log_every = 1  # Steps per metrics.jsonl/TensorBoard record.
   config.train.eval_every = 200  # 0 = no eval; else eval_steps batches of data.eval_split.
   config.train.eval_steps = 10

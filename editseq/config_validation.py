@@ -72,10 +72,8 @@ def check_values(config: ml_collections.ConfigDict) -> None:
       _fail(f"train.{name} must be >= 0 (0 = never), got {train[name]}")
   if train.eval_every and train.eval_steps < 1:
     _fail(f"train.eval_steps must be >= 1 when train.eval_every > 0, got {train.eval_steps}")
-  if train.loss_chunk_size < 0 or (train.loss_chunk_size and
-                                   data.seq_len % train.loss_chunk_size):
-    _fail(f"train.loss_chunk_size must be 0 (off) or divide data.seq_len {data.seq_len}, "
-          f"got {train.loss_chunk_size}")
+  if train.loss_chunk_size < 0:
+    _fail(f"train.loss_chunk_size must be >= 0 (0 = whole sequence), got {train.loss_chunk_size}")
   if train.loss_reduction not in LOSS_REDUCTIONS:
     _fail(f"train.loss_reduction must be one of {LOSS_REDUCTIONS}, got {train.loss_reduction!r}")
   if opt.schedule not in optimizer.SCHEDULES:

@@ -2,13 +2,19 @@
 
 With a 50k vocabulary the fp32 logits `[B, T, vocab]` dominate a small model's activation memory
 (13 GB for 64 x 1024 tokens, as much again for their gradient), which caps the batch per device.
-With `chunk_size`, the final hidden states are cut into chunks along the sequence whose logits are
-computed, reduced to a loss sum and dropped one at a time under `jax.checkpoint`: the backward
-recomputes one chunk's logits at a time instead of keeping them all. Peak logits memory falls by
-`T / chunk_size`; the price is one more head matmul in the forward (not counted in MFU).
+With `chunk_size`, the final hidden states are cut into chunks along the sequence (the last one
+padded if it does not divide T), and the loss never holds more than one chunk's logits.
+
+The chunked loss is a fused linear + cross-entropy with its own VJP: when it is differentiated,
+its forward pass also computes each chunk's gradients (logits -> loss -> d hidden, d head) at
+once and drops the logits; the backward only scales the stored gradients by the incoming
+cotangent (a scalar: the loss is a sum). That is exactly the unchunked step's matmul work, three
+head matmuls per token, with no recomputation, unlike rematerialising each chunk (four). Without
+differentiation (eval) it computes the loss alone.
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 
 import jax
@@ -22,27 +28,82 @@ def loss_sums(model: model_lib.Transformer, batch: Mapping[str, jax.Array], chun
               ) -> tuple[jax.Array, jax.Array]:
   """(sum of masked token cross entropies, number of loss tokens); `chunk_size` 0 = unchunked."""
   mask = batch["loss_mask"].astype(jnp.float32)
-  inputs = dict(positions=batch["positions"], segment_ids=batch["segment_ids"])
-  if not chunk_size:
-    logits = model(batch["inputs"], **inputs)
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
-    return jnp.sum(losses * mask), jnp.sum(mask)
-  hidden = model(batch["inputs"], **inputs, return_hidden=True)
-  b, t, _ = hidden.shape
-  if t % chunk_size:
-    raise ValueError(f"sequence length {t} is not a multiple of the loss chunk size {chunk_size}")
-  # The stored (fp32) head: each chunk casts it, so its gradient accumulates over chunks in fp32.
-  head = model.output_matrix()
-
-  @jax.checkpoint
-  def chunk_loss(total, chunk):
-    h, targets, m = chunk
-    losses = optax.softmax_cross_entropy_with_integer_labels(model.output_logits(h, head), targets)
-    return total + jnp.sum(losses * m), None
-
-  def chunks(x):  # [B, T, ...] -> [T / chunk_size, B, chunk_size, ...]
-    return jnp.moveaxis(x.reshape(b, t // chunk_size, chunk_size, *x.shape[2:]), 1, 0)
-
-  total, _ = jax.lax.scan(chunk_loss, jnp.zeros((), jnp.float32),
-                          (chunks(hidden), chunks(batch["targets"]), chunks(mask)))
+  hidden = model(batch["inputs"], positions=batch["positions"],
+                 segment_ids=batch["segment_ids"], return_hidden=True)
+  total = head_loss(hidden, model.output_matrix(), batch["targets"], mask,
+                    model.cfg.final_logit_softcap, chunk_size)
   return total, jnp.sum(mask)
+
+
+def head_loss(hidden: jax.Array, head: jax.Array, targets: jax.Array, mask: jax.Array,
+              softcap: float = 0.0, chunk_size: int = 0) -> jax.Array:
+  """Sum over positions of mask * cross_entropy(head_logits(hidden, head, softcap), targets):
+  hidden [B, T, d] final-normed, head [d, vocab] as stored, targets and mask [B, T].
+  `chunk_size` 0 makes all the logits at once; else `chunked_head_loss` (a partial last chunk is
+  padded with positions outside the loss)."""
+  if not chunk_size:
+    return _chunk_loss(hidden, head, targets, mask, softcap)
+  t = hidden.shape[1]
+  chunk_size = min(chunk_size, t)
+  if pad := -t % chunk_size:
+    hidden, targets, mask = (jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
+                             for x in (hidden, targets, mask))
+  return chunked_head_loss(hidden, head, targets, mask, softcap, chunk_size)
+
+
+def _chunks(x: jax.Array, chunk_size: int) -> jax.Array:
+  """[B, T, ...] -> [T / chunk_size, B, chunk_size, ...]: the scan runs over sequence chunks, so
+  every chunk keeps the batch axis (and its sharding)."""
+  b, t = x.shape[:2]
+  return jnp.moveaxis(x.reshape(b, t // chunk_size, chunk_size, *x.shape[2:]), 1, 0)
+
+
+def _unchunk(x: jax.Array) -> jax.Array:
+  """The inverse of `_chunks`."""
+  x = jnp.moveaxis(x, 0, 1)
+  return x.reshape(x.shape[0], x.shape[1] * x.shape[2], *x.shape[3:])
+
+
+def _chunk_loss(hidden, head, targets, mask, softcap):
+  logits = model_lib.head_logits(hidden, head, softcap)
+  return jnp.sum(optax.softmax_cross_entropy_with_integer_labels(logits, targets) * mask)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def chunked_head_loss(hidden: jax.Array, head: jax.Array, targets: jax.Array, mask: jax.Array,
+                      softcap: float, chunk_size: int) -> jax.Array:
+  """Sum over tokens of mask * cross_entropy(head_logits(hidden, head, softcap), targets), one
+  chunk of `chunk_size` positions at a time. hidden [B, T, d], head [d, vocab] as stored,
+  targets and mask [B, T]."""
+  def body(total, chunk):
+    h, y, m = chunk
+    return total + _chunk_loss(h, head, y, m, softcap), None
+
+  chunks = tuple(_chunks(x, chunk_size) for x in (hidden, targets, mask))
+  total, _ = jax.lax.scan(body, jnp.zeros((), jnp.float32), chunks)
+  return total
+
+
+def _chunked_head_loss_fwd(hidden, head, targets, mask, softcap, chunk_size):
+  grad_fn = jax.value_and_grad(_chunk_loss, argnums=(0, 1))
+
+  def body(carry, chunk):
+    total, d_head = carry
+    h, y, m = chunk
+    loss, (d_h, d_head_chunk) = grad_fn(h, head, y, m, softcap)
+    return (total + loss, d_head + d_head_chunk), d_h
+
+  chunks = tuple(_chunks(x, chunk_size) for x in (hidden, targets, mask))
+  init = (jnp.zeros((), jnp.float32), jnp.zeros(head.shape, jnp.float32))
+  (total, d_head), d_hidden = jax.lax.scan(body, init, chunks)
+  return total, (_unchunk(d_hidden), d_head)
+
+
+def _chunked_head_loss_bwd(softcap, chunk_size, residuals, g):
+  del softcap, chunk_size
+  d_hidden, d_head = residuals
+  # The head gradient is summed over chunks in fp32, then given the stored head's dtype.
+  return ((d_hidden * g).astype(d_hidden.dtype), (d_head * g).astype(d_head.dtype), None, None)
+
+
+chunked_head_loss.defvjp(_chunked_head_loss_fwd, _chunked_head_loss_bwd)

@@ -250,6 +250,16 @@ def _softcap(x: Array, cap: float) -> Array:
   return cap * jnp.tanh(x / cap) if cap else x
 
 
+def head_logits(hidden: Array, head: Array, softcap: float = 0.0) -> Array:
+  """fp32 logits [B, T, vocab] of final-normed `hidden` [B, T, d] through the output projection
+  `head` [d, vocab] as stored (cast to the compute dtype), soft-capped when `softcap` is set.
+
+  A pure function of its arrays, so that a loss can run it on one chunk of tokens at a time.
+  """
+  logits = _logits_matmul(hidden, head.astype(hidden.dtype))
+  return sharding.constrain(_softcap(logits, softcap), ("act_batch", "act_length", "act_vocab"))
+
+
 class Attention(nnx.Module):
   """Multi-head / grouped-query attention with RoPE, no biases, optional logit soft-capping."""
 
@@ -479,15 +489,9 @@ class Transformer(nnx.Module):
                  "slot_pos": slot_pos, "index": cache["index"] + t}
     return logits, new_cache
 
-  def output_logits(self, hidden: Array, head: Array | None = None) -> Array:
-    """fp32 logits [..., vocab] of final-normed `hidden` [..., T, d] (the head, tied or not, cast
-    to the compute dtype; `head` [d, vocab] overrides it, e.g. a loss that chunks the tokens)."""
-    cfg = self.cfg
-    if head is None:
-      head = self.output_matrix()
-    logits = _logits_matmul(hidden, head.astype(hidden.dtype))
-    return sharding.constrain(_softcap(logits, cfg.final_logit_softcap),
-                              ("act_batch", "act_length", "act_vocab"))
+  def output_logits(self, hidden: Array) -> Array:
+    """fp32 logits [B, T, vocab] of final-normed `hidden` [B, T, d] (see `head_logits`)."""
+    return head_logits(hidden, self.output_matrix(), self.cfg.final_logit_softcap)
 
   def output_matrix(self) -> Array:
     """The output projection [d, vocab] as stored (the transposed embedding when tied)."""
