@@ -46,6 +46,7 @@ from ml_collections import config_flags
 from editseq import config_validation
 from editseq import flops
 from editseq import model as model_lib
+from editseq import profile_summary
 from editseq import sharding
 from editseq import trainer
 
@@ -58,6 +59,10 @@ _TORCH_THREADS = flags.DEFINE_integer("torch_threads", 2, "torch.set_num_threads
 _INTERLEAVE = flags.DEFINE_bool(
     "interleave", True, "Alternate timed rounds between the frameworks (both models in memory); "
     "--nointerleave times one, frees it, then the other (half the memory, for 150M on CPU).")
+_PROFILE_DIR = flags.DEFINE_string(
+    "profile_dir", "", "Also trace --profile_steps warm JAX steps with jax.profiler into this "
+    "folder (TensorBoard/Perfetto) and print where the device time went (editseq.profile_summary).")
+_PROFILE_STEPS = flags.DEFINE_integer("profile_steps", 3, "Steps in the --profile_dir trace.")
 _MATMUL_N = flags.DEFINE_integer("matmul_n", 0,
                                  "Size of the matmul that measures the device's rate "
                                  "(0: 2048 on CPU, 8192 on accelerators).")
@@ -103,6 +108,12 @@ class JaxStep:
     start = time.perf_counter()
     self.last_loss = self._steps(n)
     return time.perf_counter() - start
+
+  def profile(self, log_dir: str, n: int) -> profile_summary.OpTimes:
+    """Traces n steps into log_dir and returns their per-op device time."""
+    with jax.profiler.trace(log_dir):
+      self.last_loss = self._steps(n)
+    return profile_summary.op_times(profile_summary.find_trace(log_dir))
 
 
 def _import_torch():
@@ -223,6 +234,7 @@ def _load_config() -> ml_collections.ConfigDict:
 
 def benchmark(config: ml_collections.ConfigDict, *, rounds: int, steps: int, use_torch: bool,
               torch_threads: int, matmul_n: int, interleave: bool = True,
+              profile_dir: str = "", profile_steps: int = 3,
               log: Callable[[str], None] = print) -> dict:
   """Runs the benchmark and returns its figures (the JSON record)."""
   model_cfg = model_lib.ModelConfig.from_config_dict(config.model, config.train)
@@ -251,7 +263,21 @@ def benchmark(config: ml_collections.ConfigDict, *, rounds: int, steps: int, use
       f"{model_cfg.dtype}, remat {model_cfg.remat}; batch {batch_size} x {seq_len}; "
       f"{flops_per_token / 1e6:.1f} MFLOP/token")
 
-  factories = [lambda: JaxStep(config, batch)]
+  profile: dict = {}
+
+  def jax_step() -> JaxStep:
+    step = JaxStep(config, batch)
+    if profile_dir:  # warm steps (the first compiled), before the timed rounds
+      times = step.profile(profile_dir, profile_steps)
+      log(profile_summary.format_summary(times, top=15))
+      top = sorted(times.per_op.items(), key=lambda kv: -kv[1])[:15]
+      profile.update({"profile_dir": profile_dir, "profile_steps": profile_steps,
+                      "profile_busy_s_per_step": times.busy_s / profile_steps,
+                      "profile_span_s_per_step": times.span_s / profile_steps,
+                      "profile_top_ops_s_per_step": {op: t / profile_steps for op, t in top}})
+    return step
+
+  factories = [jax_step]
   if use_torch:
     factories.append(lambda: TorchStep(model_cfg, config.optimizer, batch, torch_threads))
   results = time_runners(factories, rounds, steps, interleave, log)
@@ -263,7 +289,7 @@ def benchmark(config: ml_collections.ConfigDict, *, rounds: int, steps: int, use
       "remat": model_cfg.remat, "device_kind": device.device_kind, "num_devices": num_devices,
       "flops_per_token": flops_per_token, "peak_flops_per_device": peak,
       "measured_matmul_flops": measured_peak, "rounds": rounds, "steps_per_round": steps,
-      "interleaved": interleave,
+      "interleaved": interleave, **profile,
   }
   for r, key in zip(results, ("jax", "torch")):
     step_s = statistics.median(r["seconds"])
@@ -300,8 +326,8 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   try:
     config = _load_config()
-    if _ROUNDS.value < 1 or _STEPS.value < 1:
-      raise config_validation.ConfigError("--rounds and --steps must be >= 1")
+    if min(_ROUNDS.value, _STEPS.value, _PROFILE_STEPS.value) < 1:
+      raise config_validation.ConfigError("--rounds, --steps and --profile_steps must be >= 1")
     if _TORCH.value:
       try:
         _import_torch()
@@ -311,7 +337,8 @@ def main(argv):
             "or pass --notorch") from e
     record = benchmark(config, rounds=_ROUNDS.value, steps=_STEPS.value, use_torch=_TORCH.value,
                        torch_threads=_TORCH_THREADS.value, matmul_n=_MATMUL_N.value,
-                       interleave=_INTERLEAVE.value)
+                       interleave=_INTERLEAVE.value, profile_dir=_PROFILE_DIR.value,
+                       profile_steps=_PROFILE_STEPS.value)
   except config_validation.ConfigError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

@@ -60,3 +60,15 @@ def test_bad_override_is_one_line_error_from_the_command_line():
   assert result.returncode == 2
   assert "error: bad flags: AttributeError" in result.stderr
   assert "Traceback" not in result.stderr
+
+
+def test_profile_dir_traces_the_step_and_records_its_ops(tmp_path):
+  lines = []
+  record = bench_train.benchmark(test_tiny.get_config(), rounds=1, steps=1, use_torch=False,
+                                 torch_threads=1, matmul_n=64, profile_dir=str(tmp_path),
+                                 profile_steps=2, log=lines.append)
+  assert list(tmp_path.rglob("*.trace.json.gz"))
+  assert record["profile_steps"] == 2 and record["profile_dir"] == str(tmp_path)
+  assert 0 < record["profile_busy_s_per_step"] <= record["profile_span_s_per_step"]
+  assert 0 < len(record["profile_top_ops_s_per_step"]) <= 15
+  assert any(line.startswith("ops from /host:CPU") for line in lines)
