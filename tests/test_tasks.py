@@ -1,7 +1,4 @@
 """seqio tasks over real generated data (the small embedded default, built once per cache)."""
-import functools
-
-import numpy as np
 import pytest
 import seqio
 import tensorflow as tf
