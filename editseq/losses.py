@@ -42,7 +42,7 @@ def head_loss(hidden: jax.Array, head: jax.Array, targets: jax.Array, mask: jax.
   `chunk_size` 0 makes all the logits at once; else `chunked_head_loss` (a partial last chunk is
   padded with positions outside the loss)."""
   if not chunk_size:
-    return _chunk_loss(hidden, head, targets, mask, softcap)
+    return _token_loss_sum(hidden, head, targets, mask, softcap)
   t = hidden.shape[1]
   chunk_size = min(chunk_size, t)
   if pad := -t % chunk_size:
@@ -64,7 +64,7 @@ def _unchunk(x: jax.Array) -> jax.Array:
   return x.reshape(x.shape[0], x.shape[1] * x.shape[2], *x.shape[3:])
 
 
-def _chunk_loss(hidden, head, targets, mask, softcap):
+def _token_loss_sum(hidden, head, targets, mask, softcap):
   logits = model_lib.head_logits(hidden, head, softcap)
   return jnp.sum(optax.softmax_cross_entropy_with_integer_labels(logits, targets) * mask)
 
@@ -77,7 +77,7 @@ def chunked_head_loss(hidden: jax.Array, head: jax.Array, targets: jax.Array, ma
   targets and mask [B, T]."""
   def body(total, chunk):
     h, y, m = chunk
-    return total + _chunk_loss(h, head, y, m, softcap), None
+    return total + _token_loss_sum(h, head, y, m, softcap), None
 
   chunks = tuple(_chunks(x, chunk_size) for x in (hidden, targets, mask))
   total, _ = jax.lax.scan(body, jnp.zeros((), jnp.float32), chunks)
@@ -85,7 +85,7 @@ def chunked_head_loss(hidden: jax.Array, head: jax.Array, targets: jax.Array, ma
 
 
 def _chunked_head_loss_fwd(hidden, head, targets, mask, softcap, chunk_size):
-  grad_fn = jax.value_and_grad(_chunk_loss, argnums=(0, 1))
+  grad_fn = jax.value_and_grad(_token_loss_sum, argnums=(0, 1))
 
   def body(carry, chunk):
     total, d_head = carry
