@@ -268,7 +268,12 @@ def benchmark(config: ml_collections.ConfigDict, *, rounds: int, steps: int, use
   def jax_step() -> JaxStep:
     step = JaxStep(config, batch)
     if profile_dir:  # warm steps (the first compiled), before the timed rounds
-      times = step.profile(profile_dir, profile_steps)
+      try:
+        times = step.profile(profile_dir, profile_steps)
+      except profile_summary.TraceError as e:  # the trace is kept for TensorBoard/Perfetto
+        log(f"profile written to {profile_dir}, but not summarised: {e}")
+        profile.update({"profile_dir": profile_dir, "profile_steps": profile_steps})
+        return step
       log(profile_summary.format_summary(times, top=15))
       top = sorted(times.per_op.items(), key=lambda kv: -kv[1])[:15]
       profile.update({"profile_dir": profile_dir, "profile_steps": profile_steps,

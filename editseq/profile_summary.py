@@ -10,7 +10,8 @@ attention, collectives), on the CPU the threads XLA's CPU client runs ops on. Op
 name without their numeric suffix (`fusion.12` -> `fusion`, `loop_add_fusion.3` ->
 `loop_add_fusion`). Printed: the busy time (union of op intervals) against the traced span (the
 rest is the device waiting, e.g. for the host), and the ops that took the most time. Where op
-events nest (the CPU shows a `while` around its body's ops), both count in the op time.
+events nest (the CPU shows a `while` around its body's ops), both count in the op time. A device
+trace without an "XLA Ops" line is read from its "Stream" lines (kernel names).
 """
 from __future__ import annotations
 
@@ -84,8 +85,10 @@ def op_times(trace_path: str | pathlib.Path) -> OpTimes:
       threads[(e["pid"], e["tid"])] = e["args"]["name"]
   device_pids = sorted(pid for pid, name in processes.items() if name.startswith("/device:"))
   if device_pids:  # one device: the first (the others run the same program)
-    selected = {key for key, name in threads.items()
-                if key[0] == device_pids[0] and name == "XLA Ops"}
+    device_threads = {key: name for key, name in threads.items() if key[0] == device_pids[0]}
+    selected = {key for key, name in device_threads.items() if name == "XLA Ops"}
+    if not selected:  # no HLO-op line: the kernels on the device's streams
+      selected = {key for key, name in device_threads.items() if name.startswith("Stream")}
   else:
     selected = {key for key, name in threads.items() if _CPU_OP_THREAD.match(name)}
   per_op, counts = collections.Counter(), collections.Counter()
@@ -103,8 +106,9 @@ def op_times(trace_path: str | pathlib.Path) -> OpTimes:
     intervals.append((start, start + duration))
   if not intervals:
     raise TraceError(f"{trace_path}: no op events (processes: {sorted(processes.values())})")
+  names = sorted({threads[key] for key in selected})
   pid = next(iter(selected))[0]
-  source = (f"{processes[pid]}: XLA Ops" if device_pids else
+  source = (f"{processes[pid]}: {', '.join(names)}" if device_pids else
             f"{processes.get(pid, pid)}: {len(selected)} XLA CPU threads")
   return OpTimes(source, dict(per_op), dict(counts), _union_length(intervals),
                  max(b for _, b in intervals) - min(a for a, _ in intervals))

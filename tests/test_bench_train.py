@@ -72,3 +72,16 @@ def test_profile_dir_traces_the_step_and_records_its_ops(tmp_path):
   assert 0 < record["profile_busy_s_per_step"] <= record["profile_span_s_per_step"]
   assert 0 < len(record["profile_top_ops_s_per_step"]) <= 15
   assert any(line.startswith("ops from /host:CPU") for line in lines)
+
+
+def test_a_trace_that_cannot_be_summarised_keeps_the_benchmark(tmp_path, monkeypatch):
+  def unreadable(path):
+    raise bench_train.profile_summary.TraceError(f"{path}: no op events")
+  monkeypatch.setattr(bench_train.profile_summary, "op_times", unreadable)
+  lines = []
+  record = bench_train.benchmark(test_tiny.get_config(), rounds=1, steps=1, use_torch=False,
+                                 torch_threads=1, matmul_n=64, profile_dir=str(tmp_path),
+                                 log=lines.append)
+  assert record["profile_dir"] == str(tmp_path) and "profile_busy_s_per_step" not in record
+  assert record["jax_tokens_per_s"] > 0
+  assert any("not summarised" in line for line in lines)

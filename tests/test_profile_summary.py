@@ -44,6 +44,18 @@ def test_reads_the_device_xla_ops_line_and_groups_by_op(tmp_path):
   assert text.splitlines()[-1].split()[-3:] == ["(1", "other", "ops)"]
 
 
+def test_a_device_without_an_xla_ops_line_is_read_from_its_streams(tmp_path):
+  events = [_meta("process_name", 2, "/device:GPU:0"), _meta("thread_name", 2, "XLA Modules", 1),
+            _meta("thread_name", 2, "Stream #20(Compute)", 3)]
+  events += [{"ph": "X", "pid": 2, "tid": 1, "name": "jit_step", "ts": 0, "dur": 500},
+             {"ph": "X", "pid": 2, "tid": 3, "name": "nvjet_gemm", "ts": 10, "dur": 300},
+             {"ph": "X", "pid": 2, "tid": 3, "name": "loop_fusion", "ts": 320, "dur": 100}]
+  _write_trace(tmp_path / "t.trace.json.gz", events)
+  times = profile_summary.op_times(tmp_path / "t.trace.json.gz")
+  assert times.source == "/device:GPU:0: Stream #20(Compute)"
+  assert times.per_op == pytest.approx({"nvjet_gemm": 300e-6, "loop_fusion": 100e-6})
+
+
 def test_reads_a_real_cpu_trace(tmp_path):
   f = jax.jit(lambda a, b: jnp.tanh(a @ b).sum())
   a = jnp.ones((256, 256))
