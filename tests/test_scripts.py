@@ -156,3 +156,36 @@ def test_mfu_sweep_runs_the_benchmark_for_each_setting():
   for r in runs:
     assert r[1:4] == ["-m", "editseq.bench_train", "--config=configs/tinycodelm_150m.py"]
     assert "--notorch" in r and "--config.data.seq_len=2048" in r
+
+
+def test_mfu_sweep_tabulates_records_and_failures(tmp_path):
+  """The sweep's table and best line, from a stand-in benchmark: batch 64 fails (as an out of
+  memory would), the others print records, one with a profile."""
+  fake = tmp_path / "python"
+  fake.write_text(f"""#!/usr/bin/env bash
+if [[ "$1 $2" == "-m editseq.bench_train" ]]; then
+  case "$*" in
+    *global_batch_size=64*) echo "RESOURCE_EXHAUSTED" >&2; exit 1 ;;
+    *global_batch_size=32*) echo '{{"jax_tokens_per_s": 2000.0, "jax_step_s": 16.384, "jax_mfu": 0.4, "remat": "none", "batch_size": 32, "num_devices": 1, "device_kind": "fake", "profile_busy_s_per_step": 9.0, "profile_span_s_per_step": 10.0}}' ;;
+    *) echo '{{"jax_tokens_per_s": 1000.0, "jax_step_s": 16.384, "jax_mfu": 0.2, "remat": "none", "batch_size": 16, "num_devices": 1, "device_kind": "fake"}}' ;;
+  esac
+else
+  exec {shutil.which("python3")} "$@"
+fi
+""")
+  fake.chmod(0o755)
+  out = tmp_path / "sweep.jsonl"
+  result = subprocess.run(
+      ["bash", str(REPO_ROOT / "scripts" / "gpu" / "mfu_sweep.sh"), "--batches", "16 32 64",
+       "--remats", "none", "--out", str(out)],
+      capture_output=True, text=True, timeout=60, cwd=REPO_ROOT, env={"PYTHON": str(fake),
+                                                                     "PATH": "/usr/bin:/bin"})
+  assert result.returncode == 0, result.stderr
+  table = [line.split() for line in result.stdout.splitlines()]
+  assert table[0] == ["remat", "batch", "tokens/s", "s/step", "MFU", "busy"]
+  assert table[1] == ["none", "16", "1,000", "16.384", "20.0%"]
+  assert table[2] == ["none", "32", "2,000", "16.384", "40.0%", "90.0%"]
+  assert table[3] == ["none", "64", "failed"]
+  assert result.stdout.splitlines()[-1] == (
+      "best: remat=none batch=32: 2,000 tokens/s, MFU 40.0% on 1 x fake")
+  assert len(out.read_text().splitlines()) == 3

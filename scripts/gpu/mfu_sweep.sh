@@ -15,6 +15,7 @@ usage: $(basename "$0") [--config FILE] [--seq-len T] [--batches "B1 B2 ..."] [-
   --remats    config.train.remat values to try: none, dots, dots_no_batch, full (default: "none full")
   --steps     train steps per timed round (default: 10; 3 rounds)
   --out       JSON lines file for the records (default: mfu_sweep.jsonl)
+              (after --, --profile_dir=DIR also traces each setting and adds its busy share)
   --dry-run   print the benchmark commands instead of running them
 Environment: PYTHON (default: .venv/bin/python if present, else python3).
 USAGE
@@ -73,13 +74,16 @@ done
 "$python" - "$out" <<'PY'
 import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
-print(f"{'remat':<14}{'batch':>6}{'tokens/s':>12}{'s/step':>9}{'MFU':>8}")
+print(f"{'remat':<14}{'batch':>6}{'tokens/s':>12}{'s/step':>9}{'MFU':>8}{'busy':>7}")
 for r in rows:
   if r.get("failed"):
     print(f"{r['remat']:<14}{r['batch_size']:>6}{'failed':>12}")
   else:
+    # With -- --profile_dir=DIR: the device's busy share of the traced steps.
+    busy = (f"{100 * r['profile_busy_s_per_step'] / r['profile_span_s_per_step']:>6.1f}%"
+            if r.get("profile_span_s_per_step") else "")
     print(f"{r['remat']:<14}{r['batch_size']:>6}{r['jax_tokens_per_s']:>12,.0f}"
-          f"{r['jax_step_s']:>9.3f}{100 * (r['jax_mfu'] or float('nan')):>7.1f}%")
+          f"{r['jax_step_s']:>9.3f}{100 * (r['jax_mfu'] or float('nan')):>7.1f}%{busy}")
 ok = [r for r in rows if not r.get("failed")]
 if ok:
   best = max(ok, key=lambda r: r["jax_tokens_per_s"])
