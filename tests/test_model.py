@@ -342,3 +342,40 @@ def test_mlp_backward_copies_no_transposed_gradient_on_cpu():
   copies = [line for line in hlo.splitlines()
             if re.search(rf"= f32\[{m},{b * t}\]\S* fusion\(", line) and "transpose(jvp" in line]
   assert not copies, copies
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("kv_major", [False, True])
+def test_attention_gradients_equal_autodiff_of_plain_softmax(dtype, kv_major):
+  """The attention's own backward (FlashAttention's dO . O identity) against autodiff of the
+  plain softmax @ v, with GQA, a soft-cap, a causal mask and a fully masked (padding) query."""
+  rng = np.random.default_rng(0)
+  b, t, h, kv, hd = 2, 6, 4, 2, 8
+  q = jnp.asarray(rng.standard_normal((b, t, h, hd)), dtype)
+  kv_shape = (b, kv, t, hd) if kv_major else (b, t, kv, hd)
+  k = jnp.asarray(rng.standard_normal(kv_shape), dtype)
+  v = jnp.asarray(rng.standard_normal(kv_shape), dtype)
+  mask = jnp.tril(jnp.ones((t, t), bool))[None].repeat(b, 0).at[1, 2].set(False)
+  probe = jnp.asarray(rng.standard_normal((b, t, h, hd)), jnp.float32)
+
+  def plain(q, k, v, mask, scale, softcap, *, kv_major):
+    kv_dims = "bksd" if kv_major else "bskd"
+    qg = q.reshape(b, t, kv, h // kv, hd)
+    scores = jnp.einsum(f"btkgd,{kv_dims}->bkgts", qg * jnp.asarray(scale, q.dtype), k,
+                        preferred_element_type=jnp.float32)
+    scores = jnp.where(mask[:, None, None], 3.0 * jnp.tanh(scores / 3.0), model_lib._MASK_VALUE)
+    probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
+    return jnp.einsum(f"bkgts,{kv_dims}->btkgd", probs, v).reshape(b, t, h, hd)
+
+  def objective(attention, q, k, v):
+    out = attention(q, k, v, mask, 0.5, 3.0, kv_major=kv_major)
+    return jnp.sum(out.astype(jnp.float32) * probe)
+
+  with jax.default_matmul_precision("highest"):
+    got = jax.grad(lambda *a: objective(model_lib._xla_attention, *a), (0, 1, 2))(q, k, v)
+    want = jax.grad(lambda *a: objective(plain, *a), (0, 1, 2))(q, k, v)
+  tol = 1e-5 if dtype == jnp.float32 else 3e-2
+  for a, w in zip(got, want):
+    assert a.dtype == w.dtype == dtype
+    np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(w, np.float32),
+                               rtol=tol, atol=tol)
