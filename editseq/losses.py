@@ -51,11 +51,11 @@ def head_loss(hidden: jax.Array, head: jax.Array, targets: jax.Array, mask: jax.
   return chunked_head_loss(hidden, head, targets, mask, softcap, chunk_size)
 
 
-def _chunks(x: jax.Array, chunk_size: int) -> jax.Array:
-  """[B, T, ...] -> [T / chunk_size, B, chunk_size, ...]: the scan runs over sequence chunks, so
-  every chunk keeps the batch axis (and its sharding)."""
-  b, t = x.shape[:2]
-  return jnp.moveaxis(x.reshape(b, t // chunk_size, chunk_size, *x.shape[2:]), 1, 0)
+def _chunks(chunk_size: int, *xs: jax.Array) -> tuple[jax.Array, ...]:
+  """Each [B, T, ...] -> [T / chunk_size, B, chunk_size, ...]: the scan runs over sequence chunks,
+  so every chunk keeps the batch axis (and its sharding)."""
+  return tuple(jnp.moveaxis(x.reshape(x.shape[0], x.shape[1] // chunk_size, chunk_size,
+                                      *x.shape[2:]), 1, 0) for x in xs)
 
 
 def _unchunk(x: jax.Array) -> jax.Array:
@@ -79,8 +79,8 @@ def chunked_head_loss(hidden: jax.Array, head: jax.Array, targets: jax.Array, ma
     h, y, m = chunk
     return total + _token_loss_sum(h, head, y, m, softcap), None
 
-  chunks = tuple(_chunks(x, chunk_size) for x in (hidden, targets, mask))
-  total, _ = jax.lax.scan(body, jnp.zeros((), jnp.float32), chunks)
+  total, _ = jax.lax.scan(body, jnp.zeros((), jnp.float32),
+                          _chunks(chunk_size, hidden, targets, mask))
   return total
 
 
@@ -93,9 +93,8 @@ def _chunked_head_loss_fwd(hidden, head, targets, mask, softcap, chunk_size):
     loss, (d_h, d_head_chunk) = grad_fn(h, head, y, m, softcap)
     return (total + loss, d_head + d_head_chunk), d_h
 
-  chunks = tuple(_chunks(x, chunk_size) for x in (hidden, targets, mask))
   init = (jnp.zeros((), jnp.float32), jnp.zeros(head.shape, jnp.float32))
-  (total, d_head), d_hidden = jax.lax.scan(body, init, chunks)
+  (total, d_head), d_hidden = jax.lax.scan(body, init, _chunks(chunk_size, hidden, targets, mask))
   return total, (_unchunk(d_hidden), d_head)
 
 

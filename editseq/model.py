@@ -364,8 +364,7 @@ def _softmax_values(kv_dims: str, scores: Array, v: Array) -> Array:
   reduces the [B, KV, G, T, S] product, which XLA:CPU ran as its slowest op (a fifth of a 150M
   step at T = 1024). Residuals: the probabilities in v's dtype and the output, not fp32 copies.
   """
-  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-  return jnp.einsum(f"bkgts,{kv_dims}->btkgd", probs, v)
+  return _softmax_values_fwd(kv_dims, scores, v)[0]
 
 
 def _softmax_values_fwd(kv_dims, scores, v):
