@@ -88,9 +88,13 @@ def test_chunking_cuts_the_compiled_step_memory():
 
 def _dot_flops(jaxpr) -> float:
   """2·(multiply-adds) of every dot_general in a jaxpr, sub-jaxprs included, scan bodies counted
-  once per iteration (XLA's cost analysis counts a loop body once, whatever its trip count)."""
+  once per iteration (XLA's cost analysis counts a loop body once, whatever its trip count), a
+  conditional by its costliest branch (one branch runs: `platform_dependent` is a cond)."""
   total = 0.0
   for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "cond":
+      total += max(_dot_flops(branch.jaxpr) for branch in eqn.params["branches"])
+      continue
     if eqn.primitive.name == "dot_general":
       (contracting, _), _ = eqn.params["dimension_numbers"]
       lhs_shape = eqn.invars[0].aval.shape
@@ -137,3 +141,37 @@ def test_chunked_loss_value_without_gradient():
       chunked = jax.jit(lambda b: losses.loss_sums(model, b, 6))(batch)
     np.testing.assert_allclose(chunked[0], whole[0], rtol=1e-6)
     assert float(chunked[1]) == float(whole[1])
+
+
+@pytest.mark.parametrize("softcap", [0.0, 3.0])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_gradients_by_hand_equal_autodiff(softcap, dtype):
+  """The accelerators' chunk gradients (derived by hand) equal autodiff's, which CPU runs and the
+  tests above check against the whole-sequence loss."""
+  rng = np.random.default_rng(1)
+  h = jnp.asarray(rng.standard_normal((3, 16, 24)) * 2, dtype)
+  head = jnp.asarray(rng.standard_normal((24, 97)), jnp.float32)
+  y = jnp.asarray(rng.integers(0, 97, (3, 16)), jnp.int32)
+  m = jnp.asarray(rng.uniform(size=(3, 16)) < 0.7, jnp.float32)
+  with jax.default_matmul_precision("highest"):
+    by_hand = jax.jit(losses._chunk_grads_by_hand, static_argnums=4)(h, head, y, m, softcap)
+    by_autodiff = jax.jit(losses._chunk_grads_by_autodiff, static_argnums=4)(h, head, y, m,
+                                                                            softcap)
+  assert [x.dtype for x in by_hand] == [x.dtype for x in by_autodiff]
+  tol = 1e-6 if dtype == "float32" else 1e-2  # bf16: d logits round to bf16 in both
+  for a, b in zip(by_hand, by_autodiff):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    assert np.linalg.norm(a - b) <= tol * np.linalg.norm(b), (a, b)
+
+
+def test_each_platform_gets_its_chunk_gradients():
+  """Lowered for CPU the chunk gradients are autodiff's (a scatter for the one-hot, one
+  exponential per logit); for GPU or TPU, the hand-derived ones (no scatter, the exponentials
+  recomputed rather than stored). `jax.export` lowers for a platform this machine lacks."""
+  args = (jax.ShapeDtypeStruct((2, 8, 16), jnp.bfloat16), jax.ShapeDtypeStruct((16, 64), jnp.float32),
+          jax.ShapeDtypeStruct((2, 8), jnp.int32), jax.ShapeDtypeStruct((2, 8), jnp.float32))
+  grad = jax.jit(jax.grad(lambda h, w, y, m: losses.head_loss(h, w, y, m, 0.0, 4), argnums=(0, 1)))
+  for platform, by_hand in (("cpu", False), ("cuda", True), ("tpu", True)):
+    text = jax.export.export(grad, platforms=[platform])(*args).mlir_module()
+    assert ("scatter" not in text) == by_hand, platform
+    assert text.count("stablehlo.exponential") == (2 if by_hand else 1), platform
