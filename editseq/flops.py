@@ -133,6 +133,15 @@ def _cpu_cores() -> int:
     return os.cpu_count() or 1
 
 
+def device_key(device_kind: str) -> str | None:
+  """The PEAK_FLOPS key of an accelerator's `device_kind` (None when it is not in the table)."""
+  kind = device_kind.lower()
+  for alias, key in _KIND_ALIASES:
+    if alias in kind:
+      return key
+  return None
+
+
 def peak_flops_per_device(device: jax.Device | None = None) -> float:
   """Dense bf16 peak FLOP/s of one device, detected from `device.device_kind`.
 
@@ -144,10 +153,9 @@ def peak_flops_per_device(device: jax.Device | None = None) -> float:
   if device.platform == "cpu":
     n_local = max(1, len(jax.local_devices(backend="cpu")))
     return CPU_FLOPS_PER_CORE * _cpu_cores() / n_local
-  kind = device.device_kind.lower()
-  for alias, key in _KIND_ALIASES:
-    if alias in kind:
-      return PEAK_FLOPS[key]
+  key = device_key(device.device_kind)
+  if key is not None:
+    return PEAK_FLOPS[key]
   raise ValueError(
       f"no peak FLOP/s known for device kind {device.device_kind!r}; "
       f"known: {', '.join(sorted(PEAK_FLOPS))}")

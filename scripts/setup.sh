@@ -18,6 +18,18 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 
+# Compilers for `editseq.aot` (GPU/TPU targets without the hardware), in their own folder: on
+# the venv's import path JAX would try to start a CUDA and a TPU backend on every run.
+aot_stamp=.venv/aot/.editseq-requirements.sha256
+aot_want=$(sha256sum requirements-aot.txt | cut -d' ' -f1)
+if [ ! -f "$aot_stamp" ] || [ "$(cat "$aot_stamp")" != "$aot_want" ]; then
+  echo "[setup] installing the ahead-of-time compilers (requirements-aot.txt) into .venv/aot"
+  rm -rf .venv/aot
+  .venv/bin/pip install --quiet --disable-pip-version-check --no-deps --target .venv/aot \
+    -r requirements-aot.txt
+  echo "$aot_want" > "$aot_stamp"
+fi
+
 if ! command -v bwrap >/dev/null 2>&1 || ! command -v shellcheck >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ]; then
     echo "[setup] installing bubblewrap (eval sandbox) and shellcheck (script tests)"

@@ -1,0 +1,98 @@
+"""editseq.aot: the real train step compiled for H100s and TPU slices from this CPU machine.
+
+The compilers come from requirements-aot.txt, which scripts/setup.sh installs into .venv/aot;
+each run is a subprocess with that folder on PYTHONPATH, as the module's docstring tells users.
+"""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+AOT_DIR = REPO / ".venv" / "aot"
+needs_compilers = pytest.mark.skipif(not (AOT_DIR / "jax_plugins").is_dir(),
+                                     reason="run scripts/setup.sh: no .venv/aot compilers")
+# H100, session 1 (docs/TPU_GPU.md): 150M, batch 64 x 1024, cuDNN attention, unrolled layers,
+# remat dots_no_batch, whole-sequence loss: 384k tokens/s.
+MEASURED_H100_STEP_S = 64 * 1024 / 384e3
+
+
+def aot(*args, compilers=True):
+  env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "JAX_PLATFORMS")}
+  if compilers:
+    env["PYTHONPATH"] = str(AOT_DIR)
+  result = subprocess.run([sys.executable, "-m", "editseq.aot", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+  record = None
+  if result.stdout.strip():
+    last = result.stdout.strip().splitlines()[-1]
+    record = json.loads(last) if last.startswith("{") else None
+  return result, record
+
+
+@needs_compilers
+def test_tiny_step_on_one_and_eight_h100s():
+  result, one = aot("--config=configs/test_tiny.py", "--target=h100")
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert one["device_kind"] == "NVIDIA H100 80GB HBM3" and one["num_devices"] == 1
+  assert one["fits"] and 0 < one["memory_needed_bytes"] < one["memory_usable_bytes"]
+  assert 0 < one["estimated_mfu"] < 1 and one["roofline"]["by_kind"]["matmul"]["flops"] > 0
+  assert "roofline:" in result.stdout
+
+  result, eight = aot("--config=configs/test_tiny.py", "--target=h100:2x4")
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert eight["num_devices"] == 8 and eight["mesh"] == {"data": 8, "fsdp": 1, "tensor": 1}
+  assert eight["model_flops_per_device"] == one["model_flops_per_device"] / 8
+
+
+@needs_compilers
+def test_h100_model_matches_the_measured_step_and_prices_the_fused_loss():
+  """Calibration: the roofline of the program measured on an H100 (session 1) is within 10%
+  of the measurement. The chunked loss with hand-derived gradients (the default) should then
+  be at least 10% faster at the same batch; both compile with cuDNN attention, which needs
+  JAX's compute-capability check answered for the H100."""
+  gpu_recipe = ["--config=configs/tinycodelm_150m.py", "--target=h100",
+                "--config.model.attention_impl=cudnn", "--config.model.scan_layers=False",
+                "--config.data.global_batch_size=64"]
+  result, measured = aot(*gpu_recipe, "--config.train.remat=dots_no_batch",
+                         "--config.train.loss_chunk_size=0")
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert abs(measured["estimated_step_s"] / MEASURED_H100_STEP_S - 1) < 0.1
+  result, default = aot(*gpu_recipe)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert default["estimated_step_s"] < 0.9 * measured["estimated_step_s"]
+  assert default["memory_temp_bytes"] < measured["memory_temp_bytes"]
+
+
+@needs_compilers
+def test_tpu_slice_fits_or_is_refused_by_its_compiler():
+  result, record = aot("--config=configs/test_tiny.py", "--target=v5e:2x2")
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert record["device_kind"] == "TPU v5 lite" and record["num_devices"] == 4 and record["fits"]
+  # Per chip, 4096 x 128 tokens of fp32 logits over an 8192 vocabulary: 17 GB of 16 GiB.
+  result, record = aot("--config=configs/test_tiny.py", "--target=v5e:2x2",
+                       "--config.data.global_batch_size=16384")
+  assert result.returncode == 1
+  assert not record["fits"] and "RESOURCE_EXHAUSTED" in record["compile_error"]
+  assert "does not fit" in result.stdout
+
+
+def test_usage_errors_are_one_line():
+  for args, message in [
+      (("--config=configs/test_tiny.py", "--target=h100:x"), "expected h100, h100:N"),
+      (("--config=configs/test_tiny.py", "--target=foo"), "unknown --target 'foo'"),
+      (("--target=h100",), "--config is required"),
+      (("--config=configs/test_tiny.py", "--config.model.nope=1"), "bad flags"),
+  ]:
+    result, _ = aot(*args)
+    assert result.returncode == 2, (args, result.stderr[-2000:])
+    assert message in result.stderr and "Traceback" not in result.stderr, result.stderr[-2000:]
+
+
+def test_missing_compilers_say_what_to_install():
+  result, _ = aot("--config=configs/test_tiny.py", "--target=h100", compilers=False)
+  assert result.returncode == 2
+  assert "requirements-aot.txt" in result.stderr and "Traceback" not in result.stderr
