@@ -32,6 +32,8 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from editseq import cli
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Training config file; override fields with --config.SECTION.KEY=VALUE.",
     lock_config=True)
@@ -41,7 +43,7 @@ _TARGET = flags.DEFINE_string(
     "v6e:4x4.")
 _HLO_OUT = flags.DEFINE_string("hlo_out", None, "Write the compiled (optimised) HLO text here.")
 
-EXIT_DOES_NOT_FIT, EXIT_USAGE = 1, 2
+EXIT_DOES_NOT_FIT = 1
 # JAX's GPU client preallocates this share of device memory (XLA_PYTHON_CLIENT_MEM_FRACTION).
 _GPU_DEFAULT_MEM_FRACTION = 0.75
 
@@ -162,17 +164,13 @@ def make_target(text: str) -> Target:
     if "not installed" in str(e):
       raise AotError(f"TPU targets need libtpu: pip install -r requirements-aot.txt (into a "
                      f"--target folder on PYTHONPATH): {e}") from e
-    raise AotError(f"--target={text}: {_one_line(e)}") from e
+    raise AotError(f"--target={text}: {cli.one_line(e)}") from e
   devices = list(topology.devices)
   kind = devices[0].device_kind
   memory = TPU_MEMORY_BYTES.get(flops.device_key(kind) or "")
   if memory is None:
     raise AotError(f"--target={text}: no memory size known for {kind!r}")
   return Target("tpu", devices, kind, memory, 1.0)
-
-
-def _one_line(error: BaseException) -> str:
-  return " ".join(str(error).split())[:500]
 
 
 @contextlib.contextmanager
@@ -223,8 +221,8 @@ def report(config, target: Target, log=print) -> dict:
   except jax.errors.JaxRuntimeError as e:
     if "RESOURCE_EXHAUSTED" not in str(e):
       raise
-    log(f"does not fit: {_one_line(e)}")
-    return {"fits": False, "compile_error": _one_line(e)}
+    log(f"does not fit: {cli.one_line(e)}")
+    return {"fits": False, "compile_error": cli.one_line(e)}
   if _HLO_OUT.value:
     with open(_HLO_OUT.value, "w") as f:
       f.write(compiled.as_text())
@@ -263,31 +261,22 @@ def report(config, target: Target, log=print) -> dict:
   return record
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
-  try:
-    return flags.FLAGS(argv)
-  except Exception as e:  # pylint: disable=broad-except
-    # config_flags raises whatever loading the file or applying an override raised.
-    print(f"error: bad flags: {type(e).__name__}: {e} (see --help)", file=sys.stderr)
-    sys.exit(EXIT_USAGE)
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   os.environ["JAX_PLATFORMS"] = "cpu"  # the host compiles; the target's devices are descriptions
   from editseq import config_validation  # pylint: disable=g-import-not-at-top
   try:
-    if _CONFIG.value is None:
+    config = cli.load_config(_CONFIG)
+    if config is None:
       raise AotError("--config is required, e.g. --config=configs/tinycodelm_150m.py")
-    record = report(_CONFIG.value, make_target(_TARGET.value))
+    record = report(config, make_target(_TARGET.value))
   except (AotError, config_validation.ConfigError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(EXIT_USAGE)
+    cli.fail(str(e))
   print(json.dumps({"command": " ".join(["python -m editseq.aot", *sys.argv[1:]]), **record}))
   if not record["fits"]:
     sys.exit(EXIT_DOES_NOT_FIT)
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=_parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -43,6 +43,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from editseq import cli
 from editseq import config_validation
 from editseq import flops
 from editseq import model as model_lib
@@ -222,7 +223,7 @@ def time_runners(factories: list[Callable[[], Any]], rounds: int, steps: int, in
 
 def _load_config() -> ml_collections.ConfigDict:
   """The --config with its overrides, checked as editseq.train checks it (no data, no workdir)."""
-  config = _CONFIG.value
+  config = cli.load_config(_CONFIG)
   if config is None:
     raise config_validation.ConfigError("--config is required, e.g. --config=configs/test_tiny.py")
   config_validation.check_known_keys(config)
@@ -316,16 +317,6 @@ def benchmark(config: ml_collections.ConfigDict, *, rounds: int, steps: int, use
   return record
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
-  """absl parsing, with a bad flag, config file or --config.KEY override as one line (exit 2)."""
-  try:
-    return flags.FLAGS(argv)
-  except Exception as e:  # pylint: disable=broad-except
-    # config_flags raises whatever loading the file or applying an override raised.
-    print(f"error: bad flags: {type(e).__name__}: {e} (see --help)", file=sys.stderr)
-    sys.exit(2)
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -345,11 +336,10 @@ def main(argv):
                        interleave=_INTERLEAVE.value, profile_dir=_PROFILE_DIR.value,
                        profile_steps=_PROFILE_STEPS.value)
   except config_validation.ConfigError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    cli.fail(str(e))
   print(json.dumps({"command": " ".join(["python -m editseq.bench_train", *sys.argv[1:]]),
                     **record}))
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=_parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)

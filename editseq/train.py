@@ -7,13 +7,14 @@ With no data flags it trains on the embedded default data (built on first use). 
 0 done, 1 diverged (NaN/inf loss; the last good checkpoint is kept), 2 bad config or data,
 143 preempted by SIGTERM after saving a checkpoint.
 """
-import re
 import sys
 
 from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
+
+from editseq import cli
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file (configs/*.py); override fields with --config.SECTION.KEY=VALUE.",
@@ -32,49 +33,7 @@ _COORDINATOR = flags.DEFINE_string(
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "With --coordinator_address.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "With --coordinator_address.")
 
-EXIT_DIVERGED, EXIT_USAGE, EXIT_PREEMPTED = 1, 2, 143
-
-
-def _fail(message: str, status: int) -> None:
-  print(f"error: {message}", file=sys.stderr)
-  sys.exit(status)
-
-
-def _parse_flags(argv: list[str]) -> list[str]:
-  """absl flag parsing with config-file and override mistakes as one line and exit status 2."""
-  try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    _fail(f"{e} (see --help)", EXIT_USAGE)
-  except Exception as e:  # pylint: disable=broad-except
-    # config_flags raises whatever running get_config() or applying an override raised:
-    # AttributeError/KeyError for an unknown key, anything for a broken config file.
-    if isinstance(e, (AttributeError, KeyError)):
-      text = _one_line(e)
-      key = re.search(r"'([^'\s]+)'", text)
-      hint = re.search(r'Did you mean "([^"]+)"', text)
-      _fail(f"unknown config key {key.group(1) if key else text!r}"
-            + (f" (did you mean {hint.group(1)!r}?)" if hint else ""), EXIT_USAGE)
-    _fail(f"cannot load --config: {type(e).__name__}: {_one_line(e)}", EXIT_USAGE)
-
-
-def _one_line(error: BaseException) -> str:
-  detail = str(error.args[0] if error.args else error)
-  return " ".join(detail.replace("\\n", " ").replace("\\'", "'").split()).strip("\"")
-
-
-def _load_config():
-  """The --config value; a config file that is missing or fails to import is a usage error."""
-  config = _CONFIG.value
-  try:
-    # config_flags defers a loading error to the first attribute access of the config.
-    if config is not None:
-      config.keys()
-    return config
-  except Exception as e:  # pylint: disable=broad-except
-    cause = e.__cause__ or e
-    _fail(f"cannot load --config={flags.FLAGS['config'].config_filename}: "
-          f"{type(cause).__name__}: {_one_line(cause)}", EXIT_USAGE)
+EXIT_DIVERGED, EXIT_PREEMPTED = 1, 143
 
 
 def _initialize_distributed(mode: str) -> None:
@@ -83,7 +42,7 @@ def _initialize_distributed(mode: str) -> None:
     return
   explicit = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   if any(v is not None for v in explicit) and None in explicit:
-    _fail("--coordinator_address, --num_processes and --process_id go together", EXIT_USAGE)
+    cli.fail("--coordinator_address, --num_processes and --process_id go together")
   try:
     jax.distributed.initialize(*explicit)
   except ValueError as e:
@@ -96,10 +55,10 @@ def _initialize_distributed(mode: str) -> None:
 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
-    _fail(f"unexpected arguments: {' '.join(argv[1:])}", EXIT_USAGE)
-  config = _load_config()
+    cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
+  config = cli.load_config(_CONFIG)
   if config is None or not _WORKDIR.value:
-    _fail("--config and --workdir are required (see --help)", EXIT_USAGE)
+    cli.fail("--config and --workdir are required (see --help)")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO.
   _initialize_distributed(_DISTRIBUTED.value)
@@ -109,13 +68,13 @@ def main(argv: list[str]) -> None:
   try:
     trainer.train_and_evaluate(config, _WORKDIR.value)
   except config_validation.ConfigError as e:
-    _fail(str(e), EXIT_USAGE)
+    cli.fail(str(e))
   except trainer.TrainingDiverged as e:
-    _fail(str(e), EXIT_DIVERGED)
+    cli.fail(str(e), EXIT_DIVERGED)
   except trainer.Preempted as e:
     print(str(e), file=sys.stderr)
     sys.exit(EXIT_PREEMPTED)
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=_parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)

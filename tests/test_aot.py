@@ -85,7 +85,8 @@ def test_usage_errors_are_one_line():
       (("--config=configs/test_tiny.py", "--target=h100:x"), "expected h100, h100:N"),
       (("--config=configs/test_tiny.py", "--target=foo"), "unknown --target 'foo'"),
       (("--target=h100",), "--config is required"),
-      (("--config=configs/test_tiny.py", "--config.model.nope=1"), "bad flags"),
+      (("--config=configs/test_tiny.py", "--config.model.nope=1"), "unknown config key"),
+      (("--config=configs/missing.py", "--target=h100"), "missing.py"),
   ]:
     result, _ = aot(*args)
     assert result.returncode == 2, (args, result.stderr[-2000:])

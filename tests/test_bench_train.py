@@ -58,7 +58,7 @@ def test_bad_override_is_one_line_error_from_the_command_line():
       [sys.executable, "-m", "editseq.bench_train", "--config=configs/test_tiny.py",
        "--config.bogus=1"], capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)
   assert result.returncode == 2
-  assert "error: bad flags: AttributeError" in result.stderr
+  assert "error: unknown config key 'bogus'" in result.stderr
   assert "Traceback" not in result.stderr
 
 

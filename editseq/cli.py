@@ -1,0 +1,55 @@
+"""Command-line plumbing shared by the absl entry points (train, bench_train, aot): a mistake in
+the flags, the config file or a --config.KEY override is one `error: ...` line on stderr and
+exit status 2, never a traceback."""
+from __future__ import annotations
+
+import re
+import sys
+from typing import NoReturn
+
+from absl import flags
+
+EXIT_USAGE = 2
+
+
+def fail(message: str, status: int = EXIT_USAGE) -> NoReturn:
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(status)
+
+
+def one_line(error: BaseException) -> str:
+  detail = str(error.args[0] if error.args else error)
+  return " ".join(detail.replace("\\n", " ").replace("\\'", "'").split()).strip("\"")
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing (the `flags_parser` of `app.run`) with mistakes as one line."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    fail(f"{e} (see --help)")
+  except Exception as e:  # pylint: disable=broad-except
+    # config_flags raises whatever running get_config() or applying an override raised:
+    # AttributeError/KeyError for an unknown key, anything for a broken config file.
+    if isinstance(e, (AttributeError, KeyError)):
+      text = one_line(e)
+      key = re.search(r"'([^'\s]+)'", text)
+      hint = re.search(r'Did you mean "([^"]+)"', text)
+      fail(f"unknown config key {key.group(1) if key else text!r}"
+           + (f" (did you mean {hint.group(1)!r}?)" if hint else ""))
+    fail(f"cannot load --config: {type(e).__name__}: {one_line(e)}")
+
+
+def load_config(config_flag: flags.FlagHolder):
+  """The value of a `config_flags.DEFINE_config_file` flag (None when not given); a config file
+  that is missing or fails to import is a usage error."""
+  config = config_flag.value
+  try:
+    # config_flags defers a loading error to the first attribute access of the config.
+    if config is not None:
+      config.keys()
+    return config
+  except Exception as e:  # pylint: disable=broad-except
+    cause = e.__cause__ or e
+    fail(f"cannot load --config={flags.FLAGS[config_flag.name].config_filename}: "
+         f"{type(cause).__name__}: {one_line(cause)}")
