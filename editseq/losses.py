@@ -122,7 +122,7 @@ def _chunk_grads_by_hand(h, head, y, m, softcap):
   if softcap:
     capped = jnp.tanh(logits / softcap)
     logits = softcap * capped
-  lse = jax.nn.logsumexp(logits, axis=-1)
+  lse = _logsumexp_one_pass(logits)
   one_hot = jnp.arange(logits.shape[-1], dtype=y.dtype) == y[..., None]
   target_logit = jnp.sum(jnp.where(one_hot, logits, 0.0), axis=-1)
   loss = jnp.sum((lse - target_logit) * m)
@@ -133,6 +133,22 @@ def _chunk_grads_by_hand(h, head, y, m, softcap):
   d_h = jnp.einsum("btv,dv->btd", d_logits, w, preferred_element_type=jnp.float32)
   d_head = jnp.einsum("btd,btv->dv", h, d_logits, preferred_element_type=jnp.float32)
   return loss, d_h.astype(h.dtype), d_head
+
+
+def _logsumexp_one_pass(x: jax.Array) -> jax.Array:
+  """logsumexp over the last axis in one read of x: a variadic reduction of (max, sum of exp
+  relative to that max) pairs, the online softmax's running state, where `jax.nn.logsumexp`
+  reads x twice (its max first, then the sum)."""
+  def combine(a, b):
+    (m_a, s_a), (m_b, s_b) = a, b
+    m = jnp.maximum(m_a, m_b)
+    safe = jnp.where(jnp.isfinite(m), m, 0.0)  # both -inf: keep the sum 0, not nan
+    return m, s_a * jnp.exp(m_a - safe) + s_b * jnp.exp(m_b - safe)
+
+  m, s = jax.lax.reduce((x, jnp.ones_like(x)), (jnp.array(-jnp.inf, x.dtype),
+                                                jnp.array(0.0, x.dtype)),
+                        combine, (x.ndim - 1,))
+  return m + jnp.log(s)
 
 
 def _chunked_head_loss_fwd(hidden, head, targets, mask, softcap, chunk_size):
