@@ -1,9 +1,9 @@
 """Compiles the train step for GPUs or TPUs that this machine does not have (ahead of time).
 
-    python -m editseq.aot --config=configs/tinycodelm_150m.py --target=h100 \\
-        --config.model.attention_impl=cudnn --config.model.scan_layers=False \\
+    PYTHONPATH=.venv/aot python -m editseq.aot --config=configs/tinycodelm_150m.py \\
+        --target=h100 --config.model.attention_impl=cudnn --config.model.scan_layers=False \\
         --config.data.global_batch_size=64
-    python -m editseq.aot --config=configs/tinycodelm_400m.py --target=v5e:4x4
+    PYTHONPATH=.venv/aot python -m editseq.aot --config=configs/tinycodelm_400m.py --target=v5e:4x4
 
 XLA compiles the real `TrainProgram.train_step` (model, sharding, optimizer, donated state) for
 the target's devices: a GPU described by its datasheet (`GPUS`), or a TPU slice from libtpu's
@@ -12,10 +12,10 @@ paying for it, and before a compile on the real machine fails), the model FLOPs,
 roofline estimate of the step time and MFU from the compiled kernels (`editseq.roofline`).
 
 Needs the compilers, not the hardware (requirements-aot.txt): `jax-cuda12-plugin`,
-`jax-cuda12-pjrt` and `nvidia-cudnn-cu12` for GPU targets, `libtpu` for TPU targets. Install
-them beside the training environment (`pip install --target DIR -r requirements-aot.txt`, then
-`PYTHONPATH=DIR python -m editseq.aot ...`): installed in it, JAX would try to start those
-backends on every run. This command itself only ever runs on the host's CPU.
+`jax-cuda12-pjrt` and `nvidia-cudnn-cu12` for GPU targets, `libtpu` for TPU targets. They go
+beside the training environment, not in it (there JAX would try to start those backends on every
+run): `pip install --no-deps --target .venv/aot -r requirements-aot.txt`, which
+scripts/setup.sh runs. This command itself only ever runs on the host's CPU.
 
 Exit status: 0 compiled and fits, 1 does not fit the device's memory, 2 bad flags, config or
 missing compiler.
@@ -44,6 +44,8 @@ _TARGET = flags.DEFINE_string(
 _HLO_OUT = flags.DEFINE_string("hlo_out", None, "Write the compiled (optimised) HLO text here.")
 
 EXIT_DOES_NOT_FIT = 1
+_INSTALL = ("pip install --no-deps --target .venv/aot -r requirements-aot.txt, then run with "
+            "PYTHONPATH=.venv/aot")
 # JAX's GPU client preallocates this share of device memory (XLA_PYTHON_CLIENT_MEM_FRACTION).
 _GPU_DEFAULT_MEM_FRACTION = 0.75
 
@@ -148,8 +150,7 @@ def make_target(text: str) -> Target:
           platform="cuda", target_config=spec.target_config(bandwidth),
           topology=f"1x{hosts}x{per_host}")
     except NotImplementedError as e:
-      raise AotError(f"GPU targets need XLA's CUDA compiler: pip install -r "
-                     f"requirements-aot.txt (into a --target folder on PYTHONPATH): {e}") from e
+      raise AotError(f"GPU targets need XLA's CUDA compiler ({e}): {_INSTALL}") from e
     fraction = float(os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION",
                                     _GPU_DEFAULT_MEM_FRACTION))
     return Target("cuda", list(topology.devices), spec.device_kind, spec.memory_bytes, fraction,
@@ -162,8 +163,7 @@ def make_target(text: str) -> Target:
     topology = topologies.get_topology_desc(text.lower(), platform="tpu", **options)
   except RuntimeError as e:
     if "not installed" in str(e):
-      raise AotError(f"TPU targets need libtpu: pip install -r requirements-aot.txt (into a "
-                     f"--target folder on PYTHONPATH): {e}") from e
+      raise AotError(f"TPU targets need libtpu ({e}): {_INSTALL}") from e
     raise AotError(f"--target={text}: {cli.one_line(e)}") from e
   devices = list(topology.devices)
   kind = devices[0].device_kind
