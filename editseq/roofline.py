@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import json
 import math
 import re
 
@@ -89,7 +88,7 @@ class Estimate:
   top_memory_ops: list[tuple[str, float, int]]  # (JAX op, seconds, launches), slowest first
 
   def as_dict(self) -> dict:
-    return json.loads(json.dumps(dataclasses.asdict(self)))
+    return dataclasses.asdict(self)
 
 
 def array_bytes(shape_text: str) -> int:
