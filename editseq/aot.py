@@ -112,12 +112,11 @@ TPU_MEMORY_BYTES = {"tpu v4": 32 << 30, "tpu v5e": 16 << 30, "tpu v5p": 95 << 30
 
 @dataclasses.dataclass(frozen=True)
 class Target:
-  platform: str  # "cuda" or "tpu"
   devices: list
   device_kind: str
   memory_bytes: int
   usable_fraction: float  # of memory_bytes that a JAX process gets by default
-  gpu: GpuSpec | None = None
+  gpu: GpuSpec | None = None  # None for a TPU
 
 
 def parse_gpu_target(text: str) -> tuple[str, int, int] | None:
@@ -153,8 +152,7 @@ def make_target(text: str) -> Target:
       raise AotError(f"GPU targets need XLA's CUDA compiler ({e}): {_INSTALL}") from e
     fraction = float(os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION",
                                     _GPU_DEFAULT_MEM_FRACTION))
-    return Target("cuda", list(topology.devices), spec.device_kind, spec.memory_bytes, fraction,
-                  spec)
+    return Target(list(topology.devices), spec.device_kind, spec.memory_bytes, fraction, spec)
   if ":" not in text:
     raise AotError(f"unknown --target {text!r}: a GPU ({', '.join(GPUS)}, optionally :N or "
                    ":HxN) or a TPU topology such as v5e:2x2")
@@ -170,7 +168,7 @@ def make_target(text: str) -> Target:
   memory = TPU_MEMORY_BYTES.get(flops.device_key(kind) or "")
   if memory is None:
     raise AotError(f"--target={text}: no memory size known for {kind!r}")
-  return Target("tpu", devices, kind, memory, 1.0)
+  return Target(devices, kind, memory, 1.0)
 
 
 @contextlib.contextmanager
@@ -194,22 +192,14 @@ def _cudnn_checks_answer_for(spec: GpuSpec | None):
 
 
 def compile_train_step(config, target: Target):
-  """The compiled train step of `config` on the target's devices (checked like editseq.train)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  """(compiled train step, model config, mesh) of `config` on the target's devices, checked
+  like editseq.train."""
   from editseq import config_validation, sharding, trainer  # pylint: disable=g-import-not-at-top
-  from editseq.packing import BATCH_KEYS  # pylint: disable=g-import-not-at-top
-  config_validation.check_known_keys(config)
-  config_validation.check_values(config)
-  model_cfg = config_validation.model_config(config)
-  config_validation.check_layout(config, model_cfg, target.devices)
-  mesh = sharding.make_mesh(config.mesh, target.devices)
-  program = trainer.TrainProgram(config, mesh)
-  batch = jax.ShapeDtypeStruct((config.data.global_batch_size, config.data.seq_len), jnp.int32,
-                               sharding=program.batch_sharding)
-  with _cudnn_checks_answer_for(target.gpu), jax.set_mesh(mesh):
-    lowered = program.train_step.lower(program.abstract_state, {k: batch for k in BATCH_KEYS})
-  return lowered.compile(), model_cfg, mesh
+  model_cfg = config_validation.validate_step(config, target.devices)
+  program = trainer.TrainProgram(config, sharding.make_mesh(config.mesh, target.devices))
+  with _cudnn_checks_answer_for(target.gpu):
+    lowered = program.lower_train_step()
+  return lowered.compile(), model_cfg, program.mesh
 
 
 def report(config, target: Target, log=print) -> dict:
@@ -248,7 +238,7 @@ def report(config, target: Target, log=print) -> dict:
       "memory_temp_bytes": memory.temp_size_in_bytes, "memory_usable_bytes": usable,
       "fits": needed <= usable, "model_flops_per_device": model_flops,
   }
-  if target.platform == "cuda":
+  if target.gpu is not None:
     hw = roofline.hardware(target.device_kind)
     est = roofline.estimate(compiled.as_text(), hw)
     log(roofline.format_estimate(est, model_flops, hw.peak_flops))

@@ -226,10 +226,7 @@ def _load_config() -> ml_collections.ConfigDict:
   config = cli.load_config(_CONFIG)
   if config is None:
     raise config_validation.ConfigError("--config is required, e.g. --config=configs/test_tiny.py")
-  config_validation.check_known_keys(config)
-  config_validation.check_values(config)
-  model_cfg = config_validation.model_config(config)
-  config_validation.check_layout(config, model_cfg)
+  config_validation.validate_step(config)
   return config
 
 

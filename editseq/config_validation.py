@@ -156,11 +156,18 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
           "model; use a new --workdir (or init_from to finetune from that run)")
 
 
-def validate(config: ml_collections.ConfigDict, workdir: str, devices=None) -> None:
-  """All checks that need no data and no compile; raises ConfigError on the first problem."""
+def validate_step(config: ml_collections.ConfigDict, devices=None) -> model_lib.ModelConfig:
+  """The checks a train step needs (keys, values, model, mesh and batch layout on `devices`);
+  returns the model config. Raises ConfigError on the first problem."""
   check_known_keys(config)
   check_values(config)
   model_cfg = model_config(config)
   check_layout(config, model_cfg, devices)
+  return model_cfg
+
+
+def validate(config: ml_collections.ConfigDict, workdir: str, devices=None) -> None:
+  """All checks that need no data and no compile; raises ConfigError on the first problem."""
+  validate_step(config, devices)
   check_paths(config)
   check_workdir(config, workdir)

@@ -13,7 +13,7 @@ head matmuls per token, with no recomputation, unlike rematerialising each chunk
 differentiation (eval) it computes the loss alone. A chunk's gradients take the form that suits
 the platform (`jax.lax.platform_dependent`): autodiff's on CPU, derived by hand on GPU and TPU,
 where they make fewer passes over the logits (modelled on an H100: the 150M train step at batch
-64 x 1024 goes from 172 to 147 ms, see docs/TPU_GPU.md).
+64 x 1024 goes from 172 to 142 ms, see docs/TPU_GPU.md).
 """
 from __future__ import annotations
 
@@ -112,9 +112,8 @@ def _chunk_grads_by_hand(h, head, y, m, softcap):
   Autodiff writes the [B, c, vocab] tensors several times (log probabilities, their fp32
   cotangent, a scatter for the target's one-hot, then a cast), and on an H100 those passes over
   the logits cost more than the head matmuls. Here the logits are written once (by the matmul)
-  and read three times: max and sum of exp (logsumexp), then one elementwise pass that
-  recomputes the exponentials and writes d logits = (softmax - one_hot) * mask in the compute
-  dtype. The target logit is a masked sum, not a gather, so a vocabulary sharded over devices
+  and read twice: a one-pass logsumexp, then one elementwise pass that recomputes the
+  exponentials and writes d logits = (softmax - one_hot) * mask in the compute dtype. The target logit is a masked sum, not a gather, so a vocabulary sharded over devices
   stays sharded (XLA:GPU computes it in that same last pass).
   """
   w = head.astype(h.dtype)

@@ -111,6 +111,14 @@ class TrainProgram:
   def abstract_params(self):
     return self.abstract_state["params"]
 
+  def lower_train_step(self) -> jax.stages.Lowered:
+    """The train step lowered from abstract state and batch (nothing allocated): compile it to
+    read its memory and kernels, for this host's devices or compile-only ones."""
+    batch = jax.ShapeDtypeStruct((self.config.data.global_batch_size, self.config.data.seq_len),
+                                 jnp.int32, sharding=self.batch_sharding)
+    with jax.set_mesh(self.mesh):
+      return self.train_step.lower(self.abstract_state, {k: batch for k in BATCH_KEYS})
+
   def global_batch(self, local_batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
     """Stacks the processes' rows (in process order) into global arrays sharded over the batch."""
     global_shape = (self.config.data.global_batch_size, self.config.data.seq_len)

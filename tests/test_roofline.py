@@ -2,14 +2,12 @@
 import importlib
 
 import jax
-import jax.numpy as jnp
 import pytest
 
 from editseq import flops
 from editseq import roofline
 from editseq import sharding
 from editseq import trainer
-from editseq.packing import BATCH_KEYS
 
 H100 = roofline.hardware("NVIDIA H100 80GB HBM3")
 
@@ -17,14 +15,8 @@ H100 = roofline.hardware("NVIDIA H100 80GB HBM3")
 def compiled_tiny_step(**train):
   config = importlib.import_module("configs.test_tiny").get_config()
   config.train.update(train)
-  mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
-  program = trainer.TrainProgram(config, mesh)
-  batch = jax.ShapeDtypeStruct((config.data.global_batch_size, config.data.seq_len), jnp.int32,
-                               sharding=program.batch_sharding)
-  with jax.set_mesh(mesh):
-    compiled = program.train_step.lower(program.abstract_state,
-                                        {k: batch for k in BATCH_KEYS}).compile()
-  return compiled.as_text(), program.model_cfg, config
+  program = trainer.TrainProgram(config, sharding.make_mesh(config.mesh, jax.devices()[:1]))
+  return program.lower_train_step().compile().as_text(), program.model_cfg, config
 
 
 def test_executed_flops_of_a_compiled_train_step_equal_the_model_flops():
