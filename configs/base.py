@@ -6,8 +6,13 @@ def get_config() -> ml_collections.ConfigDict:
   """Returns the full default config; model configs override `model` and a few train fields."""
   config = ml_collections.ConfigDict()
 
-  # Filled by each model config (see editseq/model.py ModelConfig for the meaning of each field).
+  # Each model config adds its shape (see editseq/model.py ModelConfig for every field). How it
+  # runs is chosen for the devices at start: cuDNN flash attention and unrolled layers on NVIDIA
+  # GPUs, XLA attention and scanned layers elsewhere (ModelConfig.for_device); set either to
+  # override ("xla" / "cudnn"; True / False).
   config.model = ml_collections.ConfigDict()
+  config.model.attention_impl = "auto"
+  config.model.scan_layers = ml_collections.config_dict.placeholder(bool)
 
   config.data = ml_collections.ConfigDict()
   config.data.task = "editseq_lintseq_instruct"

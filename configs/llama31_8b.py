@@ -11,7 +11,7 @@ from configs import base
 
 def get_config() -> ml_collections.ConfigDict:
   config = base.get_config()
-  config.model = ml_collections.ConfigDict(dict(
+  config.model.update(
       vocab_size=128256,
       num_layers=32,
       d_model=4096,
@@ -28,8 +28,7 @@ def get_config() -> ml_collections.ConfigDict:
       rope_high_freq_factor=4.0,
       rope_original_max_len=8192,
       max_seq_len=131072,
-      attention_impl="xla",  # "cudnn" on NVIDIA GPUs.
-  ))
+  )
   config.optimizer.learning_rate = 1e-5
   config.train.remat = "full"
   config.mesh.data = 1

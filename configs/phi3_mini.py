@@ -11,7 +11,7 @@ from configs import base
 
 def get_config() -> ml_collections.ConfigDict:
   config = base.get_config()
-  config.model = ml_collections.ConfigDict(dict(
+  config.model.update(
       vocab_size=32064,
       num_layers=32,
       d_model=3072,
@@ -25,8 +25,7 @@ def get_config() -> ml_collections.ConfigDict:
       sliding_window=2047,
       sliding_window_layers="all",
       max_seq_len=4096,
-      attention_impl="xla",  # "cudnn" on NVIDIA GPUs.
-  ))
+  )
   config.optimizer.learning_rate = 5e-5
   config.train.remat = "dots_no_batch"
   config.mesh.data = 1

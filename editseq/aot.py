@@ -1,8 +1,7 @@
 """Compiles the train step for GPUs or TPUs that this machine does not have (ahead of time).
 
     PYTHONPATH=.venv/aot python -m editseq.aot --config=configs/tinycodelm_150m.py \\
-        --target=h100 --config.model.attention_impl=cudnn --config.model.scan_layers=False \\
-        --config.data.global_batch_size=64
+        --target=h100 --config.data.global_batch_size=64
     PYTHONPATH=.venv/aot python -m editseq.aot --config=configs/tinycodelm_400m.py --target=v5e:4x4
 
 XLA compiles the real `TrainProgram.train_step` (model, sharding, optimizer, donated state) for
@@ -195,11 +194,11 @@ def compile_train_step(config, target: Target):
   """(compiled train step, model config, mesh) of `config` on the target's devices, checked
   like editseq.train."""
   from editseq import config_validation, sharding, trainer  # pylint: disable=g-import-not-at-top
-  model_cfg = config_validation.validate_step(config, target.devices)
+  config_validation.validate_step(config, target.devices)
   program = trainer.TrainProgram(config, sharding.make_mesh(config.mesh, target.devices))
   with _cudnn_checks_answer_for(target.gpu):
     lowered = program.lower_train_step()
-  return lowered.compile(), model_cfg, program.mesh
+  return lowered.compile(), program.model_cfg, program.mesh
 
 
 def report(config, target: Target, log=print) -> dict:
@@ -225,7 +224,8 @@ def report(config, target: Target, log=print) -> dict:
   gib = lambda n: f"{n / 2**30:.2f} GiB"
   log(f"target: {len(target.devices)} x {target.device_kind}, mesh {dict(mesh.shape)}; "
       f"batch {batch} x {seq_len}, remat {model_cfg.remat}, attention "
-      f"{model_cfg.attention_impl}, loss chunk {config.train.loss_chunk_size}")
+      f"{model_cfg.attention_impl}, layers {'scanned' if model_cfg.scan_layers else 'unrolled'}, "
+      f"loss chunk {config.train.loss_chunk_size}")
   log(f"memory per device: {gib(needed)} needed (state {gib(memory.argument_size_in_bytes)}, "
       f"temporaries {gib(memory.temp_size_in_bytes)}) of {gib(usable)} usable "
       f"({gib(target.memory_bytes)} x {target.usable_fraction:g})")
@@ -233,7 +233,7 @@ def report(config, target: Target, log=print) -> dict:
       "target": _TARGET.value, "device_kind": target.device_kind,
       "num_devices": len(target.devices), "mesh": dict(mesh.shape), "batch_size": batch,
       "seq_len": seq_len, "remat": model_cfg.remat, "attention_impl": model_cfg.attention_impl,
-      "loss_chunk_size": config.train.loss_chunk_size,
+      "scan_layers": model_cfg.scan_layers, "loss_chunk_size": config.train.loss_chunk_size,
       "memory_needed_bytes": needed, "memory_state_bytes": memory.argument_size_in_bytes,
       "memory_temp_bytes": memory.temp_size_in_bytes, "memory_usable_bytes": usable,
       "fits": needed <= usable, "model_flops_per_device": model_flops,

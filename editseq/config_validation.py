@@ -6,7 +6,6 @@ compile and a stack trace.
 """
 from __future__ import annotations
 
-import json
 import os
 
 import jax
@@ -55,6 +54,18 @@ def model_config(config: ml_collections.ConfigDict) -> model_lib.ModelConfig:
     return model_lib.ModelConfig.from_config_dict(config.model, config.train)
   except (ValueError, TypeError) as e:
     _fail(f"config.model: {e}")
+
+
+def for_device(config: ml_collections.ConfigDict, device=None) -> ml_collections.ConfigDict:
+  """A copy of `config` with the model's "auto" choices (attention_impl "auto", scan_layers None)
+  made for `device` (default: JAX's first device), as `ModelConfig.for_device` makes them: what
+  the input pipeline packs for, what a workdir's config records and what the step compiles."""
+  chosen = model_config(config).for_device(jax.devices()[0] if device is None else device)
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.model.attention_impl = chosen.attention_impl
+    config.model.scan_layers = chosen.scan_layers
+  return config
 
 
 def check_values(config: ml_collections.ConfigDict) -> None:
@@ -138,8 +149,15 @@ def check_paths(config: ml_collections.ConfigDict) -> None:
 
 
 def _same_model(a: ml_collections.ConfigDict, b: ml_collections.ConfigDict) -> bool:
-  return json.dumps(a.model.to_dict(), sort_keys=True) == json.dumps(b.model.to_dict(),
-                                                                    sort_keys=True)
+  """Same architecture (`model.ARCHITECTURE_FIELDS`): a checkpoint trained with cuDNN attention
+  or unrolled layers loads into the same model run with XLA attention or a scan."""
+  def architecture(config):
+    cfg = model_lib.ModelConfig.from_config_dict(config.model)
+    return {name: getattr(cfg, name) for name in model_lib.ARCHITECTURE_FIELDS}
+  try:
+    return architecture(a) == architecture(b)
+  except ValueError:  # A config that no longer builds a model is not this model.
+    return False
 
 
 def _exists(path: str) -> bool:

@@ -67,6 +67,7 @@ class TrainProgram:
   """
 
   def __init__(self, config: ml_collections.ConfigDict, mesh: Mesh):
+    config = config_validation.for_device(config, mesh.devices.flat[0])
     self.config = config
     self.mesh = mesh
     self.model_cfg = model_lib.ModelConfig.from_config_dict(config.model, config.train)
@@ -306,6 +307,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   TrainingDiverged on a non-finite loss and Preempted after saving on SIGTERM.
   """
   config_validation.validate(config, workdir)
+  config = config_validation.for_device(config)
   # The data stack (seqio/TensorFlow) loads only here, so TrainProgram users stay light.
   # TensorFlow only reads data: keep it off the accelerators (it would reserve GPU memory).
   import tensorflow as tf

@@ -41,6 +41,8 @@ def test_tiny_step_on_one_and_eight_h100s():
   assert one["fits"] and 0 < one["memory_needed_bytes"] < one["memory_usable_bytes"]
   assert 0 < one["estimated_mfu"] < 1 and one["roofline"]["by_kind"]["matmul"]["flops"] > 0
   assert "roofline:" in result.stdout
+  # fp32 compute: no cuDNN flash attention; layers unrolled as on every GPU.
+  assert (one["attention_impl"], one["scan_layers"]) == ("xla", False)
 
   result, eight = aot("--config=configs/test_tiny.py", "--target=h100:2x4")
   assert result.returncode == 0, result.stderr[-2000:]
@@ -52,15 +54,16 @@ def test_tiny_step_on_one_and_eight_h100s():
 def test_h100_model_matches_the_measured_step_and_prices_the_fused_loss():
   """Calibration: the roofline of the program measured on an H100 (session 1) is within 10%
   of the measurement. The chunked loss with hand-derived gradients (the default) should then
-  be at least 10% faster at the same batch; both compile with cuDNN attention, which needs
-  JAX's compute-capability check answered for the H100."""
+  be at least 10% faster at the same batch. The config's "auto" choices are the H100's: cuDNN
+  attention (which needs JAX's compute-capability check answered for the H100) and unrolled
+  layers."""
   gpu_recipe = ["--config=configs/tinycodelm_150m.py", "--target=h100",
-                "--config.model.attention_impl=cudnn", "--config.model.scan_layers=False",
                 "--config.data.global_batch_size=64"]
   result, measured = aot(*gpu_recipe, "--config.train.remat=dots_no_batch",
                          "--config.train.loss_chunk_size=0")
   assert result.returncode == 0, result.stderr[-2000:]
   assert abs(measured["estimated_step_s"] / MEASURED_H100_STEP_S - 1) < 0.1
+  assert (measured["attention_impl"], measured["scan_layers"]) == ("cudnn", False)
   result, default = aot(*gpu_recipe)
   assert result.returncode == 0, result.stderr[-2000:]
   assert default["estimated_step_s"] < 0.9 * measured["estimated_step_s"]
@@ -72,6 +75,7 @@ def test_tpu_slice_fits_or_is_refused_by_its_compiler():
   result, record = aot("--config=configs/test_tiny.py", "--target=v5e:2x2")
   assert result.returncode == 0, result.stderr[-2000:]
   assert record["device_kind"] == "TPU v5 lite" and record["num_devices"] == 4 and record["fits"]
+  assert (record["attention_impl"], record["scan_layers"]) == ("xla", True)
   # Per chip, 4096 x 128 tokens of fp32 logits over an 8192 vocabulary: 17 GB of 16 GiB.
   result, record = aot("--config=configs/test_tiny.py", "--target=v5e:2x2",
                        "--config.data.global_batch_size=16384")

@@ -80,3 +80,24 @@ def test_finetuning_from_a_run_of_another_model_is_refused(tmp_path):
   empty = tmp_path / "empty"
   empty.mkdir()
   assert "no checkpoint in" in _error(_config(**{"train.init_from": str(empty)}), tmp_path / "new")
+
+
+def test_for_device_records_the_auto_choices_in_a_copy():
+  config = _config()
+  assert config.model.attention_impl == "auto" and config.model.scan_layers is None
+  chosen = config_validation.for_device(config, jax.devices()[0])
+  assert (chosen.model.attention_impl, chosen.model.scan_layers) == ("xla", True)  # CPU
+  assert config.model.attention_impl == "auto" and config.model.scan_layers is None
+  assert chosen.to_dict() == {**config.to_dict(), "model": chosen.model.to_dict()}
+
+
+def test_a_run_resumes_and_finetunes_with_another_attention_or_layer_loop(tmp_path):
+  """attention_impl and scan_layers change how the model runs, not what it computes: a run
+  trained on GPUs (cuDNN, unrolled) resumes or is finetuned on a TPU or CPU."""
+  gpu_run = _config(**{"model.attention_impl": "cudnn", "model.scan_layers": False,
+                       "train.compute_dtype": "bfloat16"})
+  checkpointing.save_config(str(tmp_path / "run"), gpu_run)
+  config_validation.validate(_config(), str(tmp_path / "run"), jax.devices())
+  (tmp_path / "run" / "checkpoints" / "5" / "state").mkdir(parents=True)
+  config_validation.validate(_config(**{"train.init_from": str(tmp_path / "run")}),
+                             str(tmp_path / "new"), jax.devices())

@@ -241,6 +241,49 @@ def test_bad_model_config_raises(changes, message):
     dataclasses.replace(TINY, **changes)
 
 
+class _Device:
+  """What `ModelConfig.for_device` reads of a jax.Device."""
+
+  def __init__(self, platform, device_kind, compute_capability=None):
+    self.platform, self.device_kind = platform, device_kind
+    if compute_capability is not None:
+      self.compute_capability = compute_capability
+
+
+BF16_AUTO = dataclasses.replace(TINY, dtype="bfloat16", attention_impl="auto", scan_layers=None)
+
+
+@pytest.mark.parametrize("device, attention, scanned", [
+    (_Device("cpu", "cpu"), "xla", True),
+    (_Device("tpu", "TPU v5 lite"), "xla", True),
+    (_Device("gpu", "NVIDIA H100 80GB HBM3", "9.0"), "cudnn", False),
+    (_Device("gpu", "NVIDIA H100 80GB HBM3"), "cudnn", False),  # compile-only: no capability
+    (_Device("gpu", "NVIDIA A100-SXM4-80GB", "8.0"), "cudnn", False),
+    (_Device("gpu", "Tesla T4", "7.5"), "xla", False),  # cuDNN flash attention needs sm80+
+    (_Device("gpu", "AMD Instinct MI300X"), "xla", False),
+])
+def test_auto_choices_follow_the_device(device, attention, scanned):
+  chosen = BF16_AUTO.for_device(device)
+  assert (chosen.attention_impl, chosen.scan_layers) == (attention, scanned)
+  assert chosen.device_independent and not BF16_AUTO.device_independent
+  assert dataclasses.replace(chosen, attention_impl="auto", scan_layers=None) == BF16_AUTO
+
+
+def test_auto_attention_falls_back_to_xla_where_cudnn_cannot_compute_the_model():
+  h100 = _Device("gpu", "NVIDIA H100 80GB HBM3", "9.0")
+  for changes in (dict(attn_logit_softcap=50.0), dict(dtype="float32"),
+                  dict(sliding_window=8, sliding_window_layers="even")):
+    assert dataclasses.replace(BF16_AUTO, **changes).for_device(h100).attention_impl == "xla"
+  explicit = dataclasses.replace(BF16_AUTO, attention_impl="xla", scan_layers=True)
+  assert explicit.for_device(h100) == explicit
+
+
+def test_a_model_built_with_auto_choices_makes_them_for_the_default_device():
+  model = model_lib.abstract_model(BF16_AUTO)
+  assert model.cfg == BF16_AUTO.for_device(jax.devices()[0])
+  assert model.cfg.device_independent
+
+
 def test_unknown_or_missing_config_keys_raise():
   base = dict(vocab_size=128, num_layers=2, d_model=32, num_heads=4, mlp_dim=64)
   with pytest.raises(ValueError, match="unknown config.model keys: n_layers"):
