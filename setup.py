@@ -1,18 +1,22 @@
-"""Packages `data_gen` for the workers of a remote Beam runner (Dataflow, Flink, Spark):
+"""Packages the Beam jobs' code for the workers of a remote runner (Dataflow, Flink, Spark):
 
     python -m data_gen.pipeline ... --runner=DataflowRunner --setup_file ./setup.py
+    python -m editseq.build_token_stores ... --runner=DataflowRunner --setup_file ./setup.py
 
-Beam builds an sdist from this file and pip-installs it on every worker. The workers get the
-LintSeq pipeline and what it imports at run time (pyflakes, TensorFlow for tf.train.Example,
-TFDS for its metadata), at the versions pinned in requirements.txt; Beam itself comes with the
-runner's SDK image. Training and evaluation are not packaged: they run from a checkout.
+Beam builds an sdist from this file and pip-installs it on every worker. The workers get
+`data_gen` (LintSeq) and `editseq` (the tokenizer, seqio tasks and token stores; its training
+modules come along but are never imported there) and what the jobs import at run time
+(pyflakes; TensorFlow and TFDS for the records; seqio, tokenizers and sentencepiece for the
+vocabularies; absl, ml-collections and tqdm), at the versions pinned in requirements.txt; Beam
+itself comes with the runner's SDK image. Training and evaluation run from a checkout.
 """
 import pathlib
 import re
 
 import setuptools
 
-WORKER_REQUIREMENTS = ("pyflakes", "tensorflow", "tensorflow-datasets")
+WORKER_REQUIREMENTS = ("pyflakes", "tensorflow", "tensorflow-datasets", "seqio", "tokenizers",
+                       "sentencepiece", "absl-py", "ml_collections", "tqdm")
 
 
 def pinned(names, path=pathlib.Path(__file__).parent / "requirements.txt"):
@@ -27,8 +31,8 @@ def pinned(names, path=pathlib.Path(__file__).parent / "requirements.txt"):
 setuptools.setup(
     name="editseq-data-gen",
     version="0.1.0",
-    description="LintSeq edit-sequence data generation (Apache Beam workers)",
-    packages=["data_gen"],
+    description="LintSeq data generation and tokenization (Apache Beam workers)",
+    packages=["data_gen", "editseq"],
     python_requires=">=3.10",
     install_requires=pinned(WORKER_REQUIREMENTS),
 )

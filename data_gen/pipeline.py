@@ -307,7 +307,7 @@ class _WriteVariant(beam.PTransform):
 # ---------------------------------------------------------------------------------------------
 # Entry points.
 
-def _unknown_beam_flags(args: list[str]) -> list[str]:
+def unknown_beam_flags(args: list[str]) -> list[str]:
   """Flags that no registered Beam `PipelineOptions` class defines (typos, usually)."""
   parser = argparse.ArgumentParser(allow_abbrev=False, add_help=False)
   seen = set()
@@ -319,7 +319,8 @@ def _unknown_beam_flags(args: list[str]) -> list[str]:
   return [a for a in unknown if a.startswith("-")]
 
 
-def _make_pipeline(pipeline_args: list[str]) -> beam.Pipeline:
+def make_pipeline(pipeline_args: list[str]) -> beam.Pipeline:
+  """A pipeline on the runner the options name; without one, the in-process FnApiRunner."""
   options = pipeline_options.PipelineOptions(pipeline_args)
   if options.view_as(pipeline_options.StandardOptions).runner is None:
     from apache_beam.runners.portability.fn_api_runner import fn_runner
@@ -353,7 +354,7 @@ def run(sources: list[sources_lib.Source] | None = None, output_dir: str = "",
       any(v not in dataset.VARIANTS for v in variants)):
     raise UsageError(f"variants must be a non-empty subset of {dataset.VARIANTS} without "
                      f"repeats, got {variants}")
-  unknown = _unknown_beam_flags(list(pipeline_args))
+  unknown = unknown_beam_flags(list(pipeline_args))
   if unknown:
     raise UsageError(f"unknown flag(s) {' '.join(unknown)}: neither a data_gen flag nor a Beam "
                      "pipeline option")
@@ -369,7 +370,7 @@ def run(sources: list[sources_lib.Source] | None = None, output_dir: str = "",
       FileSystems.mkdirs(dataset.dataset_dir(output_dir, variant))
 
   start = time.perf_counter()
-  with _make_pipeline(list(pipeline_args)) as p:
+  with make_pipeline(list(pipeline_args)) as p:
     items = (p | "Shards" >> beam.Create(shards) | "SpreadShards" >> beam.Reshuffle()
              | "Read" >> beam.FlatMap(_read_shard, sources))
     checked = items | "Check" >> beam.FlatMap(_check_program, settings).with_outputs(

@@ -55,8 +55,7 @@ def main(argv=None) -> int:
   config.data.update(task=args.task, data_dir=args.data_dir, seq_len=args.seq_len,
                      global_batch_size=args.batch)
   try:
-    vocab = (tokenizer.load_vocabulary(args.vocab_path) if args.vocab_path
-             else default_data.default_vocabulary())
+    vocab = default_data.vocabulary(args.vocab_path)
     start = time.perf_counter()
     default_data.resolve_data_dir(args.data_dir)  # generation on first use, timed apart
     data_s = time.perf_counter() - start

@@ -6,6 +6,7 @@ asynchronous (the device-to-host copy is synchronous, so the caller may donate t
 after `save` returns); a step folder only appears once complete, so a run killed mid-save
 resumes from the previous step.
 """
+import dataclasses
 import json
 
 import jax
@@ -94,7 +95,10 @@ def load_for_inference(path: str, *, mesh: Mesh | None = None):
   config = load_config(str(workdir))
   if config is None:
     raise FileNotFoundError(f"no {CONFIG_FILE} in {workdir} (the run folder of {step_dir})")
-  model_cfg = model_lib.ModelConfig.from_config_dict(config.model, config.train)
+  # How the model runs is chosen for this process's devices, not for the ones it trained on.
+  model_cfg = dataclasses.replace(
+      model_lib.ModelConfig.from_config_dict(config.model, config.train), attention_impl="auto",
+      scan_layers=None)
   graphdef, abstract = nnx.split(model_lib.abstract_model(model_cfg), nnx.Param)
   if mesh is None:
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
@@ -105,10 +109,8 @@ def load_for_inference(path: str, *, mesh: Mesh | None = None):
                         nnx.to_pure_dict(abstract), shardings)
   model = nnx.merge(graphdef, load_params(step_dir, target))
 
-  from editseq import default_data, tokenizer  # Heavy (seqio/TensorFlow): only when needed.
-  vocab = (tokenizer.load_vocabulary(config.data.vocab_path) if config.data.vocab_path
-           else default_data.default_vocabulary())
-  return model, config, vocab
+  from editseq import default_data  # Heavy (seqio/TensorFlow): only when needed.
+  return model, config, default_data.vocabulary(config.data.vocab_path)
 
 
 class Checkpointer:

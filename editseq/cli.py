@@ -22,10 +22,11 @@ def one_line(error: BaseException) -> str:
   return " ".join(detail.replace("\\n", " ").replace("\\'", "'").split()).strip("\"")
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl flag parsing (the `flags_parser` of `app.run`) with mistakes as one line."""
+def parse_flags(argv: list[str], known_only: bool = False) -> list[str]:
+  """absl flag parsing (the `flags_parser` of `app.run`) with mistakes as one line;
+  `known_only` passes flags that no module defined on in the returned argv (Beam options)."""
   try:
-    return flags.FLAGS(argv)
+    return flags.FLAGS(argv, known_only=known_only)
   except flags.Error as e:
     fail(f"{e} (see --help)")
   except Exception as e:  # pylint: disable=broad-except

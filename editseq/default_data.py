@@ -113,10 +113,16 @@ def default_vocab_path(vocab_size: int = DEFAULT_VOCAB_SIZE) -> str:
   return str(build_once(folder, build) / "tokenizer.json")
 
 
+def vocabulary(vocab_path: str = ""):
+  """A config's `data.vocab_path` as a seqio vocabulary; "" is the default tokenizer (built on
+  first use)."""
+  from editseq import tokenizer  # pylint: disable=g-import-not-at-top
+  return tokenizer.load_vocabulary(vocab_path or default_vocab_path())
+
+
 def default_vocabulary():
   """The default tokenizer as a seqio vocabulary (built on first use)."""
-  from editseq import tokenizer  # pylint: disable=g-import-not-at-top
-  return tokenizer.load_vocabulary(default_vocab_path())
+  return vocabulary("")
 
 
 def main(argv=None) -> int:

@@ -1,8 +1,8 @@
 """Deterministic, resumable, multi-host batches for the trainer (docs/ARCHITECTURE.md section 6).
 
-Design: a pass over a seqio task tokenizes its split once into a *token store* (a flat
-`tokens.bin` memmap + example offsets + prompt lengths, cached under
-`$EDITSEQ_CACHE/tokenized/`). Everything after that is a pure function of
+Design: a pass over a seqio task tokenizes its split once into a *token store*
+(`editseq/token_store.py`: flat token shards that are memory-mapped, example offsets and prompt
+lengths, cached under `$EDITSEQ_CACHE/tokenized/`). Everything after that is a pure function of
 (seed, epoch, row) over the store, in numpy:
 - epoch e draws its examples (a seeded permutation; for a mixture, each task's share of the
   epoch by its rate, cycling through that task's own seeded permutations);
@@ -14,14 +14,12 @@ The iterator state is the position in the stream, `{"epoch", "row"}` (plus a fin
 must match on restore): the same on every process, independent of the process count, so
 restoring any checkpoint gives exactly the batches an uninterrupted run would have seen.
 
-Scaling: the per-process memory is the per-epoch plan (a few int64 per example) and a memmap
-of the store; the store is written streaming. On several hosts the store is built once per
-host into a host-local cache (deterministic bytes) or once into a shared `$EDITSEQ_CACHE`; for
-corpora of tens of billions of tokens, write the store from a Beam job instead
-(seqio's `seqio_cache_tasks` produces the tokenized examples; the store is their flat
-concatenation), or swap the store for ArrayRecord + grain's index sampler, which implement
-the same global-index-per-process scheme. The per-epoch packing plan is a Python loop of
-about 2 s per million examples (minutes per epoch at 72B tokens, run once per epoch).
+Scaling: the per-process memory is the per-epoch plan (a few int64 per example) and memmaps
+of the store. A host builds a store on first use, alone (deterministic bytes, so hosts with
+local caches agree), or finds it in a shared `$EDITSEQ_CACHE`; for corpora of billions of
+tokens, build the stores beforehand with Beam (`python -m editseq.build_token_stores`, one
+worker per data file, the same bytes). The per-epoch packing plan is a Python loop of about
+2 s per million examples (minutes per epoch at 72B tokens, run once per epoch).
 """
 from __future__ import annotations
 
@@ -31,98 +29,19 @@ import dataclasses
 import hashlib
 import json
 import logging
-import pathlib
 import threading
 from collections.abc import Iterator
 
 import numpy as np
-import seqio
 import tensorflow as tf
-from tqdm import auto as tqdm
 
 from editseq import default_data
 from editseq import packing
 from editseq import tasks
+from editseq import token_store
 from editseq.tasks import DataError
 
-_STORE_VERSION = 1
 _STATE_VERSION = 1
-
-
-# ---------------------------------------------------------------------------------------------
-# Token store.
-
-@dataclasses.dataclass(frozen=True)
-class TokenStore:
-  """Tokenized examples of one task split: example i is `tokens[offsets[i]:offsets[i + 1]]`
-  (prompt + completion + eos), its first `prompt_lens[i]` tokens the prompt."""
-  tokens: np.ndarray
-  offsets: np.ndarray
-  prompt_lens: np.ndarray
-  meta: dict
-
-  @property
-  def lengths(self) -> np.ndarray:
-    return np.diff(self.offsets)
-
-  def __len__(self) -> int:
-    return len(self.prompt_lens)
-
-  def example(self, i: int) -> np.ndarray:
-    return np.asarray(self.tokens[self.offsets[i]:self.offsets[i + 1]])
-
-
-def _token_dtype(vocab_size: int):
-  return np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.uint32
-
-
-def _write_store(folder: pathlib.Path, task_name: str, split: str, vocab) -> None:
-  ds = seqio.get_mixture_or_task(task_name).get_dataset(
-      sequence_length=None, split=split, shuffle=False, num_epochs=1, use_cached=False)
-  ds = ds.map(lambda ex: {"inputs": ex["inputs"], "targets": ex["targets"]})
-  dtype = _token_dtype(vocab.vocab_size)
-  lengths, prompt_lens, max_id = [], [], -1
-  with open(folder / "tokens.bin", "wb") as out:
-    for ex in tqdm.tqdm(ds.as_numpy_iterator(), desc=f"tokenizing {task_name}/{split}",
-                        unit=" examples", mininterval=2, disable=None):
-      tokens = np.concatenate([ex["inputs"], ex["targets"]])
-      if len(tokens):
-        max_id = max(max_id, int(tokens.max()))
-      out.write(tokens.astype(dtype).tobytes())
-      lengths.append(len(tokens))
-      prompt_lens.append(len(ex["inputs"]))
-  offsets = np.zeros(len(lengths) + 1, np.int64)
-  np.cumsum(lengths, out=offsets[1:])
-  np.save(folder / "offsets.npy", offsets)
-  np.save(folder / "prompt_lens.npy", np.asarray(prompt_lens, np.int32))
-  meta = {"task": task_name, "split": split, "num_examples": len(lengths),
-          "num_tokens": int(offsets[-1]), "max_token_id": max_id, "dtype": np.dtype(dtype).name,
-          "vocab": vocab.fingerprint, "version": _STORE_VERSION}
-  (folder / "meta.json").write_text(json.dumps(meta, indent=1))
-
-
-def _load_store(folder: pathlib.Path) -> TokenStore:
-  meta = json.loads((folder / "meta.json").read_text())
-  offsets = np.load(folder / "offsets.npy")
-  tokens = (np.memmap(folder / "tokens.bin", dtype=meta["dtype"], mode="r")
-            if offsets[-1] else np.zeros(0, meta["dtype"]))
-  return TokenStore(tokens, offsets, np.load(folder / "prompt_lens.npy"), meta)
-
-
-def token_store(task_name: str, split: str, vocab) -> TokenStore:
-  """The tokenized split of a registered task, built on first use (keyed by files + vocab)."""
-  files = tasks.task_files(task_name, split)
-  key = hashlib.sha256(json.dumps({
-      "version": _STORE_VERSION, "task": task_name, "split": split, "vocab": vocab.fingerprint,
-      "spec": dataclasses.asdict(tasks.TASK_SPECS[task_name]),
-      "files": [(f, tf.io.gfile.stat(f).length, tf.io.gfile.stat(f).mtime_nsec) for f in files],
-  }, sort_keys=True).encode()).hexdigest()[:16]
-  folder = default_data.cache_dir() / "tokenized" / f"{task_name}-{split}-{key}"
-  default_data.build_once(folder, lambda tmp: _write_store(tmp, task_name, split, vocab))
-  store = _load_store(folder)
-  if not len(store):
-    raise DataError(f"task {task_name!r} has no {split!r} examples ({', '.join(files)})")
-  return store
 
 
 # ---------------------------------------------------------------------------------------------
@@ -131,7 +50,7 @@ def token_store(task_name: str, split: str, vocab) -> TokenStore:
 @dataclasses.dataclass(frozen=True)
 class _Part:
   """One task of the (possibly one-task) mixture."""
-  store: TokenStore
+  store: token_store.TokenStore
   units: packing.Units
   rate: float
 
@@ -266,7 +185,7 @@ def open_source(task_name: str, split: str, vocab, seq_len: int, *, seed: int = 
   `max_segments_per_row` caps the examples packed into one row)."""
   parts = []
   for name, rate in tasks.task_components(task_name):
-    store = token_store(name, split, vocab)
+    store = token_store.load(name, split, vocab)
     mode = overlong or tasks.TASK_SPECS[name].overlong
     units = packing.make_units(store.lengths, seq_len, mode)
     logging.info("%s/%s: %d examples -> %d units of <= %d slots (%s: %d truncated, %d dropped, "
@@ -358,7 +277,8 @@ class BatchIterator:
     wrong = {k: (state.get(k), v) for k, v in expected.items() if state.get(k) != v}
     if wrong:
       raise DataError(f"iterator state does not match this data/config: {wrong} "
-                      "(saved vs now; different task, data files, tokenizer, seq_len or seed)")
+                      "(saved vs now; different task, data files, tokenizer, seq_len, seed, or "
+                      "model.attention_impl: cuDNN attention caps the examples packed per row)")
     for future, _ in self._pending:
       future.cancel()
     self._pending.clear()

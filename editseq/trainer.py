@@ -194,10 +194,7 @@ def data_vocabulary(config: ml_collections.ConfigDict):
   from editseq import default_data, input_pipeline, tasks, tokenizer
   splits = ("train", config.data.eval_split) if config.train.eval_every > 0 else ("train",)
   try:
-    if config.data.vocab_path:
-      vocab = tokenizer.load_vocabulary(config.data.vocab_path)
-    else:
-      vocab = default_data.default_vocabulary()
+    vocab = default_data.vocabulary(config.data.vocab_path)
     input_pipeline.validate_data_config(config, vocab, splits=splits)
   except (tasks.DataError, tokenizer.VocabularyError) as e:
     raise config_validation.ConfigError(str(e)) from e

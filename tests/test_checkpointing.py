@@ -84,6 +84,27 @@ def test_load_for_inference_gives_the_saved_model(saved_run, which):
   np.testing.assert_array_equal(np.asarray(model(tokens)), np.asarray(reference(tokens)))
 
 
+def test_load_for_inference_runs_the_model_as_this_device_can(saved_run, tmp_path):
+  """A run trained on GPUs (its config.json: cuDNN attention, unrolled layers) loads on a CPU
+  with XLA attention and computes the same logits."""
+  workdir, program, want = saved_run
+  gpu_run = tmp_path / "gpu_run"
+  config = program.config.copy_and_resolve_references()
+  config.model.attention_impl, config.model.scan_layers = "cudnn", False
+  config.train.compute_dtype = "bfloat16"
+  checkpointing.save_config(str(gpu_run), config)
+  step_dir = gpu_run / "checkpoints" / "4"
+  step_dir.parent.mkdir(parents=True)
+  step_dir.symlink_to(workdir / "checkpoints" / "4")
+  model, loaded, _ = checkpointing.load_for_inference(str(step_dir))
+  assert (loaded.model.attention_impl, loaded.model.scan_layers) == ("cudnn", False)
+  assert (model.cfg.attention_impl, model.cfg.scan_layers) == ("xla", True)
+  _assert_trees_equal(jax.device_get(nnx.to_pure_dict(nnx.state(model, nnx.Param))),
+                      want["params"])
+  tokens = jnp.arange(1, 33, dtype=jnp.int32)[None]
+  assert np.isfinite(np.asarray(model(tokens))).all()
+
+
 def test_load_for_inference_can_shard_over_a_mesh(saved_run):
   workdir, _, want = saved_run
   mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2, "dcn_data": 1})

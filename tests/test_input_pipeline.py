@@ -54,20 +54,6 @@ def _all_units(source):
   return out
 
 
-def test_token_store_is_rebuilt_identically(vocab, tmp_path, monkeypatch):
-  """Two builds (e.g. on two hosts with local caches) hold the same bytes in the same order."""
-  ip.validate_data_config(_config(), vocab, splits=("validation",))  # registers the tasks
-  stores = []
-  for name in ("a", "b"):
-    monkeypatch.setenv("EDITSEQ_CACHE", str(tmp_path / name))
-    stores.append(ip.token_store("editseq_lintseq_instruct", "validation", vocab))
-  a, b = stores
-  assert len(a) > 0 and a.meta == b.meta
-  np.testing.assert_array_equal(a.tokens, b.tokens)
-  np.testing.assert_array_equal(a.offsets, b.offsets)
-  np.testing.assert_array_equal(a.prompt_lens, b.prompt_lens)
-
-
 def test_batches_reproduce_the_records(vocab):
   """Unpacked rows decode to prompt + completion + eos of real records; the loss mask covers
   exactly the completion and the eos."""

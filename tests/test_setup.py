@@ -13,8 +13,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 def _build(tmp_path, command):
   """Runs `setup.py <command>` in a copy of the files it reads; returns the built archive."""
   src = tmp_path / "src"
-  shutil.copytree(REPO / "data_gen", src / "data_gen",
-                  ignore=shutil.ignore_patterns("__pycache__"))
+  for package in ("data_gen", "editseq"):
+    shutil.copytree(REPO / package, src / package, ignore=shutil.ignore_patterns("__pycache__"))
   for name in ("setup.py", "requirements.txt"):
     shutil.copy(REPO / name, src / name)
   subprocess.run([sys.executable, "setup.py", "-q", command, "--dist-dir", str(tmp_path / "dist")],
@@ -26,7 +26,9 @@ def _build(tmp_path, command):
 def _worker_pins():
   pins = dict(re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", (REPO / "requirements.txt").read_text(),
                          re.M))
-  return sorted(f"{n}=={pins[n]}" for n in ("pyflakes", "tensorflow", "tensorflow-datasets"))
+  return sorted(f"{n}=={pins[n]}" for n in (
+      "pyflakes", "tensorflow", "tensorflow-datasets", "seqio", "tokenizers", "sentencepiece",
+      "absl-py", "ml_collections", "tqdm"))
 
 
 def test_sdist_holds_the_pipeline_and_its_pinned_worker_requirements(tmp_path):
@@ -35,14 +37,15 @@ def test_sdist_holds_the_pipeline_and_its_pinned_worker_requirements(tmp_path):
     names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
     requires = next(tar.extractfile(m).read().decode() for m in tar.getmembers()
                     if m.name.endswith("requires.txt"))
-  assert {f"data_gen/{p.name}" for p in (REPO / "data_gen").glob("*.py")} <= names
+  for package in ("data_gen", "editseq"):
+    assert {f"{package}/{p.name}" for p in (REPO / package).glob("*.py")} <= names
   assert sorted(requires.split()) == _worker_pins()
 
 
-def test_wheel_installs_data_gen_only(tmp_path):
+def test_wheel_installs_the_beam_jobs_packages_only(tmp_path):
   with zipfile.ZipFile(_build(tmp_path, "bdist_wheel")) as wheel:
     packages = {n.split("/")[0] for n in wheel.namelist() if not n.split("/")[0].endswith(
         ".dist-info")}
     metadata = next(wheel.read(n).decode() for n in wheel.namelist() if n.endswith("METADATA"))
-  assert packages == {"data_gen"}
+  assert packages == {"data_gen", "editseq"}
   assert sorted(re.findall(r"^Requires-Dist: (\S+)", metadata, re.M)) == _worker_pins()
