@@ -190,34 +190,33 @@ def _cudnn_checks_answer_for(spec: GpuSpec | None):
     fa.check_compute_capability, fa.is_cuda_compute_capability_equal = saved
 
 
-def compile_train_step(config, target: Target):
-  """(compiled train step, model config, mesh) of `config` on the target's devices, checked
-  like editseq.train."""
+def train_program(config, target: Target):
+  """`config`'s TrainProgram on the target's devices, checked like editseq.train."""
   from editseq import config_validation, sharding, trainer  # pylint: disable=g-import-not-at-top
   config_validation.validate_step(config, target.devices)
-  program = trainer.TrainProgram(config, sharding.make_mesh(config.mesh, target.devices))
-  with _cudnn_checks_answer_for(target.gpu):
-    lowered = program.lower_train_step()
-  return lowered.compile(), program.model_cfg, program.mesh
+  return trainer.TrainProgram(config, sharding.make_mesh(config.mesh, target.devices))
 
 
 def report(config, target: Target, log=print) -> dict:
   """Compiles, prints the figures, and returns them (the JSON record)."""
   import jax  # pylint: disable=g-import-not-at-top
-  from editseq import flops, roofline  # pylint: disable=g-import-not-at-top
+  from editseq import flops, roofline, trainer  # pylint: disable=g-import-not-at-top
+  program = train_program(config, target)
+  model_cfg, mesh = program.model_cfg, program.mesh
+  with _cudnn_checks_answer_for(target.gpu):
+    lowered = program.lower_train_step()
   try:
-    compiled, model_cfg, mesh = compile_train_step(config, target)
+    compiled = lowered.compile()
   except jax.errors.JaxRuntimeError as e:
     if "RESOURCE_EXHAUSTED" not in str(e):
       raise
-    log(f"does not fit: {cli.one_line(e)}")
+    log(f"does not fit: {cli.one_line(e)}; {program.smaller_step_hint(None)}")
     return {"fits": False, "compile_error": cli.one_line(e)}
   if _HLO_OUT.value:
     with open(_HLO_OUT.value, "w") as f:
       f.write(compiled.as_text())
   memory = compiled.memory_analysis()
-  needed = (memory.argument_size_in_bytes + memory.output_size_in_bytes
-            + memory.temp_size_in_bytes - memory.alias_size_in_bytes)
+  needed = trainer.step_memory_bytes(memory)
   usable = int(target.memory_bytes * target.usable_fraction)
   batch, seq_len = config.data.global_batch_size, config.data.seq_len
   model_flops = flops.training_flops_per_step(model_cfg, batch, seq_len) / len(target.devices)
@@ -247,7 +246,8 @@ def report(config, target: Target, log=print) -> dict:
                    "estimated_mfu": model_flops / (est.step_s * hw.peak_flops),
                    "roofline": est.as_dict()})
   if not record["fits"]:
-    log(f"does not fit: needs {gib(needed)} per device, {gib(usable)} usable")
+    hint = program.smaller_step_hint((usable - needed) / memory.temp_size_in_bytes + 1)
+    log(f"does not fit: needs {gib(needed)} per device, {gib(usable)} usable; {hint}")
   return record
 
 

@@ -59,6 +59,23 @@ class Preempted(RuntimeError):
   """SIGTERM (or a multi-host preemption notice) arrived; a checkpoint was saved."""
 
 
+def step_memory_bytes(memory) -> int:
+  """Device memory a compiled step needs, from its `memory_analysis()`: arguments, outputs and
+  temporaries, less the outputs written into donated arguments."""
+  return (memory.argument_size_in_bytes + memory.output_size_in_bytes
+          + memory.temp_size_in_bytes - memory.alias_size_in_bytes)
+
+
+def device_memory_limit(device: jax.Device) -> int | None:
+  """The bytes the runtime lets programs use on `device` (GPUs: the XLA_PYTHON_CLIENT_MEM_FRACTION
+  share, 75% by default); None where it reports none (CPUs, compile-only devices)."""
+  try:
+    stats = device.memory_stats()
+  except Exception:  # pylint: disable=broad-except  # compile-only devices have no runtime
+    return None
+  return (stats or {}).get("bytes_limit")
+
+
 class TrainProgram:
   """What is fixed before the first step: model graph, optimizer, shardings and jitted functions.
 
@@ -119,6 +136,48 @@ class TrainProgram:
                                  jnp.int32, sharding=self.batch_sharding)
     with jax.set_mesh(self.mesh):
       return self.train_step.lower(self.abstract_state, {k: batch for k in BATCH_KEYS})
+
+  def compile_train_step(self) -> jax.stages.Compiled:
+    """The train step compiled before any state exists, checked against the devices' memory:
+    a step that cannot fit is a ConfigError that says how to make it fit, not an
+    out-of-memory failure at the first step. Call the result as `train_step`."""
+    try:
+      compiled = self.lower_train_step().compile()
+    except jax.errors.JaxRuntimeError as e:  # TPU compilers refuse a program that cannot fit.
+      if "RESOURCE_EXHAUSTED" not in str(e):
+        raise
+      raise config_validation.ConfigError(
+          f"the train step does not fit in device memory ({' '.join(str(e).split())[:300]}); "
+          f"{self.smaller_step_hint(None)}") from e
+    limit = device_memory_limit(self.mesh.devices.flat[0])
+    memory = compiled.memory_analysis()
+    if limit and memory is not None:
+      needed = step_memory_bytes(memory)
+      if needed > limit:
+        gib = lambda n: f"{n / 2**30:.1f} GiB"
+        raise config_validation.ConfigError(
+            f"the train step needs {gib(needed)} per device (arguments "
+            f"{gib(memory.argument_size_in_bytes)}, temporaries {gib(memory.temp_size_in_bytes)}) "
+            f"but {self.mesh.devices.flat[0].device_kind} has {gib(limit)} for it; "
+            f"{self.smaller_step_hint((limit - needed) / memory.temp_size_in_bytes + 1)}")
+    return compiled
+
+  def smaller_step_hint(self, fits: float | None) -> str:
+    """What to change so that the step fits, given the share of its temporaries that `fits`
+    beside its arguments (None: unknown). The temporaries shrink about in proportion to the
+    rows per microbatch, so first more gradient accumulation; the arguments (parameters,
+    optimizer state, batch) only by sharding them."""
+    if fits is not None and fits <= 0:
+      return ("the parameters and optimizer state alone do not fit: shard them over the devices "
+              "(mesh.fsdp=-1 mesh.data=1) or use more devices")
+    batch, accum = self.config.data.global_batch_size, self.config.optimizer.grad_accum_steps
+    shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+    wanted = accum + 1 if fits is None else max(accum + 1, math.ceil(accum / fits))
+    for more in range(wanted, batch // shards + 1):
+      if batch % more == 0 and (batch // more) % shards == 0:
+        return (f"try optimizer.grad_accum_steps={more} (microbatches of {batch // more} rows), "
+                "train.remat=full, or a smaller data.global_batch_size")
+    return "try train.remat=full or a smaller data.global_batch_size"
 
   def global_batch(self, local_batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
     """Stacks the processes' rows (in process order) into global arrays sharded over the batch."""
@@ -315,6 +374,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   vocab = data_vocabulary(config)
   mesh = sharding.make_mesh(config.mesh)
   program = TrainProgram(config, mesh)
+  train_step = program.compile_train_step()
 
   train_iter = input_pipeline.make_train_iterator(config, vocab, split="train")
   eval_iter = eval_start = None
@@ -354,7 +414,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       step = start_step
       while step < total_steps:
         batch = program.global_batch(next(train_iter))
-        state, step_metrics = program.train_step(state, batch)
+        state, step_metrics = train_step(state, batch)
         step += 1
         if pending is not None:
           reporter.report(*pending)

@@ -82,6 +82,7 @@ def test_tpu_slice_fits_or_is_refused_by_its_compiler():
   assert result.returncode == 1
   assert not record["fits"] and "RESOURCE_EXHAUSTED" in record["compile_error"]
   assert "does not fit" in result.stdout
+  assert "try optimizer.grad_accum_steps=2 (microbatches of 8192 rows)" in result.stdout
 
 
 def test_usage_errors_are_one_line():

@@ -1,10 +1,13 @@
 """Bad configs fail before any compile with one line that names the problem."""
 import jax
+import numpy as np
 import pytest
 
 from configs import test_tiny
 from editseq import checkpointing
 from editseq import config_validation
+from editseq import sharding
+from editseq import trainer
 
 
 def _config(**overrides):
@@ -101,3 +104,32 @@ def test_a_run_resumes_and_finetunes_with_another_attention_or_layer_loop(tmp_pa
   (tmp_path / "run" / "checkpoints" / "5" / "state").mkdir(parents=True)
   config_validation.validate(_config(**{"train.init_from": str(tmp_path / "run")}),
                              str(tmp_path / "new"), jax.devices())
+
+
+def test_a_step_too_big_for_the_device_memory_says_how_to_make_it_fit(monkeypatch):
+  """GPUs and TPUs report a memory limit (CPUs none): a step over it is a one-line ConfigError
+  after the compile and before any state exists, naming the accumulation that makes it fit."""
+  config = _config(**{"mesh.data": 1})
+  program = trainer.TrainProgram(config, sharding.make_mesh(config.mesh, jax.devices()[:1]))
+  memory = program.lower_train_step().compile().memory_analysis()
+  needed, temp = trainer.step_memory_bytes(memory), memory.temp_size_in_bytes
+  assert 0 < temp < needed
+
+  def error(limit):
+    monkeypatch.setattr(trainer, "device_memory_limit", lambda device: limit)
+    with pytest.raises(config_validation.ConfigError) as e:
+      program.compile_train_step()
+    assert "\n" not in str(e.value) and "the train step needs" in str(e.value)
+    return str(e.value)
+
+  # Batch 8 on one device: accumulation 2 halves the temporaries, 4 quarters them.
+  assert "optimizer.grad_accum_steps=2 (microbatches of 4 rows)" in error(needed - temp // 3)
+  assert "optimizer.grad_accum_steps=4 (microbatches of 2 rows)" in error(needed - 2 * temp // 3)
+  assert "parameters and optimizer state alone do not fit" in error(needed - temp - 1)
+  monkeypatch.setattr(trainer, "device_memory_limit", lambda device: needed)
+  step = program.compile_train_step()
+  with jax.set_mesh(program.mesh):
+    state = program.init(jax.random.key(0))
+  batch = {k: np.ones((8, 128), np.int32) for k in trainer.BATCH_KEYS}
+  _, metrics = step(state, program.global_batch(batch))
+  assert np.isfinite(float(metrics["loss"]))
