@@ -81,7 +81,7 @@ class ModelConfig:
   # "xla": einsum attention, any option and device. "cudnn": cuDNN flash attention (NVIDIA GPUs,
   # bf16/fp16) for training and scoring; decoding with a cache always uses "xla". "auto": "cudnn"
   # where `for_device` finds it can run, else "xla".
-  attention_impl: str = "xla"
+  attention_impl: str = "auto"
   # cudnn with segment_ids: packed examples per row given their own sequence; any beyond this
   # many share the row's last one (so they can attend to each other). Its cost grows with it:
   # 16 -> 38.5% MFU, 64 -> 31.6% for the 150M shape on an H100 (batch 32 x 1024).
@@ -93,7 +93,7 @@ class ModelConfig:
   # True: one compiled layer run by lax.scan (compile time independent of depth); False: layers
   # unrolled (longer compiles; XLA can fuse across layers and skips the scan's buffer copies).
   # None: by device (`for_device`): unrolled on GPUs, scanned elsewhere.
-  scan_layers: bool | None = True
+  scan_layers: bool | None = None
 
   def __post_init__(self):
     def fail(msg):

@@ -180,7 +180,7 @@ def test_remat_gives_the_same_gradients():
 
 def test_unrolled_layers_match_scan():
   x = tokens((2, 8))
-  want = run(make(GEMMA_LIKE), x)
+  want = run(make(dataclasses.replace(GEMMA_LIKE, scan_layers=True)), x)
   np.testing.assert_allclose(run(make(dataclasses.replace(GEMMA_LIKE, scan_layers=False)), x),
                              want, atol=1e-6)
 
@@ -319,7 +319,7 @@ def test_packed_layout(max_segments):
 @pytest.mark.parametrize("window", [0, 5])
 def test_cudnn_attention_matches_xla(window):
   xla = dataclasses.replace(TINY, d_model=128, num_heads=4, num_kv_heads=2, head_dim=32,
-                            dtype="bfloat16", sliding_window=window)
+                            dtype="bfloat16", sliding_window=window, attention_impl="xla")
   cudnn = dataclasses.replace(xla, attention_impl="cudnn")
   x = tokens((2, 16))
   segment_ids = jnp.asarray([[1] * 7 + [2] * 6 + [0] * 3, [1] * 16])
