@@ -15,6 +15,9 @@ Layout (MaxText/nanodo style):
 - The loss is the cross entropy of the tokens with `loss_mask` = 1, summed over the global batch
   ("sum", the reference recipe) or averaged over those tokens ("mean"). The reported `loss` is
   always the per-token mean, which is comparable across batch sizes and reductions.
+- The train step is compiled before any state exists (`TrainProgram.compile_train_step`) and
+  its memory (XLA's `memory_analysis`) checked against what the runtime lets it use, so a step
+  that cannot fit fails in seconds with the fix; that compiled executable is what runs.
 - Metrics are read one step late: step s+1 is dispatched before step s's scalars are fetched,
   so the device never waits for the host. Before a checkpoint the current step is read first,
   so a checkpoint never holds a state reached through a non-finite loss or gradient.
