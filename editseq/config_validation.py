@@ -56,11 +56,15 @@ def model_config(config: ml_collections.ConfigDict) -> model_lib.ModelConfig:
     _fail(f"config.model: {e}")
 
 
-def for_device(config: ml_collections.ConfigDict, device=None) -> ml_collections.ConfigDict:
+def for_device(config: ml_collections.ConfigDict, device=None,
+               recorded: ml_collections.ConfigDict | None = None) -> ml_collections.ConfigDict:
   """A copy of `config` with the model's "auto" choices (attention_impl "auto", scan_layers None)
-  made for `device` (default: JAX's first device), as `ModelConfig.for_device` makes them: what
-  the input pipeline packs for, what a workdir's config records and what the step compiles."""
-  chosen = model_config(config).for_device(jax.devices()[0] if device is None else device)
+  made for `device` (default: JAX's first device), as `ModelConfig.for_device` makes them,
+  keeping those of the `recorded` config of the run being resumed where they can run: what the
+  input pipeline packs for, what a workdir's config records and what the step compiles."""
+  chosen = model_config(config).for_device(
+      jax.devices()[0] if device is None else device,
+      recorded.model.to_dict() if recorded is not None and "model" in recorded else None)
   config = config.copy_and_resolve_references()
   with config.unlocked():
     config.model.attention_impl = chosen.attention_impl

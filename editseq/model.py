@@ -147,8 +147,11 @@ class ModelConfig:
     """No "auto" choice is left for `for_device` to make."""
     return self.attention_impl != "auto" and self.scan_layers is not None
 
-  def for_device(self, device: jax.Device) -> "ModelConfig":
-    """This config with its "auto" choices made for `device`.
+  def for_device(self, device: jax.Device, recorded: Mapping[str, Any] | None = None
+                 ) -> "ModelConfig":
+    """This config with its "auto" choices made for `device`; a resumed run's `recorded`
+    choices (its config.json's model section) are kept wherever they can run on `device`, so
+    that the run goes on as it started (and packs its batches the same way).
 
     On NVIDIA GPUs of compute capability 8.0 or more (what cuDNN flash attention needs), cuDNN
     attention where the model allows it, and unrolled layers: the modelled H100 step of the 150M
@@ -161,11 +164,14 @@ class ModelConfig:
     cudnn_runs = (gpu and "nvidia" in device.device_kind.lower() and
                   (capability is None or
                    tuple(int(p) for p in str(capability).split(".")[:2]) >= (8, 0)))
+    recorded = recorded or {}
     choices = {}
     if self.attention_impl == "auto":
-      choices["attention_impl"] = "cudnn" if cudnn_runs and not self.cudnn_unsupported else "xla"
+      best = "cudnn" if cudnn_runs and not self.cudnn_unsupported else "xla"
+      choices["attention_impl"] = "xla" if recorded.get("attention_impl") == "xla" else best
     if self.scan_layers is None:
-      choices["scan_layers"] = not gpu
+      kept = recorded.get("scan_layers")
+      choices["scan_layers"] = kept if isinstance(kept, bool) else not gpu
     return dataclasses.replace(self, **choices)
 
   @classmethod

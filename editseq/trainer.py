@@ -366,7 +366,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   TrainingDiverged on a non-finite loss and Preempted after saving on SIGTERM.
   """
   config_validation.validate(config, workdir)
-  config = config_validation.for_device(config)
+  config = config_validation.for_device(config, recorded=checkpointing.load_config(workdir))
   # The data stack (seqio/TensorFlow) loads only here, so TrainProgram users stay light.
   # TensorFlow only reads data: keep it off the accelerators (it would reserve GPU memory).
   import tensorflow as tf

@@ -278,6 +278,19 @@ def test_auto_attention_falls_back_to_xla_where_cudnn_cannot_compute_the_model()
   assert explicit.for_device(h100) == explicit
 
 
+@pytest.mark.parametrize("device, recorded, attention, scanned", [
+    (_Device("gpu", "NVIDIA H100 80GB HBM3", "9.0"), dict(attention_impl="xla", scan_layers=True),
+     "xla", True),  # a run begun with XLA attention and a scan keeps them
+    (_Device("gpu", "NVIDIA H100 80GB HBM3", "9.0"), dict(attention_impl="cudnn"), "cudnn", False),
+    (_Device("cpu", "cpu"), dict(attention_impl="cudnn", scan_layers=False), "xla", False),
+    (_Device("tpu", "TPU v4"), dict(attention_impl="auto", scan_layers=None), "xla", True),
+])
+def test_a_resumed_run_keeps_its_recorded_choices_where_they_run(device, recorded, attention,
+                                                                  scanned):
+  chosen = BF16_AUTO.for_device(device, recorded)
+  assert (chosen.attention_impl, chosen.scan_layers) == (attention, scanned)
+
+
 def test_a_model_built_with_auto_choices_makes_them_for_the_default_device():
   model = model_lib.abstract_model(BF16_AUTO)
   assert model.cfg == BF16_AUTO.for_device(jax.devices()[0])

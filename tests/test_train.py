@@ -149,6 +149,20 @@ def test_bad_config_is_one_line_and_exit_2(tmp_path, args, message):
   assert not (tmp_path / "checkpoints").exists()
 
 
+def test_a_resumed_run_keeps_the_way_it_ran(tmp_path):
+  """The device choices recorded in config.json outlast a rerun with "auto" (e.g. a run started
+  with unrolled layers, or before cuDNN attention was the GPU default, goes on as it began)."""
+  short = {"train.steps": 2, "train.eval_every": 0, "train.checkpoint_every": 2}
+  trainer.train_and_evaluate(_config(short), str(tmp_path))
+  recorded = checkpointing.load_config(str(tmp_path))
+  assert recorded.model.scan_layers is True  # this CPU's choice
+  recorded.model.scan_layers = False
+  checkpointing.save_config(str(tmp_path), recorded)
+  trainer.train_and_evaluate(_config({**short, "train.steps": 4}), str(tmp_path))
+  assert checkpointing.load_config(str(tmp_path)).model.scan_layers is False
+  assert [r["step"] for r in metrics.read_metrics(tmp_path)] == [1, 2, 3, 4]
+
+
 def test_resuming_with_other_data_is_refused(uninterrupted):
   workdir = uninterrupted[0]
   before = (workdir / "metrics.jsonl").read_text()
