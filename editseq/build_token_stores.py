@@ -22,6 +22,7 @@ or a container image) and read the data and the vocabulary from where the config
 """
 from __future__ import annotations
 
+import collections
 import functools
 import json
 import os
@@ -31,6 +32,8 @@ import tensorflow as tf
 from absl import app
 from absl import flags
 from absl import logging
+from apache_beam.metrics import Metrics
+from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options import pipeline_options
 from ml_collections import config_flags
 
@@ -59,8 +62,13 @@ class _WriteShard(beam.DoFn):
       raise ValueError(f"this worker's vocabulary ({self.vocab.fingerprint}) is not the one the "
                        f"job was launched with ({job['vocab']})")
     with tf.io.gfile.GFile(token_store.part_file(job["folder"], index), "wb") as out:
-      yield token_store.write_shard(out, job["task"], job["split"], index, job["num_files"],
-                                    self.vocab)
+      shard = token_store.write_shard(out, job["task"], job["split"], index, job["num_files"],
+                                      self.vocab)
+    # Progress, as the runner's monitoring shows it (e.g. Dataflow's job page).
+    Metrics.counter("token_stores", "data_files").inc()
+    Metrics.counter("token_stores", "examples").inc(len(shard.lengths))
+    Metrics.counter("token_stores", "tokens").inc(int(shard.lengths.sum()))
+    yield shard
 
 
 def _finish(shards, job):
@@ -106,8 +114,15 @@ def build(config, splits: list[str], cache_dir: str, pipeline_args: list[str],
                    "num_files": len(tasks.task_files(task_name, split)),
                    "vocab": vocab.fingerprint, "vocab_size": vocab.vocab_size})
   if jobs:
-    with beam_pipeline.make_pipeline(pipeline_args) as p:
-      add_jobs(p, jobs, data_dir, config.data.vocab_path)
+    pipeline = beam_pipeline.make_pipeline(pipeline_args)
+    add_jobs(pipeline, jobs, data_dir, config.data.vocab_path)
+    result = pipeline.run()
+    result.wait_until_finish()
+    counters = result.metrics().query(MetricsFilter().with_namespace("token_stores"))["counters"]
+    totals = collections.Counter()
+    for counter in counters:  # one per store's Tokenize step
+      totals[counter.key.metric.name] += counter.committed
+    log("tokenized " + ", ".join(f"{name} {n:,}" for name, n in sorted(totals.items())))
     for job in jobs:
       with tf.io.gfile.GFile(os.path.join(job["folder"], token_store.META_FILE)) as f:
         meta = json.load(f)

@@ -94,6 +94,9 @@ def test_the_beam_job_writes_the_store_built_on_first_use(resharded, vocab, tmp_
   folders = build_token_stores.build(_config(three), ["train", "validation"],
                                      str(tmp_path / "beam"), [], log=logs.append)
   assert len(folders) == 2 and all("examples" in line for line in logs)
+  metas = [token_store.open_store(f).meta for f in folders]
+  assert logs[0] == (f"tokenized data_files 4, examples {sum(m['num_examples'] for m in metas):,}, "
+                     f"tokens {sum(m['num_tokens'] for m in metas):,}")  # 3 train + 1 validation
   for split, folder in zip(("train", "validation"), folders):
     local = _load(three, vocab, tmp_path / "local", monkeypatch, split)
     local_folder = tmp_path / "local" / "tokenized" / pathlib.Path(folder).name
