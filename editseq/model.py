@@ -153,12 +153,12 @@ class ModelConfig:
     choices (its config.json's model section) are kept wherever they can run on `device`, so
     that the run goes on as it started (and packs its batches the same way).
 
-    On NVIDIA GPUs of compute capability 8.0 or more (what cuDNN flash attention needs), cuDNN
-    attention where the model allows it, and unrolled layers: the modelled H100 step of the 150M
-    config at batch 64 x 1024 is 224 ms scanned vs 142 ms unrolled (the scan copies each
-    layer's weights and saved activations in and out of the stacks, 52 vs 29 GiB of temporaries;
-    `python -m editseq.aot`). Elsewhere XLA attention and scanned layers (compile time
-    independent of depth)."""
+    On GPUs, unrolled layers: the modelled H100 step of the 150M config at batch 64 x 1024 is
+    224 ms scanned vs 142 ms unrolled (the scan copies each layer's weights and saved
+    activations in and out of the stacks; 48.8 vs 28.7 GiB of temporaries; `python -m
+    editseq.aot`). On NVIDIA GPUs of compute capability 8.0 or more (what cuDNN flash attention
+    needs), cuDNN attention where the model allows it. Elsewhere XLA attention and scanned
+    layers (compile time independent of depth)."""
     gpu = device.platform == "gpu"
     capability = getattr(device, "compute_capability", None)  # None on compile-only devices.
     cudnn_runs = (gpu and "nvidia" in device.device_kind.lower() and
