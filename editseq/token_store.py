@@ -146,7 +146,8 @@ def finish(folder: str, task_name: str, split: str, vocab_fingerprint: str, voca
   _save_npy(os.path.join(folder, "prompt_lens.npy"),
             np.concatenate([np.zeros(0, np.int32)] + [s.prompt_lens for s in shards]))
   meta = {"task": task_name, "split": split, "num_examples": len(lengths),
-          "num_tokens": int(offsets[-1]), "max_token_id": max([-1] + [s.max_token_id for s in shards]),
+          "num_tokens": int(offsets[-1]),
+          "max_token_id": max([-1] + [s.max_token_id for s in shards]),
           "dtype": np.dtype(token_dtype(vocab_size)).name, "vocab": vocab_fingerprint,
           "version": VERSION,
           "shards": [{"num_examples": len(s.lengths), "num_tokens": int(s.lengths.sum())}
@@ -171,7 +172,7 @@ def build(folder: str, task_name: str, split: str, vocab) -> dict:
 # Reading.
 
 def open_store(folder: str | os.PathLike) -> TokenStore:
-  """The store in `folder` (a local path: its shards are memory-mapped)."""
+  """The store in `folder` (a local path: its tokens are memory-mapped)."""
   folder = pathlib.Path(folder)
   if not (folder / META_FILE).is_file():
     raise DataError(f"incomplete token store {folder} (no {META_FILE}): a build is in progress "
