@@ -1,4 +1,4 @@
-"""Token stores: the same bytes built on first use in one process or by the Beam job over data files."""
+"""Token stores: the same bytes whether one process builds them or the Beam job does."""
 import os
 import pathlib
 import shutil
