@@ -5,7 +5,7 @@
       data-small-<key>/    the same for a deterministic sample of 300 programs (tests, test_tiny)
       tokenizer-8192-v1-py311/  byte-level BPE trained on the standard library's .py files plus
                            the small dataset's prompts and completions
-      tokenized/           token stores of the input pipeline (editseq.input_pipeline)
+      tokenized/           token stores of the input pipeline (editseq.token_store)
 
 Config values: `data.data_dir = ""` is the full default, `"default:small"` the small one;
 `data.vocab_path = ""` is the default tokenizer. Data folders are keyed by a hash of the
@@ -73,11 +73,11 @@ def _data_key(*parts: str) -> str:
 
 def default_data_dir(small: bool = False) -> str:
   """The generated default dataset (all variants), built on first use; returns its folder."""
-  from data_gen import pipeline  # pylint: disable=g-import-not-at-top
   max_programs = SMALL_PROGRAMS if small else None
   name = f"data-small-{_data_key(str(max_programs))}" if small else f"data-{_data_key('full')}"
 
   def build(tmp: pathlib.Path) -> None:
+    from data_gen import pipeline  # pylint: disable=g-import-not-at-top  # Beam: only to build
     logging.info("building the default %s dataset in %s", "small" if small else "full", tmp)
     print(f"editseq: generating the embedded default data ({'small' if small else 'full'}) "
           f"under {cache_dir()} (first use only)", file=sys.stderr)

@@ -410,6 +410,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                    f"{total_steps}); raise train.steps to continue")
   elif start_step:
     logger.message(f"resumed from step {start_step} ({workdir})")
+  cfg, data = program.model_cfg, config.data
+  logger.message(
+      f"{model_lib.count_params(state['params']) / 1e6:.1f}M parameters on {mesh.size} x "
+      f"{mesh.devices.flat[0].device_kind} (mesh {dict(mesh.shape)}); attention "
+      f"{cfg.attention_impl}, layers {'scanned' if cfg.scan_layers else 'unrolled'}, remat "
+      f"{cfg.remat}; batch {data.global_batch_size} x {data.seq_len} in "
+      f"{config.optimizer.grad_accum_steps} microbatch(es)")
   reporter = _Reporter(program, logger, checkpointer, train_cfg.log_every, workdir)
   pending = None
   try:

@@ -133,3 +133,16 @@ def test_cli_builds_and_rejects_unknown_flags_in_one_line(tmp_path):
                           capture_output=True, text=True, timeout=300)
   assert result.returncode == 2 and "Traceback" not in result.stderr
   assert "unknown flags: --runer=DataflowRunner" in result.stderr
+
+
+def test_cached_default_data_loads_without_beam(resharded):
+  """Beam (and its import-time warnings) loads only to generate the default data, not to find
+  it: every training run on the default data goes through `resolve_data_dir`."""
+  original, _ = resharded  # built (or found) in the cache by now
+  code = ("import sys; from editseq import default_data; "
+          "print(default_data.resolve_data_dir(default_data.SMALL)); "
+          "print('apache_beam' in sys.modules)")
+  result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.split() == [original, "False"]

@@ -72,6 +72,7 @@ def test_cli_trains_with_falling_loss_and_writes_its_outputs(uninterrupted):
       _config()).to_dict()
   assert sorted(os.listdir(workdir / "checkpoints")) == ["12", "8"]  # keep_checkpoints = 2
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir / "tensorboard"))
+  assert "attention xla, layers scanned, remat none; batch 8 x 128 in 1 microbatch" in result.stderr
   assert "Traceback" not in result.stderr
 
 
