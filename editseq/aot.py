@@ -218,13 +218,13 @@ def report(config, target: Target, log=print) -> dict:
   memory = compiled.memory_analysis()
   needed = trainer.step_memory_bytes(memory)
   usable = int(target.memory_bytes * target.usable_fraction)
+  shortfall = program.memory_shortfall(memory, usable)
   batch, seq_len = config.data.global_batch_size, config.data.seq_len
   model_flops = flops.training_flops_per_step(model_cfg, batch, seq_len) / len(target.devices)
   gib = lambda n: f"{n / 2**30:.2f} GiB"
   log(f"target: {len(target.devices)} x {target.device_kind}, mesh {dict(mesh.shape)}; "
-      f"batch {batch} x {seq_len}, remat {model_cfg.remat}, attention "
-      f"{model_cfg.attention_impl}, layers {'scanned' if model_cfg.scan_layers else 'unrolled'}, "
-      f"loss chunk {config.train.loss_chunk_size}")
+      f"batch {batch} x {seq_len}, {model_cfg.execution}, loss chunk "
+      f"{config.train.loss_chunk_size}")
   log(f"memory per device: {gib(needed)} needed (state {gib(memory.argument_size_in_bytes)}, "
       f"temporaries {gib(memory.temp_size_in_bytes)}) of {gib(usable)} usable "
       f"({gib(target.memory_bytes)} x {target.usable_fraction:g})")
@@ -235,7 +235,7 @@ def report(config, target: Target, log=print) -> dict:
       "scan_layers": model_cfg.scan_layers, "loss_chunk_size": config.train.loss_chunk_size,
       "memory_needed_bytes": needed, "memory_state_bytes": memory.argument_size_in_bytes,
       "memory_temp_bytes": memory.temp_size_in_bytes, "memory_usable_bytes": usable,
-      "fits": needed <= usable, "model_flops_per_device": model_flops,
+      "fits": shortfall is None, "model_flops_per_device": model_flops,
   }
   if target.gpu is not None:
     hw = roofline.hardware(target.device_kind)
@@ -245,9 +245,8 @@ def report(config, target: Target, log=print) -> dict:
                    "estimated_tokens_per_s": batch * seq_len / est.step_s,
                    "estimated_mfu": model_flops / (est.step_s * hw.peak_flops),
                    "roofline": est.as_dict()})
-  if not record["fits"]:
-    hint = program.smaller_step_hint((usable - needed) / memory.temp_size_in_bytes + 1)
-    log(f"does not fit: needs {gib(needed)} per device, {gib(usable)} usable; {hint}")
+  if shortfall:
+    log(f"does not fit: {shortfall}")
   return record
 
 

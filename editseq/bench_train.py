@@ -260,8 +260,7 @@ def benchmark(config: ml_collections.ConfigDict, *, rounds: int, steps: int, use
       f"matmul {measured_peak / 1e12:.3f} TFLOP/s")
   log(f"model: {model_cfg.num_layers} layers, d_model {model_cfg.d_model}, {model_cfg.num_heads} "
       f"heads, mlp {model_cfg.mlp_dim}, vocab {model_cfg.vocab_size}, compute "
-      f"{model_cfg.dtype}, remat {model_cfg.remat}, attention {model_cfg.attention_impl}, layers "
-      f"{'scanned' if model_cfg.scan_layers else 'unrolled'}; batch {batch_size} x {seq_len}; "
+      f"{model_cfg.dtype}, {model_cfg.execution}; batch {batch_size} x {seq_len}; "
       f"{flops_per_token / 1e6:.1f} MFLOP/token")
 
   profile: dict = {}

@@ -44,6 +44,7 @@ from editseq import tasks
 from editseq import token_store
 from editseq.tasks import DataError
 
+
 class _WriteShard(beam.DoFn):
   """Tokenizes data files into shards; each worker registers the tasks over the same data with
   the same vocabulary (checked by fingerprint) first."""

@@ -1,9 +1,9 @@
 """Deterministic, resumable, multi-host batches for the trainer (docs/ARCHITECTURE.md section 6).
 
 Design: a pass over a seqio task tokenizes its split once into a *token store*
-(`editseq/token_store.py`: flat token shards that are memory-mapped, example offsets and prompt
-lengths, cached under `$EDITSEQ_CACHE/tokenized/`). Everything after that is a pure function of
-(seed, epoch, row) over the store, in numpy:
+(`editseq/token_store.py`: a memory-mapped file of tokens end to end, example offsets and
+prompt lengths, cached under `$EDITSEQ_CACHE/tokenized/`). Everything after that is a pure
+function of (seed, epoch, row) over the store, in numpy:
 - epoch e draws its examples (a seeded permutation; for a mixture, each task's share of the
   epoch by its rate, cycling through that task's own seeded permutations);
 - `packing.pack` lays them into rows of seq_len slots; the global row stream is epoch 0's rows,
@@ -14,7 +14,7 @@ The iterator state is the position in the stream, `{"epoch", "row"}` (plus a fin
 must match on restore): the same on every process, independent of the process count, so
 restoring any checkpoint gives exactly the batches an uninterrupted run would have seen.
 
-Scaling: the per-process memory is the per-epoch plan (a few int64 per example) and memmaps
+Scaling: the per-process memory is the per-epoch plan (a few int64 per example) and a memmap
 of the store. A host builds a store on first use, alone (deterministic bytes, so hosts with
 local caches agree), or finds it in a shared `$EDITSEQ_CACHE`; for corpora of billions of
 tokens, build the stores beforehand with Beam (`python -m editseq.build_token_stores`, one

@@ -1,10 +1,11 @@
 """Decoder-only transformer (Flax NNX): TinyCodeLM by default, plus the options of Llama/Gemma 2/Phi-3.
 
 Layers are stacked on a leading `layers` axis and run with `jax.lax.scan`, so compile time does not
-grow with depth (`scan_layers=False` unrolls them: slower compiles, faster steps on GPUs).
-Parameters are fp32 (`param_dtype`) and are cast to the compute `dtype` at use; norms, softmax,
-RoPE and the output logits are computed in fp32. Attention is XLA einsums (any option, any
-device) or cuDNN flash attention (`attention_impl="cudnn"`, NVIDIA GPUs, training and scoring).
+grow with depth, or unrolled (slower compiles, faster steps on GPUs). Parameters are fp32
+(`param_dtype`) and are cast to the compute `dtype` at use; norms, softmax, RoPE and the output
+logits are computed in fp32. Attention is XLA einsums (any option, any device) or cuDNN flash
+attention (NVIDIA GPUs, training and scoring). By default both are chosen for the device
+(`ModelConfig.for_device`): cuDNN and unrolled layers on NVIDIA GPUs, XLA and a scan elsewhere.
 
 Parameters carry logical axis names in their `out_sharding` metadata; `editseq.sharding` maps them
 onto a mesh. Eager sharding is off so that a model can be built without a mesh (tests, CPU); the
@@ -146,6 +147,12 @@ class ModelConfig:
   def device_independent(self) -> bool:
     """No "auto" choice is left for `for_device` to make."""
     return self.attention_impl != "auto" and self.scan_layers is not None
+
+  @property
+  def execution(self) -> str:
+    """How the model runs, for logs: "attention cudnn, layers unrolled, remat none"."""
+    return (f"attention {self.attention_impl}, layers "
+            f"{'scanned' if self.scan_layers else 'unrolled'}, remat {self.remat}")
 
   def for_device(self, device: jax.Device, recorded: Mapping[str, Any] | None = None
                  ) -> "ModelConfig":

@@ -154,16 +154,22 @@ class TrainProgram:
           f"{self.smaller_step_hint(None)}") from e
     limit = device_memory_limit(self.mesh.devices.flat[0])
     memory = compiled.memory_analysis()
-    if limit and memory is not None:
-      needed = step_memory_bytes(memory)
-      if needed > limit:
-        gib = lambda n: f"{n / 2**30:.1f} GiB"
-        raise config_validation.ConfigError(
-            f"the train step needs {gib(needed)} per device (arguments "
-            f"{gib(memory.argument_size_in_bytes)}, temporaries {gib(memory.temp_size_in_bytes)}) "
-            f"but {self.mesh.devices.flat[0].device_kind} has {gib(limit)} for it; "
-            f"{self.smaller_step_hint((limit - needed) / memory.temp_size_in_bytes + 1)}")
+    shortfall = self.memory_shortfall(memory, limit) if limit and memory is not None else None
+    if shortfall:
+      raise config_validation.ConfigError(shortfall)
     return compiled
+
+  def memory_shortfall(self, memory, limit: int) -> str | None:
+    """None when a compiled step's `memory` (its `memory_analysis()`) fits in `limit` bytes per
+    device; else what it needs and how to make it fit."""
+    needed = step_memory_bytes(memory)
+    if needed <= limit:
+      return None
+    gib = lambda n: f"{n / 2**30:.1f} GiB"
+    return (f"the train step needs {gib(needed)} per device (arguments "
+            f"{gib(memory.argument_size_in_bytes)}, temporaries {gib(memory.temp_size_in_bytes)}) "
+            f"but {gib(limit)} is usable; "
+            f"{self.smaller_step_hint((limit - needed) / memory.temp_size_in_bytes + 1)}")
 
   def smaller_step_hint(self, fits: float | None) -> str:
     """What to change so that the step fits, given the share of its temporaries that `fits`
@@ -410,12 +416,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                    f"{total_steps}); raise train.steps to continue")
   elif start_step:
     logger.message(f"resumed from step {start_step} ({workdir})")
-  cfg, data = program.model_cfg, config.data
+  data = config.data
   logger.message(
       f"{model_lib.count_params(state['params']) / 1e6:.1f}M parameters on {mesh.size} x "
-      f"{mesh.devices.flat[0].device_kind} (mesh {dict(mesh.shape)}); attention "
-      f"{cfg.attention_impl}, layers {'scanned' if cfg.scan_layers else 'unrolled'}, remat "
-      f"{cfg.remat}; batch {data.global_batch_size} x {data.seq_len} in "
+      f"{mesh.devices.flat[0].device_kind} (mesh {dict(mesh.shape)}); "
+      f"{program.model_cfg.execution}; batch {data.global_batch_size} x {data.seq_len} in "
       f"{config.optimizer.grad_accum_steps} microbatch(es)")
   reporter = _Reporter(program, logger, checkpointer, train_cfg.log_every, workdir)
   pending = None
