@@ -3,9 +3,10 @@
 Layers are stacked on a leading `layers` axis and run with `jax.lax.scan`, so compile time does not
 grow with depth, or unrolled (slower compiles, faster steps on GPUs). Parameters are fp32
 (`param_dtype`) and are cast to the compute `dtype` at use; norms, softmax, RoPE and the output
-logits are computed in fp32. Attention is XLA einsums (any option, any device) or cuDNN flash
-attention (NVIDIA GPUs, training and scoring). By default both are chosen for the device
-(`ModelConfig.for_device`): cuDNN and unrolled layers on NVIDIA GPUs, XLA and a scan elsewhere.
+logits are computed in fp32. Attention is XLA einsums (any option, any device), cuDNN flash
+attention (NVIDIA GPUs) or splash attention (TPUs; `editseq.splash_attention`), the last two for
+training and scoring. By default both are chosen for the device (`ModelConfig.for_device`):
+cuDNN and unrolled layers on NVIDIA GPUs, splash and a scan on TPUs, XLA and a scan elsewhere.
 
 Parameters carry logical axis names in their `out_sharding` metadata; `editseq.sharding` maps them
 onto a mesh. Eager sharding is off so that a model can be built without a mesh (tests, CPU); the
@@ -28,13 +29,14 @@ import dataclasses
 import functools
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from editseq import sharding
+from editseq import splash_attention
 
 Array = jax.Array
 Cache = dict[str, Array]
@@ -80,8 +82,9 @@ class ModelConfig:
   sliding_window_layers: str = "all"  # "all" (Phi-3) or "even" (Gemma 2: layers 0, 2, 4, ...).
   max_seq_len: int = 2048  # Longest sequence the model is meant for (checked by callers).
   # "xla": einsum attention, any option and device. "cudnn": cuDNN flash attention (NVIDIA GPUs,
-  # bf16/fp16) for training and scoring; decoding with a cache always uses "xla". "auto": "cudnn"
-  # where `for_device` finds it can run, else "xla".
+  # bf16/fp16). "splash": Pallas splash attention (TPUs; lengths divisible by 128, others take
+  # the XLA path). Both are for training and scoring; decoding with a cache always uses "xla".
+  # "auto": chosen by `for_device`.
   attention_impl: str = "auto"
   # cudnn with segment_ids: packed examples per row given their own sequence; any beyond this
   # many share the row's last one (so they can attend to each other). Its cost grows with it:
@@ -118,7 +121,7 @@ class ModelConfig:
         "norm": ("layernorm", "rmsnorm"),
         "sliding_window_layers": ("all", "even"),
         "remat": ("none", *_REMAT_POLICIES),
-        "attention_impl": ("auto", "xla", "cudnn"),
+        "attention_impl": ("auto", "xla", "cudnn", "splash"),
         "dtype": ("float32", "bfloat16", "float16"),
         "param_dtype": ("float32", "bfloat16"),
     }
@@ -164,23 +167,28 @@ class ModelConfig:
     224 ms scanned vs 142 ms unrolled (the scan copies each layer's weights and saved
     activations in and out of the stacks; 48.8 vs 28.7 GiB of temporaries; `python -m
     editseq.aot`). On NVIDIA GPUs of compute capability 8.0 or more (what cuDNN flash attention
-    needs), cuDNN attention where the model allows it. Elsewhere XLA attention and scanned
-    layers (compile time independent of depth)."""
+    needs), cuDNN attention where the model allows it. On TPUs splash attention (no [T, T]
+    scores in memory) and scanned layers. Elsewhere XLA attention and scanned layers (compile
+    time independent of depth)."""
     gpu = device.platform == "gpu"
     capability = getattr(device, "compute_capability", None)  # None on compile-only devices.
     cudnn_runs = (gpu and "nvidia" in device.device_kind.lower() and
                   (capability is None or
-                   tuple(int(p) for p in str(capability).split(".")[:2]) >= (8, 0)))
+                   tuple(int(p) for p in str(capability).split(".")[:2]) >= (8, 0)) and
+                  not self.cudnn_unsupported)
+    runs = {"xla": True, "cudnn": cudnn_runs, "splash": device.platform == "tpu"}
     recorded = recorded or {}
     choices = {}
     if self.attention_impl == "auto":
-      best = "cudnn" if cudnn_runs and not self.cudnn_unsupported else "xla"
-      choices["attention_impl"] = "xla" if recorded.get("attention_impl") == "xla" else best
+      kept = recorded.get("attention_impl")
+      best = "cudnn" if cudnn_runs else "splash" if runs["splash"] else "xla"
+      # A run that packed without cuDNN's cap on segments per row keeps packing that way.
+      fallback = "xla" if kept == "splash" else best
+      choices["attention_impl"] = kept if runs.get(kept) else fallback
     if self.scan_layers is None:
       kept = recorded.get("scan_layers")
       choices["scan_layers"] = kept if isinstance(kept, bool) else not gpu
     return dataclasses.replace(self, **choices)
-
   @classmethod
   def from_config_dict(cls, model: Mapping[str, Any], train: Mapping[str, Any] | None = None
                        ) -> "ModelConfig":
@@ -340,6 +348,15 @@ def _weight_einsum_bwd(spec, residuals, g):
 weight_einsum.defvjp(_weight_einsum_fwd, _weight_einsum_bwd)
 
 
+class KernelMask(NamedTuple):
+  """What a fused attention kernel is told in place of an explicit mask: causal by index within
+  `segments` (cuDNN: `packed_layout`'s (lengths, offsets); splash: the segment ids [B, T]; None:
+  one sequence per row), and this layer's sliding `window` (`_NO_WINDOW`: none; traced when the
+  layers are scanned)."""
+  segments: Any
+  window: Array | int
+
+
 class Attention(nnx.Module):
   """Multi-head / grouped-query attention with RoPE, no biases, optional logit soft-capping."""
 
@@ -352,11 +369,11 @@ class Attention(nnx.Module):
     self.v = _param(rngs, cfg, (d, kv, hd), ("embed", "kv_heads", "head_dim"), cfg.init_std)
     self.o = _param(rngs, cfg, (h, hd, d), ("heads", "head_dim", "embed"), out_std)
 
-  def __call__(self, x, sin, cos, mask, kv_cache=None, packing=None):
+  def __call__(self, x, sin, cos, mask, kv_cache=None):
     """x [B, T, d]; kv_cache = (k [B, KV, S, Dh], v, index): this layer's cache, written at index.
 
-    `mask` [B, T, S] (S = T, or the cache's slots) selects the XLA path; `mask=None` the cuDNN
-    path, causal within the segments that `packing` (see `packed_layout`) describes.
+    `mask`: an explicit [B, T, S] bool array (S = T, or the cache's slots) for XLA attention, or
+    a `KernelMask` for the configured kernel (cuDNN or splash).
     """
     cfg = self.cfg
     dt = x.dtype
@@ -377,8 +394,9 @@ class Attention(nnx.Module):
       new_cache = (k, v)
       k, v = k.astype(dt), v.astype(dt)
     scale = cfg.query_scale or cfg.head_dim ** -0.5
-    if mask is None:
-      out = _cudnn_attention(q, k, v, scale, cfg.sliding_window, packing)
+    if isinstance(mask, KernelMask):
+      out = (_cudnn_attention(q, k, v, scale, cfg.sliding_window, mask.segments)
+             if cfg.attention_impl == "cudnn" else _splash_attention(q, k, v, scale, cfg, mask))
     else:
       out = _xla_attention(q, k, v, mask, scale, cfg.attn_logit_softcap, kv_major=kv_major)
     out = sharding.constrain(out, ("act_batch", "act_length", "act_heads", None))
@@ -467,6 +485,20 @@ def _cudnn_attention(q, k, v, scale, window, packing):
       scale=scale, mask_type=cudnn.MaskType.PADDING_CAUSAL, sliding_window_length=window or None)
 
 
+def _splash_attention(q, k, v, scale, cfg, mask):
+  """Splash attention with this layer's window: static when all layers share it; under a scan
+  over Gemma 2's alternating layers, a `lax.cond` between the two kernels."""
+  def run(window):
+    return splash_attention.attention(q, k, v, mask.segments, scale=scale, window=window,
+                                      softcap=cfg.attn_logit_softcap)
+
+  windows = set(cfg.window_per_layer)
+  if len(windows) == 1:
+    return run(windows.pop())
+  return jax.lax.cond(mask.window == _NO_WINDOW, lambda: run(0),
+                      lambda: run(cfg.sliding_window))
+
+
 class GatedMLP(nnx.Module):
   """SwiGLU / GeGLU feed-forward: down(act(gate(x)) * up(x))."""
 
@@ -498,8 +530,8 @@ class Block(nnx.Module):
     self.post_attn_norm = Norm(cfg, rngs=rngs) if cfg.post_norms else None
     self.post_mlp_norm = Norm(cfg, rngs=rngs) if cfg.post_norms else None
 
-  def __call__(self, x, sin, cos, mask, kv_cache=None, packing=None):
-    h, new_cache = self.attn(self.attn_norm(x), sin, cos, mask, kv_cache, packing)
+  def __call__(self, x, sin, cos, mask, kv_cache=None):
+    h, new_cache = self.attn(self.attn_norm(x), sin, cos, mask, kv_cache)
     if self.post_attn_norm is not None:
       h = self.post_attn_norm(h)
     x = x + h
@@ -564,21 +596,25 @@ class Transformer(nnx.Module):
     angles = positions[..., None].astype(jnp.float32) * rope_frequencies(cfg)
     sin, cos = jnp.sin(angles), jnp.cos(angles)
 
-    packing = None
+    kernel_segments = None
     if cache is not None:
       slot_pos = jax.lax.dynamic_update_slice(cache["slot_pos"], positions, (0, cache["index"]))
       mask = attention_mask(positions, slot_pos)
       dist = positions[:, :, None] - slot_pos[:, None, :]
     elif cfg.attention_impl == "cudnn":
-      mask, dist = None, None
+      mask = None
       if segment_ids is not None:
-        packing = packed_layout(segment_ids, min(cfg.max_segments, t))
+        kernel_segments = packed_layout(segment_ids, min(cfg.max_segments, t))
+    elif cfg.attention_impl == "splash" and splash_attention.supports_length(t):
+      mask, kernel_segments = None, segment_ids
     else:
       mask = attention_mask(positions, positions, segment_ids, segment_ids)
       dist = positions[:, :, None] - positions[:, None, :]
 
     def layer_mask(window):
-      return mask & (dist < window) if mask is not None and cfg.sliding_window else mask
+      if mask is None:
+        return KernelMask(kernel_segments, window)
+      return mask & (dist < window) if cfg.sliding_window else mask
 
     new_kv = []
     if cache is not None or isinstance(self.layers, nnx.List):
@@ -586,10 +622,10 @@ class Transformer(nnx.Module):
       for i, window in enumerate(cfg.window_per_layer):
         block = self.layers[i] if isinstance(self.layers, nnx.List) else _layer(self.layers, i)
         kv = None if cache is None else (cache["k"][i], cache["v"][i], cache["index"])
-        x, kv = block(x, sin, cos, layer_mask(window or _NO_WINDOW), kv, packing)
+        x, kv = block(x, sin, cos, layer_mask(window or _NO_WINDOW), kv)
         new_kv.append(kv)
     else:
-      x = self._run_stacked_layers(x, sin, cos, layer_mask, packing)
+      x = self._run_stacked_layers(x, sin, cos, layer_mask)
 
     x = self.final_norm(x)
     if return_hidden:
@@ -609,7 +645,7 @@ class Transformer(nnx.Module):
     """The output projection [d, vocab] as stored (the transposed embedding when tied)."""
     return self.embed[...].T if self.lm_head is None else self.lm_head[...]
 
-  def _run_stacked_layers(self, x, sin, cos, layer_mask, packing):
+  def _run_stacked_layers(self, x, sin, cos, layer_mask):
     """Training and scoring: the stacked layers under lax.scan (or unrolled), with remat."""
     cfg = self.cfg
     windows = jnp.asarray([w or _NO_WINDOW for w in cfg.window_per_layer], jnp.int32)
@@ -617,7 +653,7 @@ class Transformer(nnx.Module):
 
     def body(x, xs):
       state, window = xs
-      x, _ = nnx.merge(graphdef, state)(x, sin, cos, layer_mask(window), None, packing)
+      x, _ = nnx.merge(graphdef, state)(x, sin, cos, layer_mask(window))
       return x, None
 
     if cfg.remat != "none":

@@ -255,7 +255,7 @@ BF16_AUTO = dataclasses.replace(TINY, dtype="bfloat16", attention_impl="auto", s
 
 @pytest.mark.parametrize("device, attention, scanned", [
     (_Device("cpu", "cpu"), "xla", True),
-    (_Device("tpu", "TPU v5 lite"), "xla", True),
+    (_Device("tpu", "TPU v5 lite"), "splash", True),
     (_Device("gpu", "NVIDIA H100 80GB HBM3", "9.0"), "cudnn", False),
     (_Device("gpu", "NVIDIA H100 80GB HBM3"), "cudnn", False),  # compile-only: no capability
     (_Device("gpu", "NVIDIA A100-SXM4-80GB", "8.0"), "cudnn", False),
@@ -273,7 +273,9 @@ def test_auto_attention_falls_back_to_xla_where_cudnn_cannot_compute_the_model()
   h100 = _Device("gpu", "NVIDIA H100 80GB HBM3", "9.0")
   for changes in (dict(attn_logit_softcap=50.0), dict(dtype="float32"),
                   dict(sliding_window=8, sliding_window_layers="even")):
-    assert dataclasses.replace(BF16_AUTO, **changes).for_device(h100).attention_impl == "xla"
+    cfg = dataclasses.replace(BF16_AUTO, **changes)
+    assert cfg.for_device(h100).attention_impl == "xla"
+    assert cfg.for_device(_Device("tpu", "TPU v5 lite")).attention_impl == "splash"  # computes all
   explicit = dataclasses.replace(BF16_AUTO, attention_impl="xla", scan_layers=True)
   assert explicit.for_device(h100) == explicit
 
@@ -283,7 +285,12 @@ def test_auto_attention_falls_back_to_xla_where_cudnn_cannot_compute_the_model()
      "xla", True),  # a run begun with XLA attention and a scan keeps them
     (_Device("gpu", "NVIDIA H100 80GB HBM3", "9.0"), dict(attention_impl="cudnn"), "cudnn", False),
     (_Device("cpu", "cpu"), dict(attention_impl="cudnn", scan_layers=False), "xla", False),
-    (_Device("tpu", "TPU v4"), dict(attention_impl="auto", scan_layers=None), "xla", True),
+    (_Device("tpu", "TPU v4"), dict(attention_impl="auto", scan_layers=None), "splash", True),
+    (_Device("tpu", "TPU v4"), dict(attention_impl="xla"), "xla", True),
+    (_Device("tpu", "TPU v4"), dict(attention_impl="splash"), "splash", True),
+    # Off TPUs a splash run keeps its uncapped packing: XLA attention, not cuDNN.
+    (_Device("gpu", "NVIDIA H100 80GB HBM3", "9.0"), dict(attention_impl="splash"), "xla", False),
+    (_Device("cpu", "cpu"), dict(attention_impl="splash"), "xla", True),
 ])
 def test_a_resumed_run_keeps_its_recorded_choices_where_they_run(device, recorded, attention,
                                                                   scanned):
