@@ -8,8 +8,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Each model config adds its shape (see editseq/model.py ModelConfig for every field). How it
   # runs is chosen for the devices at start: cuDNN flash attention and unrolled layers on NVIDIA
-  # GPUs, XLA attention and scanned layers elsewhere (ModelConfig.for_device); set either to
-  # override ("xla" / "cudnn"; True / False).
+  # GPUs, splash attention and scanned layers on TPUs, XLA attention and scanned layers elsewhere
+  # (ModelConfig.for_device); set either to override ("xla" / "cudnn" / "splash"; True / False).
   config.model = ml_collections.ConfigDict()
   config.model.attention_impl = "auto"
   config.model.scan_layers = ml_collections.config_dict.placeholder(bool)
@@ -23,6 +23,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.seq_len = 1024
   config.data.global_batch_size = 512
   config.data.pack = True
+  # Most examples packed into one row. None: what the attention needs (cuDNN: model.max_segments,
+  # else unlimited); a run resumed on another kind of device keeps the cap it packed with.
+  config.data.max_segments_per_row = ml_collections.config_dict.placeholder(int)
   config.data.seed = 0
   config.data.eval_split = "validation"
 

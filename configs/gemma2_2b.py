@@ -12,7 +12,8 @@ from configs import base
 
 def get_config() -> ml_collections.ConfigDict:
   config = base.get_config()
-  # attention_impl "auto" picks XLA attention on GPUs too: cuDNN has no logit soft-capping.
+  # attention_impl "auto" picks XLA attention on GPUs: cuDNN has no logit soft-capping (TPUs'
+  # splash attention has, and alternates the sliding window by layer).
   config.model.update(
       vocab_size=256000,
       num_layers=26,

@@ -17,6 +17,7 @@ from configs import base
 from editseq import checkpointing
 from editseq import model as model_lib
 from editseq import optimizer
+from editseq import packing
 from editseq import sharding
 
 LOSS_REDUCTIONS = ("sum", "mean")
@@ -61,7 +62,9 @@ def for_device(config: ml_collections.ConfigDict, device=None,
   """A copy of `config` with the model's "auto" choices (attention_impl "auto", scan_layers None)
   made for `device` (default: JAX's first device), as `ModelConfig.for_device` makes them,
   keeping those of the `recorded` config of the run being resumed where they can run: what the
-  input pipeline packs for, what a workdir's config records and what the step compiles."""
+  input pipeline packs for, what a workdir's config records and what the step compiles.
+  The packing cap on examples per row is the recorded run's too (a run packed for cuDNN on GPUs
+  goes on packing that way on a TPU), unless `data.max_segments_per_row` is set."""
   chosen = model_config(config).for_device(
       jax.devices()[0] if device is None else device,
       recorded.model.to_dict() if recorded is not None and "model" in recorded else None)
@@ -69,6 +72,13 @@ def for_device(config: ml_collections.ConfigDict, device=None,
   with config.unlocked():
     config.model.attention_impl = chosen.attention_impl
     config.model.scan_layers = chosen.scan_layers
+    if recorded is not None and "data" in recorded and config.data.get("max_segments_per_row") is None:
+      config.data.max_segments_per_row = packing.max_segments_per_row(recorded)
+  cap = packing.max_segments_per_row(config)
+  if chosen.attention_impl == "cudnn" and cap is not None and cap > chosen.max_segments:
+    _fail(f"data.max_segments_per_row={cap} packs more examples per row than cuDNN attention "
+          f"tells apart (model.max_segments={chosen.max_segments}); raise model.max_segments or "
+          "use model.attention_impl=xla")
   return config
 
 
@@ -79,6 +89,8 @@ def check_values(config: ml_collections.ConfigDict) -> None:
               "train.steps": train.steps, "train.log_every": train.log_every,
               "train.keep_checkpoints": train.keep_checkpoints,
               "optimizer.grad_accum_steps": opt.grad_accum_steps}
+  if data.get("max_segments_per_row") is not None:
+    positive["data.max_segments_per_row"] = data.max_segments_per_row
   for name, value in positive.items():
     if value < 1:
       _fail(f"{name} must be >= 1, got {value}")

@@ -278,7 +278,8 @@ class BatchIterator:
     if wrong:
       raise DataError(f"iterator state does not match this data/config: {wrong} "
                       "(saved vs now; different task, data files, tokenizer, seq_len, seed, or "
-                      "model.attention_impl: cuDNN attention caps the examples packed per row)")
+                      "data.max_segments_per_row: cuDNN attention caps the examples packed per "
+                      "row at model.max_segments)")
     for future, _ in self._pending:
       future.cancel()
     self._pending.clear()
@@ -337,23 +338,13 @@ def validate_data_config(config, vocab, *, splits: tuple[str, ...] | None = None
       tasks.task_files(name, split)
 
 
-def max_segments_per_row(model_config) -> int | None:
-  """The most examples a packed row may hold for this model: `max_segments` under cuDNN
-  attention, whose packed-sequence mode describes no more per row (see
-  `editseq.model.packed_layout`); unlimited for the XLA attention's segment-id mask."""
-  if model_config.get("attention_impl", "xla") != "cudnn":
-    return None
-  from editseq import model as model_lib  # pylint: disable=g-import-not-at-top
-  return model_config.get("max_segments", model_lib.ModelConfig.max_segments)
-
-
 def _make(config, vocab, split, *, shuffle, num_epochs, process_index, process_count, prefetch):
   index, count = _process(process_index, process_count)
   validate_data_config(config, vocab, splits=(split,), process_count=count)
   data = config.data
   source = open_source(data.task, split, vocab, data.seq_len, seed=data.seed, shuffle=shuffle,
                        pack=data.pack, overlong=data.get("overlong") or None,
-                       max_segments_per_row=max_segments_per_row(config.model))
+                       max_segments_per_row=packing.max_segments_per_row(config))
   return BatchIterator(source, global_batch_size=data.global_batch_size, pad_id=vocab.pad_id,
                        process_index=index, process_count=count, num_epochs=num_epochs,
                        prefetch=prefetch)

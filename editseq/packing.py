@@ -171,3 +171,15 @@ def unpack(batch: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
       out.append({"tokens": tokens, "loss_mask": batch["loss_mask"][r, cols],
                   "positions": batch["positions"][r, cols]})
   return out
+
+
+def max_segments_per_row(config) -> int | None:
+  """The most examples a packed row may hold in this run: `data.max_segments_per_row` when set,
+  else `model.max_segments` under cuDNN attention, whose packed-sequence mode describes no more
+  per row (see `editseq.model.packed_layout`), else unlimited (XLA and splash attention take
+  segment ids)."""
+  cap = config.data.get("max_segments_per_row")
+  if cap is not None or config.model.get("attention_impl", "xla") != "cudnn":
+    return cap
+  from editseq import model as model_lib  # pylint: disable=g-import-not-at-top
+  return config.model.get("max_segments", model_lib.ModelConfig.max_segments)

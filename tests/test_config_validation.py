@@ -6,8 +6,10 @@ import pytest
 from configs import test_tiny
 from editseq import checkpointing
 from editseq import config_validation
+from editseq import packing
 from editseq import sharding
 from editseq import trainer
+from tests.test_model import _Device  # pylint: disable=protected-access
 
 
 def _config(**overrides):
@@ -42,6 +44,7 @@ def test_the_tiny_config_is_valid(tmp_path):
     ({"train.loss_chunk_size": -1}, "train.loss_chunk_size must be >= 0"),
     ({"optimizer.schedule": "step"}, "optimizer.schedule must be one of"),
     ({"train.steps": 0}, "train.steps must be >= 1"),
+    ({"data.max_segments_per_row": 0}, "data.max_segments_per_row must be >= 1"),
     ({"optimizer.learning_rate": 0.0}, "optimizer.learning_rate must be > 0"),
     ({"optimizer.warmup_ratio": 2.0}, "optimizer.warmup_ratio must be in [0, 1]"),
     ({"optimizer.warmup_steps": 50}, "exceeds train.steps"),
@@ -133,3 +136,24 @@ def test_a_step_too_big_for_the_device_memory_says_how_to_make_it_fit(monkeypatc
   batch = {k: np.ones((8, 128), np.int32) for k in trainer.BATCH_KEYS}
   _, metrics = step(state, program.global_batch(batch))
   assert np.isfinite(float(metrics["loss"]))
+
+
+def test_a_resumed_run_packs_as_it_began_on_any_device():
+  """A run begun under cuDNN attention packs at most model.max_segments examples per row; on a
+  CPU or TPU it goes on with that cap (XLA and splash attention read any packing), and so on
+  back on a GPU, where the recorded XLA attention is kept."""
+  h100 = _Device("gpu", "NVIDIA H100 80GB HBM3", "9.0")
+  tpu = _Device("tpu", "TPU v5 lite")
+  bf16 = _config(**{"train.compute_dtype": "bfloat16"})
+  gpu_run = config_validation.for_device(bf16, h100)
+  assert gpu_run.model.attention_impl == "cudnn" and packing.max_segments_per_row(gpu_run) == 16
+  assert packing.max_segments_per_row(config_validation.for_device(bf16)) is None  # a new run
+  for device, attention in ((None, "xla"), (tpu, "splash")):
+    resumed = config_validation.for_device(bf16, device, recorded=gpu_run)
+    assert resumed.model.attention_impl == attention
+    assert packing.max_segments_per_row(resumed) == 16
+    again = config_validation.for_device(bf16, h100, recorded=resumed)
+    assert again.model.attention_impl == "xla" and packing.max_segments_per_row(again) == 16
+  with pytest.raises(config_validation.ConfigError, match="more examples per row than cuDNN"):
+    config_validation.for_device(_config(**{"train.compute_dtype": "bfloat16",
+                                            "data.max_segments_per_row": 17}), h100)

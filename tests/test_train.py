@@ -164,6 +164,23 @@ def test_a_resumed_run_keeps_the_way_it_ran(tmp_path):
   assert [r["step"] for r in metrics.read_metrics(tmp_path)] == [1, 2, 3, 4]
 
 
+def test_a_run_packed_for_cudnn_resumes_on_a_device_without_it(tmp_path):
+  """A run begun on GPUs under cuDNN attention (rows of at most model.max_segments examples)
+  resumes here, under XLA attention, with the same packing (the iterator state would otherwise
+  be refused). The GPU run is made by recording what it would have: its packing here is the
+  cap it had there."""
+  short = {"train.steps": 2, "train.eval_every": 0, "train.checkpoint_every": 2}
+  trainer.train_and_evaluate(_config({**short, "data.max_segments_per_row": 2}), str(tmp_path))
+  recorded = checkpointing.load_config(str(tmp_path))
+  recorded.model.attention_impl, recorded.model.max_segments = "cudnn", 2
+  recorded.data.max_segments_per_row = None
+  checkpointing.save_config(str(tmp_path), recorded)
+  trainer.train_and_evaluate(_config({**short, "train.steps": 4}), str(tmp_path))
+  resumed = checkpointing.load_config(str(tmp_path))
+  assert (resumed.model.attention_impl, resumed.data.max_segments_per_row) == ("xla", 2)
+  assert [r["step"] for r in metrics.read_metrics(tmp_path)] == [1, 2, 3, 4]
+
+
 def test_resuming_with_other_data_is_refused(uninterrupted):
   workdir = uninterrupted[0]
   before = (workdir / "metrics.jsonl").read_text()
