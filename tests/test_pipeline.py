@@ -184,12 +184,19 @@ def test_stats_account_for_every_program(generated):
     assert 1 <= edits["p50"] <= edits["p90"] <= edits["max"]
 
 
-def test_two_worker_processes_give_identical_bytes(generated, tmp_path):
+# What Flink, Spark and Dataflow runners are handed: the pipeline as a portable proto, submitted
+# through Beam's Job API (here its embedded job service) and run by SDK workers over gRPC.
+PORTABLE_RUNNER = ("--runner=PortableRunner", "--job_endpoint=embed", "--environment_type=LOOPBACK")
+
+
+@pytest.mark.parametrize("pipeline_args", [
+    ("--direct_num_workers=2", "--direct_running_mode=multi_processing"), PORTABLE_RUNNER,
+], ids=["two_worker_processes", "portable_job_api"])
+def test_other_workers_and_runners_give_identical_bytes(generated, tmp_path, pipeline_args):
   make_sources, out, _ = generated
   other = tmp_path / "out"
   pipeline.run(sources=make_sources(), output_dir=str(other), variants=("lintseq", "baseline"),
-               pipeline_args=("--direct_num_workers=2", "--direct_running_mode=multi_processing"),
-               **SETTINGS)
+               pipeline_args=pipeline_args, **SETTINGS)
   for variant in ("lintseq", "baseline"):
     names = _shard_files(out, variant)
     assert names == _shard_files(other, variant)

@@ -16,6 +16,7 @@ from editseq import default_data
 from editseq import tasks
 from editseq import token_store
 from tests.conftest import REPO_ROOT
+from tests.test_pipeline import PORTABLE_RUNNER
 
 TASK = "editseq_lintseq_instruct"
 
@@ -110,6 +111,17 @@ def test_the_beam_job_writes_the_store_built_on_first_use(resharded, vocab, tmp_
   before = _files(folders[0])
   assert len(_load(three, vocab, tmp_path / "beam", monkeypatch))
   assert _files(folders[0]) == before
+
+
+def test_the_beam_job_on_the_portable_job_api_writes_the_same_store(resharded, vocab, tmp_path,
+                                                                    monkeypatch):
+  """Submitted as Flink/Spark/Dataflow runners take it (a portable pipeline through Beam's Job
+  API, here the embedded job service with in-process SDK workers)."""
+  _, three = resharded
+  [folder] = build_token_stores.build(_config(three), ["validation"], str(tmp_path / "beam"),
+                                      list(PORTABLE_RUNNER), log=lambda line: None)
+  _load(three, vocab, tmp_path / "local", monkeypatch, "validation")
+  assert _files(folder) == _files(tmp_path / "local" / "tokenized" / pathlib.Path(folder).name)
 
 
 def test_an_incomplete_store_is_reported_not_read(resharded, vocab, tmp_path, monkeypatch):
