@@ -45,10 +45,15 @@ Cache = dict[str, Array]
 _MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
 _NO_WINDOW = jnp.iinfo(jnp.int32).max
 
+_SAVE_SPLASH_RESIDUALS = jax.checkpoint_policies.save_only_these_names(splash_attention.RESIDUALS)
 _REMAT_POLICIES = {
     "full": None,  # save nothing, recompute the whole layer
-    "dots": jax.checkpoint_policies.checkpoint_dots,
-    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    # Matmul outputs, and splash attention's output and log-sum-exp (else its forward kernel
+    # would run again in the backward pass).
+    "dots": jax.checkpoint_policies.save_from_both_policies(
+        jax.checkpoint_policies.checkpoint_dots, _SAVE_SPLASH_RESIDUALS),
+    "dots_no_batch": jax.checkpoint_policies.save_from_both_policies(
+        jax.checkpoint_policies.dots_with_no_batch_dims_saveable, _SAVE_SPLASH_RESIDUALS),
 }
 
 

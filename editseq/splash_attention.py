@@ -26,6 +26,9 @@ from editseq import sharding
 # Kernel tile sizes along the sequence: the largest that divides it. Mosaic needs multiples of
 # the TPU's 128 lanes, so other lengths take the XLA path (`supports_length`).
 _BLOCKS = (512, 256, 128)
+# The kernel's output and log-sum-exp, the residuals its backward reads, carry this name so that
+# the model's "dots" remat policies save them instead of running the forward kernel again.
+RESIDUALS = "splash_attention_residuals"
 
 
 def supports_length(seq_len: int) -> bool:
@@ -46,7 +49,8 @@ def _kernel(num_heads: int, seq_len: int, window: int, softcap: float, interpret
       block_q_dq=block, block_kv_dq=block)
   return splash.make_splash_mha(
       splash.MultiHeadMask([mask] * num_heads), block_sizes=blocks, head_shards=1,
-      q_seq_shards=1, attn_logits_soft_cap=softcap or None, interpret=interpret)
+      q_seq_shards=1, attn_logits_soft_cap=softcap or None, residual_checkpoint_name=RESIDUALS,
+      interpret=interpret)
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array | None, *,

@@ -71,6 +71,19 @@ def test_h100_model_matches_the_measured_step_and_prices_the_fused_loss():
 
 
 @needs_compilers
+@pytest.mark.parametrize("remat", ["none", "dots_no_batch"])
+def test_splash_attention_compiles_for_tpus_as_three_kernels(remat, tmp_path):
+  """Forward, dq and dkv kernels (Mosaic custom calls) in the compiled scan body; under a "dots"
+  remat policy the forward's named residuals are saved, not recomputed by a fourth kernel."""
+  hlo = tmp_path / "step.hlo"
+  result, record = aot("--config=configs/test_tiny.py", "--target=v5e:2x2",
+                       f"--config.train.remat={remat}", f"--hlo_out={hlo}")
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert record["attention_impl"] == "splash"
+  assert hlo.read_text().count('custom_call_target="tpu_custom_call"') == 3
+
+
+@needs_compilers
 def test_tpu_slice_fits_or_is_refused_by_its_compiler():
   result, record = aot("--config=configs/test_tiny.py", "--target=v5e:2x2")
   assert result.returncode == 0, result.stderr[-2000:]

@@ -73,12 +73,15 @@ def loss_and_grads(cfg, x, segment_ids, positions):
   return jnp.where((segment_ids > 0)[..., None], logits, 0), nnx.to_pure_dict(grads)
 
 
-@pytest.mark.parametrize("cfg", [TINY, GEMMA_LIKE], ids=["tinycodelm", "gemma_like"])
-@pytest.mark.parametrize("scan_layers", [True, False], ids=["scanned", "unrolled"])
-def test_model_with_splash_attention_matches_xla_attention(cfg, scan_layers):
+@pytest.mark.parametrize("cfg, scan_layers, remat", [
+    (TINY, True, "none"), (TINY, False, "none"), (GEMMA_LIKE, True, "none"),
+    (GEMMA_LIKE, False, "none"), (GEMMA_LIKE, True, "dots_no_batch"),
+], ids=["tinycodelm-scanned", "tinycodelm-unrolled", "gemma_like-scanned", "gemma_like-unrolled",
+        "gemma_like-scanned-remat"])
+def test_model_with_splash_attention_matches_xla_attention(cfg, scan_layers, remat):
   """GEMMA_LIKE: GQA, soft-cap, and a window on even layers only (a `lax.cond` between two
-  kernels inside the scan)."""
-  xla = dataclasses.replace(cfg, attention_impl="xla", scan_layers=scan_layers)
+  kernels inside the scan). Under remat the kernel's residuals are saved by name."""
+  xla = dataclasses.replace(cfg, attention_impl="xla", scan_layers=scan_layers, remat=remat)
   splash = dataclasses.replace(xla, attention_impl="splash")
   x = tokens((2, T))
   got = loss_and_grads(splash, x, SEGMENT_IDS, POSITIONS)
