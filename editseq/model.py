@@ -45,15 +45,15 @@ Cache = dict[str, Array]
 _MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
 _NO_WINDOW = jnp.iinfo(jnp.int32).max
 
-_SAVE_SPLASH_RESIDUALS = jax.checkpoint_policies.save_only_these_names(splash_attention.RESIDUALS)
 _REMAT_POLICIES = {
     "full": None,  # save nothing, recompute the whole layer
-    # Matmul outputs, and splash attention's output and log-sum-exp (else its forward kernel
-    # would run again in the backward pass).
+    # Every matmul's output, attention's included: splash attention's output and log-sum-exp are
+    # saved by name as XLA attention's einsums are (else its forward kernel would run again).
     "dots": jax.checkpoint_policies.save_from_both_policies(
-        jax.checkpoint_policies.checkpoint_dots, _SAVE_SPLASH_RESIDUALS),
-    "dots_no_batch": jax.checkpoint_policies.save_from_both_policies(
-        jax.checkpoint_policies.dots_with_no_batch_dims_saveable, _SAVE_SPLASH_RESIDUALS),
+        jax.checkpoint_policies.checkpoint_dots,
+        jax.checkpoint_policies.save_only_these_names(splash_attention.RESIDUALS)),
+    # The weight matmuls' outputs only: attention, batched over heads, is recomputed.
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
 
 

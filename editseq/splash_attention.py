@@ -27,7 +27,7 @@ from editseq import sharding
 # the TPU's 128 lanes, so other lengths take the XLA path (`supports_length`).
 _BLOCKS = (512, 256, 128)
 # The kernel's output and log-sum-exp, the residuals its backward reads, carry this name so that
-# the model's "dots" remat policies save them instead of running the forward kernel again.
+# the model's "dots" remat policy saves them instead of running the forward kernel again.
 RESIDUALS = "splash_attention_residuals"
 
 

@@ -75,7 +75,7 @@ def loss_and_grads(cfg, x, segment_ids, positions):
 
 @pytest.mark.parametrize("cfg, scan_layers, remat", [
     (TINY, True, "none"), (TINY, False, "none"), (GEMMA_LIKE, True, "none"),
-    (GEMMA_LIKE, False, "none"), (GEMMA_LIKE, True, "dots_no_batch"),
+    (GEMMA_LIKE, False, "none"), (GEMMA_LIKE, True, "dots"),
 ], ids=["tinycodelm-scanned", "tinycodelm-unrolled", "gemma_like-scanned", "gemma_like-unrolled",
         "gemma_like-scanned-remat"])
 def test_model_with_splash_attention_matches_xla_attention(cfg, scan_layers, remat):
