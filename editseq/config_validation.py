@@ -65,9 +65,14 @@ def for_device(config: ml_collections.ConfigDict, device=None,
   input pipeline packs for, what a workdir's config records and what the step compiles.
   The packing cap on examples per row is the recorded run's too (a run packed for cuDNN on GPUs
   goes on packing that way on a TPU), unless `data.max_segments_per_row` is set."""
+  device = jax.devices()[0] if device is None else device
   chosen = model_config(config).for_device(
-      jax.devices()[0] if device is None else device,
-      recorded.model.to_dict() if recorded is not None and "model" in recorded else None)
+      device, recorded.model.to_dict() if recorded is not None and "model" in recorded else None)
+  if chosen.attention_impl not in chosen.attention_that_runs_on(device):
+    needs = {"cudnn": "an NVIDIA GPU of compute capability 8.0 or more",
+             "splash": "TPUs (elsewhere Pallas can only interpret its kernel, for tests)"}
+    _fail(f"model.attention_impl={chosen.attention_impl} does not run on {device.device_kind}: "
+          f"it needs {needs[chosen.attention_impl]}; use auto or xla")
   config = config.copy_and_resolve_references()
   with config.unlocked():
     config.model.attention_impl = chosen.attention_impl

@@ -175,25 +175,27 @@ class ModelConfig:
     needs), cuDNN attention where the model allows it. On TPUs splash attention (no [T, T]
     scores in memory) and scanned layers. Elsewhere XLA attention and scanned layers (compile
     time independent of depth)."""
-    gpu = device.platform == "gpu"
-    capability = getattr(device, "compute_capability", None)  # None on compile-only devices.
-    cudnn_runs = (gpu and "nvidia" in device.device_kind.lower() and
-                  (capability is None or
-                   tuple(int(p) for p in str(capability).split(".")[:2]) >= (8, 0)) and
-                  not self.cudnn_unsupported)
-    runs = {"xla": True, "cudnn": cudnn_runs, "splash": device.platform == "tpu"}
     recorded = recorded or {}
     choices = {}
     if self.attention_impl == "auto":
+      runs = self.attention_that_runs_on(device)
       kept = recorded.get("attention_impl")
-      best = "cudnn" if cudnn_runs else "splash" if runs["splash"] else "xla"
       # A run that packed without cuDNN's cap on segments per row keeps packing that way.
-      fallback = "xla" if kept == "splash" else best
-      choices["attention_impl"] = kept if runs.get(kept) else fallback
+      fallback = "xla" if kept == "splash" else runs[0]
+      choices["attention_impl"] = kept if kept in runs else fallback
     if self.scan_layers is None:
       kept = recorded.get("scan_layers")
-      choices["scan_layers"] = kept if isinstance(kept, bool) else not gpu
+      choices["scan_layers"] = kept if isinstance(kept, bool) else device.platform != "gpu"
     return dataclasses.replace(self, **choices)
+
+  def attention_that_runs_on(self, device: jax.Device) -> tuple[str, ...]:
+    """The attention implementations that compute this model on `device`, fastest first."""
+    capability = getattr(device, "compute_capability", None)  # None on compile-only devices.
+    cudnn_runs = (device.platform == "gpu" and "nvidia" in device.device_kind.lower() and
+                  (capability is None or
+                   tuple(int(p) for p in str(capability).split(".")[:2]) >= (8, 0)) and
+                  not self.cudnn_unsupported)
+    return (("cudnn",) * cudnn_runs + ("splash",) * (device.platform == "tpu") + ("xla",))
   @classmethod
   def from_config_dict(cls, model: Mapping[str, Any], train: Mapping[str, Any] | None = None
                        ) -> "ModelConfig":

@@ -157,3 +157,24 @@ def test_a_resumed_run_packs_as_it_began_on_any_device():
   with pytest.raises(config_validation.ConfigError, match="more examples per row than cuDNN"):
     config_validation.for_device(_config(**{"train.compute_dtype": "bfloat16",
                                             "data.max_segments_per_row": 17}), h100)
+
+
+@pytest.mark.parametrize("attention, device, message", [
+    ("cudnn", None, "attention_impl=cudnn does not run on cpu: it needs an NVIDIA GPU"),
+    ("cudnn", _Device("gpu", "Tesla T4", "7.5"), "does not run on Tesla T4"),
+    ("cudnn", _Device("tpu", "TPU v5 lite"), "does not run on TPU v5 lite"),
+    ("splash", None, "attention_impl=splash does not run on cpu: it needs TPUs"),
+    ("splash", _Device("gpu", "NVIDIA H100 80GB HBM3", "9.0"), "it needs TPUs"),
+])
+def test_an_attention_the_device_cannot_run_is_a_config_error(attention, device, message):
+  config = _config(**{"model.attention_impl": attention, "train.compute_dtype": "bfloat16"})
+  with pytest.raises(config_validation.ConfigError, match=message):
+    config_validation.for_device(config, device)
+
+
+def test_each_attention_runs_where_it_can():
+  for attention, device in (("cudnn", _Device("gpu", "NVIDIA H100 80GB HBM3", "9.0")),
+                            ("cudnn", _Device("gpu", "NVIDIA H100 80GB HBM3")),  # compile-only
+                            ("splash", _Device("tpu", "TPU v5 lite")), ("xla", None)):
+    config = _config(**{"model.attention_impl": attention, "train.compute_dtype": "bfloat16"})
+    assert config_validation.for_device(config, device).model.attention_impl == attention

@@ -139,6 +139,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
     (["--config.mesh.data=3"], "mesh"),
     (["--config.data.global_batch_size=12"], "global_batch_size 12"),
     (["--config=configs/missing.py"], "missing.py"),
+    (["--config.model.attention_impl=splash"], "attention_impl=splash does not run on cpu"),
 ])
 def test_bad_config_is_one_line_and_exit_2(tmp_path, args, message):
   command = [*_command(tmp_path, {}), *args]
