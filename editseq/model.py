@@ -195,7 +195,10 @@ class ModelConfig:
                   (capability is None or
                    tuple(int(p) for p in str(capability).split(".")[:2]) >= (8, 0)) and
                   not self.cudnn_unsupported)
-    return (("cudnn",) * cudnn_runs + ("splash",) * (device.platform == "tpu") + ("xla",))
+    splash_runs = device.platform == "tpu"
+    return tuple(name for name, runs in (("cudnn", cudnn_runs), ("splash", splash_runs),
+                                         ("xla", True)) if runs)
+
   @classmethod
   def from_config_dict(cls, model: Mapping[str, Any], train: Mapping[str, Any] | None = None
                        ) -> "ModelConfig":
