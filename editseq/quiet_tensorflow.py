@@ -5,9 +5,10 @@ exists (absl's "All log messages before absl::InitializeLog()", oneDNN and CUDA-
 twice: two of its libraries log on load), and `TF_CPP_MIN_LOG_LEVEL` does not reach them. Every
 CLI here imports TensorFlow (tf.data, TFRecords, seqio), so each run began with that noise.
 
-`install()` (called by the `editseq`, `data_gen` and `eval` packages) adds an import hook that
-runs TensorFlow's first import with file descriptor 2 sent to a temporary file, then writes back
-every line that is not one of those notices. If the import fails, everything is written back.
+`install()` (called by the `editseq` and `data_gen` packages; `eval`'s CLIs import `editseq`,
+and its sandbox stays free of both) adds an import hook that runs TensorFlow's first import with
+file descriptor 2 sent to a temporary file, then writes back every line that is not one of
+those notices. If the import fails, everything is written back.
 Nothing is imported until someone imports TensorFlow.
 """
 from __future__ import annotations
