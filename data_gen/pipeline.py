@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import importlib.util
 import math
 import os
 import sys
@@ -320,12 +321,28 @@ def unknown_beam_flags(args: list[str]) -> list[str]:
 
 
 def make_pipeline(pipeline_args: list[str]) -> beam.Pipeline:
-  """A pipeline on the runner the options name; without one, the in-process FnApiRunner."""
+  """A pipeline on the runner the options name; without one, the in-process FnApiRunner.
+
+  Raises UsageError for options the runner rejects (Beam validates them here, e.g. Dataflow's
+  project and gs:// locations) and for Dataflow without Beam's Google Cloud client libraries,
+  which Beam would otherwise report only when the job is submitted.
+  """
   options = pipeline_options.PipelineOptions(pipeline_args)
-  if options.view_as(pipeline_options.StandardOptions).runner is None:
+  runner = options.view_as(pipeline_options.StandardOptions).runner
+  if runner is None:
     from apache_beam.runners.portability.fn_api_runner import fn_runner
     return beam.Pipeline(runner=fn_runner.FnApiRunner(), options=options)
-  return beam.Pipeline(options=options)
+  if runner.lower().removesuffix("runner") == "dataflow" and not _has_module("apitools"):
+    raise UsageError(f"--runner={runner} needs Beam's Google Cloud extras on this machine: "
+                     f"pip install 'apache-beam[gcp]=={beam.__version__}'")
+  try:
+    return beam.Pipeline(options=options)
+  except ValueError as e:  # "Pipeline has validations errors: <one line per option>"
+    raise UsageError(" ".join(str(e).split())) from None
+
+
+def _has_module(name: str) -> bool:
+  return importlib.util.find_spec(name) is not None
 
 
 def default_sources() -> list[sources_lib.Source]:
@@ -363,6 +380,7 @@ def run(sources: list[sources_lib.Source] | None = None, output_dir: str = "",
     raise UsageError("--direct_running_mode=multi_threading is not supported: the work is "
                      "CPU-bound Python (one GIL) and CPython 3.11's AST parser is not thread-safe "
                      "(gh-106905); use --direct_running_mode=multi_processing")
+  beam_pipeline = make_pipeline(list(pipeline_args))
   sources = list(sources) if sources is not None else default_sources()
   shards = [(i, shard) for i, source in enumerate(sources) for shard in source.shards()]
   for variant in variants:
@@ -370,7 +388,7 @@ def run(sources: list[sources_lib.Source] | None = None, output_dir: str = "",
       FileSystems.mkdirs(dataset.dataset_dir(output_dir, variant))
 
   start = time.perf_counter()
-  with make_pipeline(list(pipeline_args)) as p:
+  with beam_pipeline as p:
     items = (p | "Shards" >> beam.Create(shards) | "SpreadShards" >> beam.Reshuffle()
              | "Read" >> beam.FlatMap(_read_shard, sources))
     checked = items | "Check" >> beam.FlatMap(_check_program, settings).with_outputs(

@@ -155,7 +155,7 @@ def main(argv: list[str], config_flag: flags.FlagHolder) -> None:
     logging.set_verbosity(logging.INFO if remote else logging.WARNING)
   try:
     build(config, splits, flags.FLAGS.cache_dir or str(default_data.cache_dir()), argv[1:])
-  except DataError as e:
+  except (DataError, beam_pipeline.UsageError) as e:
     cli.fail(str(e))
 
 

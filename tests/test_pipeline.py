@@ -268,6 +268,25 @@ def test_user_mistakes_are_one_line_errors(argv, message, capsys):
   assert message in err and err.count("\n") == 1 and err.startswith("error: ")
 
 
+DATAFLOW = ["--runner=DataflowRunner", "--project", "p", "--region", "us-central1",
+            "--temp_location", "gs://b/t"]
+
+
+@pytest.mark.parametrize("has_gcp_extras, message", [
+    (False, "--runner=DataflowRunner needs Beam's Google Cloud extras on this machine: pip "
+            "install 'apache-beam[gcp]=="),
+    # With them, Beam's own checks of the options, in one line.
+    (True, "Invalid GCS bucket (gs://b/t), given for the option: temp_location."),
+])
+def test_remote_runner_mistakes_are_one_line_errors_before_any_work(
+    has_gcp_extras, message, capsys, monkeypatch, tmp_path):
+  monkeypatch.setattr(pipeline, "_has_module", lambda name: has_gcp_extras)
+  assert pipeline.main(["--output_dir", str(tmp_path / "out"), *DATAFLOW]) == 2
+  err = capsys.readouterr().err
+  assert message in err and err.count("\n") == 1 and err.startswith("error: "), err
+  assert not (tmp_path / "out").exists()
+
+
 def test_cli_help_and_exit_code():
   env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
   done = subprocess.run([sys.executable, "-m", "data_gen.pipeline", "--help"], env=env,

@@ -145,6 +145,15 @@ def test_cli_builds_and_rejects_unknown_flags_in_one_line(tmp_path):
                           capture_output=True, text=True, timeout=300)
   assert result.returncode == 2 and "Traceback" not in result.stderr
   assert "unknown flags: --runer=DataflowRunner" in result.stderr
+  # A store still to build on Dataflow, without Beam's GCP extras here (or, with them, with
+  # options Beam's validation rejects): one line, before any work.
+  result = subprocess.run(
+      [*command[:-2], "--splits=train", f"--cache_dir={tmp_path}", "--runner=DataflowRunner",
+       "--project=p", "--region=us-central1", "--temp_location=gs://b/t"],
+      cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+  assert ("needs Beam's Google Cloud extras" in result.stderr or
+          "Invalid GCS bucket" in result.stderr), result.stderr[-2000:]
 
 
 def test_cached_default_data_loads_without_beam(resharded):
