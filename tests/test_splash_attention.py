@@ -89,6 +89,18 @@ def test_model_with_splash_attention_matches_xla_attention(cfg, scan_layers, rem
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4), got, want)
 
 
+def test_bfloat16_model_with_splash_attention_matches_xla_attention():
+  """The training dtype: bf16 activations into the kernel, as on a TPU."""
+  xla = dataclasses.replace(GEMMA_LIKE, dtype="bfloat16", attention_impl="xla", scan_layers=True)
+  splash = dataclasses.replace(xla, attention_impl="splash")
+  x = tokens((2, T))
+  got_logits, got_grads = loss_and_grads(splash, x, SEGMENT_IDS, POSITIONS)
+  want_logits, want_grads = loss_and_grads(xla, x, SEGMENT_IDS, POSITIONS)
+  np.testing.assert_allclose(got_logits, want_logits, atol=0.05)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=0.05, rtol=0.05),
+               got_grads, want_grads)
+
+
 def test_lengths_the_kernel_cannot_tile_take_the_xla_path():
   splash = dataclasses.replace(TINY, attention_impl="splash", scan_layers=True)
   xla = dataclasses.replace(splash, attention_impl="xla")
