@@ -77,7 +77,8 @@ def for_device(config: ml_collections.ConfigDict, device=None,
   with config.unlocked():
     config.model.attention_impl = chosen.attention_impl
     config.model.scan_layers = chosen.scan_layers
-    if recorded is not None and "data" in recorded and config.data.get("max_segments_per_row") is None:
+    resumed = recorded is not None and "data" in recorded
+    if resumed and config.data.get("max_segments_per_row") is None:
       config.data.max_segments_per_row = packing.max_segments_per_row(recorded)
   cap = packing.max_segments_per_row(config)
   if chosen.attention_impl == "cudnn" and cap is not None and cap > chosen.max_segments:

@@ -62,7 +62,8 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array |
   `window` > 0: only the `window` latest keys (the key at the query's own index included).
   """
   if not supports_length(q.shape[1]):
-    raise ValueError(f"splash attention needs a length divisible by {_BLOCKS[-1]}, got {q.shape[1]}")
+    raise ValueError(f"splash attention needs a length divisible by {_BLOCKS[-1]}, "
+                     f"got {q.shape[1]}")
   q = (q * jnp.asarray(scale, q.dtype)).transpose(0, 2, 1, 3)
   k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
 

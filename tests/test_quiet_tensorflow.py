@@ -51,7 +51,8 @@ class _NoisyLoader:
 
 @pytest.mark.parametrize("fail", [False, True])
 def test_the_loader_writes_back_what_matters(capfd, fail):
-  loader = quiet_tensorflow._QuietLoader(_NoisyLoader([*NOTICES, "a real problem"], fail))  # pylint: disable=protected-access
+  noisy = _NoisyLoader([*NOTICES, "a real problem"], fail)
+  loader = quiet_tensorflow._QuietLoader(noisy)  # pylint: disable=protected-access
   if fail:
     with pytest.raises(ImportError, match="cannot open"):
       loader.exec_module(None)
