@@ -69,6 +69,20 @@ def _union_length(intervals: list[tuple[float, float]]) -> float:
   return total
 
 
+def _kernel_name(name: str) -> str:
+  """A C++ kernel's name without `void ` and its parameter list:
+  `void cudnn::fusion::memset<float>(void*, float)` -> `cudnn::fusion::memset<float>`."""
+  if name.startswith("void "):
+    name = name[len("void "):]
+  if name.endswith(")"):
+    depth = 0
+    for i in range(len(name) - 1, -1, -1):
+      depth += {")": 1, "(": -1}.get(name[i], 0)
+      if depth == 0:
+        return name[:i] or name
+  return name
+
+
 def op_times(trace_path: str | pathlib.Path) -> OpTimes:
   """Reads a trace's op events: a device's "XLA Ops" line if any, else XLA's CPU op threads."""
   try:
@@ -97,7 +111,9 @@ def op_times(trace_path: str | pathlib.Path) -> OpTimes:
     if e.get("ph") != "X" or (e.get("pid"), e.get("tid")) not in selected:
       continue
     name = e["name"]
-    if name.startswith("end: ") or "::" in name:  # the CPU client's markers, not ops
+    if device_pids:
+      name = _kernel_name(name)
+    elif name.startswith("end: ") or "::" in name:  # the CPU client's markers, not ops
       continue
     start, duration = float(e["ts"]) * 1e-6, float(e.get("dur", 0.0)) * 1e-6
     op = _SUFFIX.sub("", name)

@@ -49,11 +49,23 @@ def test_a_device_without_an_xla_ops_line_is_read_from_its_streams(tmp_path):
             _meta("thread_name", 2, "Stream #20(Compute)", 3)]
   events += [{"ph": "X", "pid": 2, "tid": 1, "name": "jit_step", "ts": 0, "dur": 500},
              {"ph": "X", "pid": 2, "tid": 3, "name": "nvjet_gemm", "ts": 10, "dur": 300},
-             {"ph": "X", "pid": 2, "tid": 3, "name": "loop_fusion", "ts": 320, "dur": 100}]
+             {"ph": "X", "pid": 2, "tid": 3, "name": "loop_fusion", "ts": 320, "dur": 100},
+             # Library kernels are C++ functions: counted (cuDNN's backward helpers are a fifth
+             # of its attention time on an H100), named without `void ` and their parameters.
+             {"ph": "X", "pid": 2, "tid": 3, "ts": 430, "dur": 40,
+              "name": "void cudnn::fusion::compute_dot_do_o<true, 64>(void const*, void*, "
+                      "unsigned int)"},
+             {"ph": "X", "pid": 2, "tid": 3, "name": "cudnn::fusion::qkv_tma_setup(void*)",
+              "ts": 470, "dur": 5},
+             {"ph": "X", "pid": 2, "tid": 3, "name": "k(f(x))", "ts": 480, "dur": 5}]
   _write_trace(tmp_path / "t.trace.json.gz", events)
   times = profile_summary.op_times(tmp_path / "t.trace.json.gz")
   assert times.source == "/device:GPU:0: Stream #20(Compute)"
-  assert times.per_op == pytest.approx({"nvjet_gemm": 300e-6, "loop_fusion": 100e-6})
+  assert times.per_op == pytest.approx({
+      "nvjet_gemm": 300e-6, "loop_fusion": 100e-6,
+      "cudnn::fusion::compute_dot_do_o<true, 64>": 40e-6, "cudnn::fusion::qkv_tma_setup": 5e-6,
+      "k": 5e-6})
+  assert times.busy_s == pytest.approx(450e-6)
 
 
 def test_reads_a_real_cpu_trace(tmp_path):
