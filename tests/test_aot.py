@@ -15,9 +15,11 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 AOT_DIR = REPO / ".venv" / "aot"
 needs_compilers = pytest.mark.skipif(not (AOT_DIR / "jax_plugins").is_dir(),
                                      reason="run scripts/setup.sh: no .venv/aot compilers")
-# H100, session 1 (docs/TPU_GPU.md): 150M, batch 64 x 1024, cuDNN attention, unrolled layers,
-# remat dots_no_batch, whole-sequence loss: 384k tokens/s.
-MEASURED_H100_STEP_S = 64 * 1024 / 384e3
+# H100 steps of the 150M config at batch 64 x 1024, cuDNN attention, unrolled layers
+# (docs/TPU_GPU.md). Session 1: remat dots_no_batch, whole-sequence loss, 384k tokens/s.
+# Session 7: the default (no remat, chunked loss with hand-derived gradients), 159.3 ms (the mean
+# of three runs: 160.7, 158.3, 159.1 ms).
+MEASURED_H100_STEP_S = {"session 1": 64 * 1024 / 384e3, "default": 0.1593}
 
 
 def aot(*args, compilers=True):
@@ -51,23 +53,23 @@ def test_tiny_step_on_one_and_eight_h100s():
 
 
 @needs_compilers
-def test_h100_model_matches_the_measured_step_and_prices_the_fused_loss():
-  """Calibration: the roofline of the program measured on an H100 (session 1) is within 10%
-  of the measurement. The chunked loss with hand-derived gradients (the default) should then
-  be at least 10% faster at the same batch. The config's "auto" choices are the H100's: cuDNN
-  attention (which needs JAX's compute-capability check answered for the H100) and unrolled
-  layers."""
+def test_h100_model_matches_the_measured_steps():
+  """Calibration: the rooflines of both programs measured on an H100 are within 10% of the
+  measurements, and order them as measured (the default is the faster). The config's "auto"
+  choices are the H100's: cuDNN attention (which needs JAX's compute-capability check answered
+  for the H100) and unrolled layers."""
   gpu_recipe = ["--config=configs/tinycodelm_150m.py", "--target=h100",
                 "--config.data.global_batch_size=64"]
-  result, measured = aot(*gpu_recipe, "--config.train.remat=dots_no_batch",
+  result, session1 = aot(*gpu_recipe, "--config.train.remat=dots_no_batch",
                          "--config.train.loss_chunk_size=0")
   assert result.returncode == 0, result.stderr[-2000:]
-  assert abs(measured["estimated_step_s"] / MEASURED_H100_STEP_S - 1) < 0.1
-  assert (measured["attention_impl"], measured["scan_layers"]) == ("cudnn", False)
+  assert abs(session1["estimated_step_s"] / MEASURED_H100_STEP_S["session 1"] - 1) < 0.1
+  assert (session1["attention_impl"], session1["scan_layers"]) == ("cudnn", False)
   result, default = aot(*gpu_recipe)
   assert result.returncode == 0, result.stderr[-2000:]
-  assert default["estimated_step_s"] < 0.9 * measured["estimated_step_s"]
-  assert default["memory_temp_bytes"] < measured["memory_temp_bytes"]
+  assert abs(default["estimated_step_s"] / MEASURED_H100_STEP_S["default"] - 1) < 0.1
+  assert default["estimated_step_s"] < session1["estimated_step_s"]
+  assert default["memory_temp_bytes"] < session1["memory_temp_bytes"]
 
 
 @needs_compilers
