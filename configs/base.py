@@ -12,6 +12,7 @@ def get_config() -> ml_collections.ConfigDict:
   # (ModelConfig.for_device); set either to override ("xla" / "cudnn" / "splash"; True / False).
   config.model = ml_collections.ConfigDict()
   config.model.attention_impl = "auto"
+  config.model.max_segments = 16  # cuDNN attention: most packed examples per row it tells apart.
   config.model.scan_layers = ml_collections.config_dict.placeholder(bool)
 
   config.data = ml_collections.ConfigDict()

@@ -2,8 +2,10 @@
 
     python -m editseq.bench_input                       # full default data, lintseq task
     python -m editseq.bench_input --data_dir default:small --steps 10
+    python -m editseq.bench_input --max_segments_per_row 8   # packing under a cuDNN-style cap
 
-Prints batches/s, tokens/s, packing efficiency (share of non-padding slots) and loss-token
+Prints batches/s, tokens/s, packing efficiency (share of non-padding slots), examples per row
+(what a cap on them, such as cuDNN attention's `model.max_segments`, costs) and loss-token
 share, then as its last line one JSON object with the same figures and what a TPU v4-8 needs.
 
 What a TPU v4-8 step needs: training FLOPs per token ~ 6 N + 12 L T d (N = 151.9M parameters,
@@ -47,13 +49,17 @@ def main(argv=None) -> int:
   parser.add_argument("--steps", type=int, default=20)
   parser.add_argument("--prefetch", type=int, default=0,
                       help="background batches (0 measures the producer alone)")
+  parser.add_argument("--max_segments_per_row", type=int, default=None,
+                      help="most examples packed into a row (default: no cap)")
   args = parser.parse_args(argv)
+  if args.max_segments_per_row is not None and args.max_segments_per_row < 1:
+    parser.error("--max_segments_per_row must be >= 1")
 
   from configs import base  # pylint: disable=g-import-not-at-top
   from editseq import default_data, input_pipeline, tokenizer  # pylint: disable=g-import-not-at-top
   config = base.get_config()
   config.data.update(task=args.task, data_dir=args.data_dir, seq_len=args.seq_len,
-                     global_batch_size=args.batch)
+                     global_batch_size=args.batch, max_segments_per_row=args.max_segments_per_row)
   try:
     vocab = default_data.vocabulary(args.vocab_path)
     start = time.perf_counter()
@@ -71,12 +77,15 @@ def main(argv=None) -> int:
   plan_s = time.perf_counter() - start
   next(it)  # warm-up
   non_pad = loss = 0
+  segments = []
   start = time.perf_counter()
   for _ in range(args.steps):
     batch = next(it)
     non_pad += int(np.count_nonzero(batch["segment_ids"]))
     loss += int(batch["loss_mask"].sum())
+    segments.append(batch["segment_ids"].max(axis=1))  # ids count 1, 2, ... within a row
   elapsed = time.perf_counter() - start
+  segments = np.concatenate(segments)
   it.close()
   slots = args.steps * args.batch * args.seq_len
   result = {
@@ -90,12 +99,18 @@ def main(argv=None) -> int:
       "batches_per_s": round(args.steps / elapsed, 2),
       "tokens_per_s": round(slots / elapsed),
       "packing_efficiency": round(non_pad / slots, 4),
+      "max_segments_per_row": args.max_segments_per_row,
+      "segments_per_row": {"median": float(np.median(segments)),
+                           "p90": float(np.percentile(segments, 90)),
+                           "max": int(segments.max())},
       "loss_token_share": round(loss / slots, 4),
       **tpu_step_estimate(args.seq_len, args.batch),
   }
   result["keeps_up"] = result["batches_per_s"] >= result["needed_batches_per_s"]
   print(f"{result['batches_per_s']} batches/s, {result['tokens_per_s']:,} tokens/s "
         f"({args.batch} x {args.seq_len}); packing efficiency {result['packing_efficiency']:.1%}"
+        f" (examples per row: median {result['segments_per_row']['median']:g}, 90th percentile "
+        f"{result['segments_per_row']['p90']:g}, max {result['segments_per_row']['max']})"
         f"; a TPU v4-8 step at 40% MFU needs {result['needed_batches_per_s']} batches/s")
   print(json.dumps(result))
   return 0

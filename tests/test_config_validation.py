@@ -1,11 +1,16 @@
 """Bad configs fail before any compile with one line that names the problem."""
+import importlib
+import pathlib
+
 import jax
 import numpy as np
 import pytest
 
+import configs
 from configs import test_tiny
 from editseq import checkpointing
 from editseq import config_validation
+from editseq import model as model_lib
 from editseq import packing
 from editseq import sharding
 from editseq import trainer
@@ -154,9 +159,24 @@ def test_a_resumed_run_packs_as_it_began_on_any_device():
     assert packing.max_segments_per_row(resumed) == 16
     again = config_validation.for_device(bf16, h100, recorded=resumed)
     assert again.model.attention_impl == "xla" and packing.max_segments_per_row(again) == 16
-  with pytest.raises(config_validation.ConfigError, match="more examples per row than cuDNN"):
+  with pytest.raises(config_validation.ConfigError, match="raise model.max_segments"):
     config_validation.for_device(_config(**{"train.compute_dtype": "bfloat16",
                                             "data.max_segments_per_row": 17}), h100)
+  raised = config_validation.for_device(_config(**{
+      "train.compute_dtype": "bfloat16", "data.max_segments_per_row": 17,
+      "model.max_segments": 17}), h100)
+  assert packing.max_segments_per_row(raised) == 17
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in pathlib.Path(configs.__file__).parent.glob(
+    "*.py") if p.stem not in ("__init__", "base")))
+def test_the_cudnn_segment_cap_can_be_set_from_the_command_line(name):
+  """`--config.model.max_segments=N` (config flags override only keys a config has): packed
+  cuDNN attention costs more with a larger cap (docs/TPU_GPU.md), so users tune it."""
+  config = importlib.import_module(f"configs.{name}").get_config()
+  assert config.model.max_segments == model_lib.ModelConfig.max_segments
+  config.model.max_segments = 4
+  assert model_lib.ModelConfig.from_config_dict(config.model, config.train).max_segments == 4
 
 
 @pytest.mark.parametrize("attention, device, message", [
