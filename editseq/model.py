@@ -29,7 +29,7 @@ import dataclasses
 import functools
 import math
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -43,7 +43,8 @@ Cache = dict[str, Array]
 
 # Large finite negative: fully masked rows (left padding) give a uniform softmax instead of NaN.
 _MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
-_NO_WINDOW = jnp.iinfo(jnp.int32).max
+# The window of a layer without one (`KernelMask.window`, `sequence_masks`).
+NO_WINDOW = jnp.iinfo(jnp.int32).max
 
 _REMAT_POLICIES = {
     "full": None,  # save nothing, recompute the whole layer
@@ -361,7 +362,7 @@ weight_einsum.defvjp(_weight_einsum_fwd, _weight_einsum_bwd)
 class KernelMask(NamedTuple):
   """What a fused attention kernel is told in place of an explicit mask: causal by index within
   `segments` (cuDNN: `packed_layout`'s (lengths, offsets); splash: the segment ids [B, T]; None:
-  one sequence per row), and this layer's sliding `window` (`_NO_WINDOW`: none; traced when the
+  one sequence per row), and this layer's sliding `window` (`NO_WINDOW`: none; traced when the
   layers are scanned)."""
   segments: Any
   window: Array | int
@@ -403,14 +404,22 @@ class Attention(nnx.Module):
           v_cache, v.transpose(0, 2, 1, 3).astype(v_cache.dtype), (0, 0, index, 0))
       new_cache = (k, v)
       k, v = k.astype(dt), v.astype(dt)
-    scale = cfg.query_scale or cfg.head_dim ** -0.5
-    if isinstance(mask, KernelMask):
-      out = (_cudnn_attention(q, k, v, scale, cfg.sliding_window, mask.segments)
-             if cfg.attention_impl == "cudnn" else _splash_attention(q, k, v, scale, cfg, mask))
-    else:
-      out = _xla_attention(q, k, v, mask, scale, cfg.attn_logit_softcap, kv_major=kv_major)
-    out = sharding.constrain(out, ("act_batch", "act_length", "act_heads", None))
+    out = sharding.constrain(attend(q, k, v, mask, cfg, kv_major=kv_major),
+                             ("act_batch", "act_length", "act_heads", None))
     return weight_einsum("bthk,hkd->btd", out, self.o[...].astype(dt)), new_cache
+
+
+def attend(q: Array, k: Array, v: Array, mask, cfg: ModelConfig, *,
+           kv_major: bool = False) -> Array:
+  """Attention of roped q [B, T, H, Dh] over k, v [B, S, KV, Dh] ([B, KV, S, Dh] when
+  `kv_major`, the cache) under a layer's `mask` (`sequence_masks`): the configured kernel for a
+  `KernelMask`, else XLA attention."""
+  scale = cfg.query_scale or cfg.head_dim ** -0.5
+  if isinstance(mask, KernelMask):
+    if cfg.attention_impl == "cudnn":
+      return _cudnn_attention(q, k, v, scale, cfg.sliding_window, mask.segments)
+    return _splash_attention(q, k, v, scale, cfg, mask)
+  return _xla_attention(q, k, v, mask, scale, cfg.attn_logit_softcap, kv_major=kv_major)
 
 
 def _xla_attention(q, k, v, mask, scale, softcap, *, kv_major=False):
@@ -505,7 +514,7 @@ def _splash_attention(q, k, v, scale, cfg, mask):
   windows = set(cfg.window_per_layer)
   if len(windows) == 1:
     return run(windows.pop())
-  return jax.lax.cond(mask.window == _NO_WINDOW, lambda: run(0),
+  return jax.lax.cond(mask.window == NO_WINDOW, lambda: run(0),
                       lambda: run(cfg.sliding_window))
 
 
@@ -550,6 +559,31 @@ class Block(nnx.Module):
       h = self.post_mlp_norm(h)
     x = sharding.constrain(x + h, ("act_batch", "act_length", "act_embed"))
     return x, new_cache
+
+
+def sequence_masks(cfg: ModelConfig, positions: Array,
+                   segment_ids: Array | None) -> Callable[[Any], Any]:
+  """`layer_mask(window)` for a whole-sequence pass (training, scoring): what `attend` takes for
+  a layer with that window (`NO_WINDOW`: none). The configured kernel gets a `KernelMask`
+  (cuDNN: `packed_layout`; splash: the segment ids), XLA attention an explicit [B, T, T] mask."""
+  t = positions.shape[1]
+  if cfg.attention_impl == "cudnn":
+    segments = (None if segment_ids is None else
+                packed_layout(segment_ids, min(cfg.max_segments, t)))
+    return lambda window: KernelMask(segments, window)
+  if cfg.attention_impl == "splash" and splash_attention.supports_length(t):
+    return lambda window: KernelMask(segment_ids, window)
+  return _windowed(cfg, positions, positions,
+                   attention_mask(positions, positions, segment_ids, segment_ids))
+
+
+def _windowed(cfg: ModelConfig, q_pos: Array, k_pos: Array,
+              mask: Array) -> Callable[[Any], Array]:
+  """`layer_mask(window)` over an explicit mask: keys within `window` positions of the query."""
+  if not cfg.sliding_window:
+    return lambda window: mask
+  dist = q_pos[:, :, None] - k_pos[:, None, :]
+  return lambda window: mask & (dist < window)
 
 
 def attention_mask(q_pos: Array, k_pos: Array, q_seg: Array | None = None,
@@ -606,25 +640,11 @@ class Transformer(nnx.Module):
     angles = positions[..., None].astype(jnp.float32) * rope_frequencies(cfg)
     sin, cos = jnp.sin(angles), jnp.cos(angles)
 
-    kernel_segments = None
     if cache is not None:
       slot_pos = jax.lax.dynamic_update_slice(cache["slot_pos"], positions, (0, cache["index"]))
-      mask = attention_mask(positions, slot_pos)
-      dist = positions[:, :, None] - slot_pos[:, None, :]
-    elif cfg.attention_impl == "cudnn":
-      mask = None
-      if segment_ids is not None:
-        kernel_segments = packed_layout(segment_ids, min(cfg.max_segments, t))
-    elif cfg.attention_impl == "splash" and splash_attention.supports_length(t):
-      mask, kernel_segments = None, segment_ids
+      layer_mask = _windowed(cfg, positions, slot_pos, attention_mask(positions, slot_pos))
     else:
-      mask = attention_mask(positions, positions, segment_ids, segment_ids)
-      dist = positions[:, :, None] - positions[:, None, :]
-
-    def layer_mask(window):
-      if mask is None:
-        return KernelMask(kernel_segments, window)
-      return mask & (dist < window) if cfg.sliding_window else mask
+      layer_mask = sequence_masks(cfg, positions, segment_ids)
 
     new_kv = []
     if cache is not None or isinstance(self.layers, nnx.List):
@@ -632,7 +652,7 @@ class Transformer(nnx.Module):
       for i, window in enumerate(cfg.window_per_layer):
         block = self.layers[i] if isinstance(self.layers, nnx.List) else _layer(self.layers, i)
         kv = None if cache is None else (cache["k"][i], cache["v"][i], cache["index"])
-        x, kv = block(x, sin, cos, layer_mask(window or _NO_WINDOW), kv)
+        x, kv = block(x, sin, cos, layer_mask(window or NO_WINDOW), kv)
         new_kv.append(kv)
     else:
       x = self._run_stacked_layers(x, sin, cos, layer_mask)
@@ -658,7 +678,7 @@ class Transformer(nnx.Module):
   def _run_stacked_layers(self, x, sin, cos, layer_mask):
     """Training and scoring: the stacked layers under lax.scan (or unrolled), with remat."""
     cfg = self.cfg
-    windows = jnp.asarray([w or _NO_WINDOW for w in cfg.window_per_layer], jnp.int32)
+    windows = jnp.asarray([w or NO_WINDOW for w in cfg.window_per_layer], jnp.int32)
     graphdef, layer_state = nnx.split(self.layers)
 
     def body(x, xs):
