@@ -93,8 +93,9 @@ class ModelConfig:
   # "auto": chosen by `for_device`.
   attention_impl: str = "auto"
   # cudnn with segment_ids: packed examples per row given their own sequence; any beyond this
-  # many share the row's last one (so they can attend to each other). Its cost grows with it:
-  # 16 -> 38.5% MFU, 64 -> 31.6% for the 150M shape on an H100 (batch 32 x 1024).
+  # many share the row's last one (so they can attend to each other). Its cost grows with it,
+  # however many examples the rows hold: the 150M step on an H100 (batch 64 x 1024) runs at
+  # 42.8% MFU with 1, 42.3% with 4, 40.3% with 16 (docs/TPU_GPU.md).
   max_segments: int = 16
   init_std: float = 0.02
   dtype: str = "bfloat16"  # Compute dtype.
@@ -170,8 +171,8 @@ class ModelConfig:
     that the run goes on as it started (and packs its batches the same way).
 
     On GPUs, unrolled layers: the modelled H100 step of the 150M config at batch 64 x 1024 is
-    224 ms scanned vs 142 ms unrolled (the scan copies each layer's weights and saved
-    activations in and out of the stacks; 48.8 vs 28.7 GiB of temporaries; `python -m
+    232 ms scanned vs 153 ms unrolled (measured: 159 ms; the scan copies each layer's weights
+    and saved activations in and out of the stacks; 48.8 vs 28.7 GiB of temporaries; `python -m
     editseq.aot`). On NVIDIA GPUs of compute capability 8.0 or more (what cuDNN flash attention
     needs), cuDNN attention where the model allows it. On TPUs splash attention (no [T, T]
     scores in memory) and scanned layers. Elsewhere XLA attention and scanned layers (compile
