@@ -11,8 +11,15 @@ workers started), `sequences_per_cpu_s` (per second of worker CPU time: what one
 whatever else the machine is running), `wall_s`, `load_average` (1-minute, at the end: a busy
 machine lowers `sequences_per_s`), `peak_rss_mb` (largest peak resident set of a single worker),
 `main_rss_mb`, `worker_rss_first_mb`/`worker_rss_last_mb` (largest current RSS of a worker after
-its first and last chunk: flat means no growth), `mean_diffs_per_sequence`, and
-`distinct_sequence_share` (distinct sequences among one program's samples, averaged).
+its first and last chunk: flat means no growth), `mean_diffs_per_sequence`,
+`distinct_sequence_share` (distinct sequences among one program's samples, averaged), and the
+shape of the edits, the figures README.md compares with the reference implementation:
+`edits_per_sequence` (non-empty diffs), `lines_per_diff` (added lines per non-empty diff),
+`multi_hunk_share` (diffs with more than one hunk), `split_statement_share` (steps that insert
+some but not all lines of a multi-line simple statement of the final program),
+`docstring_splits_per_sequence` (such steps inside a bare string, e.g. a docstring) and
+`parsing_state_share` (intermediate programs, after each diff but the last, that `ast.parse`
+accepts). The shape is computed outside the timed LintSeq calls.
 
 `--make_stdlib_input FILE` writes the standard input: 200 functions and methods of the running
 Python's standard library, 10-44 lines each, dedented, chosen deterministically (sorted by a
@@ -26,6 +33,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import re
 import resource
 import sys
 import time
@@ -80,6 +88,61 @@ def make_stdlib_input(path: str) -> int:
     return len(chosen)
 
 
+SHAPE_COUNTS = ("edits", "added_lines", "multi_hunk_diffs", "steps", "split_steps",
+                "docstring_split_steps", "states", "parsing_states")
+_HUNK_HEADER = re.compile(r"@@ -\d+,0 \+(\d+)(?:,(\d+))? @@")
+
+
+def _multiline_statements(program: str) -> list[tuple[int, int, bool]]:
+    """(first, last) 0-based line of every multi-line simple statement of `program`, and
+    whether it is a bare string (a docstring)."""
+    spans = []
+    for node in ast.walk(ast.parse(program)):
+        if (isinstance(node, ast.stmt) and node.end_lineno > node.lineno
+                and not hasattr(node, "body")):
+            bare = isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
+            spans.append((node.lineno - 1, node.end_lineno - 1, bare))
+    return spans
+
+
+def sequence_shape(program: str, diffs: list[str]) -> dict[str, int]:
+    """The counts behind the edit-shape figures (module docstring) of one edit sequence."""
+    from data_gen import edit_format
+
+    counts = dict.fromkeys(SHAPE_COUNTS, 0)
+    inserted_by: list[int] = []   # per line of the growing program, the step that inserted it
+    lines: list[str] = []
+    for step, diff in enumerate(diffs):
+        counts["steps"] += 1
+        if not diff:
+            continue
+        counts["edits"] += 1
+        headers = [_HUNK_HEADER.fullmatch(l) for l in diff.split("\n") if l.startswith("@@")]
+        counts["added_lines"] += diff.count("\n") + 1 - len(headers)
+        counts["multi_hunk_diffs"] += len(headers) > 1
+        for header in headers:
+            start, count = int(header[1]), int(header[2] or 1)
+            inserted_by[start - 1:start - 1] = [step] * count
+        edit_format.apply_diff(lines, diff)
+        if step < len(diffs) - 1:
+            counts["states"] += 1
+            try:
+                ast.parse("\n".join(lines))
+                counts["parsing_states"] += 1
+            except (SyntaxError, ValueError):
+                pass
+    split, in_strings = set(), set()
+    for first, last, bare in _multiline_statements(program):
+        steps = set(inserted_by[first:last + 1])
+        if len(steps) > 1:
+            split |= steps
+            if bare:
+                in_strings |= steps
+    counts["split_steps"] = len(split)
+    counts["docstring_split_steps"] = len(in_strings)
+    return counts
+
+
 def _current_rss_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -94,21 +157,26 @@ def _run_chunk(task):
     from data_gen import lintseq
 
     programs, num_samples, seed, use_linter = task
-    cpu_start = time.process_time()
-    result = {"programs": 0, "sequences": 0, "diffs": 0, "distinct": 0.0, "skipped": {}}
+    result = {"programs": 0, "sequences": 0, "diffs": 0, "distinct": 0.0, "skipped": {},
+              "cpu_s": 0.0, **dict.fromkeys(SHAPE_COUNTS, 0)}
     for program in programs:
+        cpu_start = time.process_time()
         try:
             sequences = lintseq.lintseq(program, num_samples=num_samples, seed=seed,
                                         use_linter=use_linter)
         except lintseq.LintSeqError as error:
             result["skipped"][error.reason] = result["skipped"].get(error.reason, 0) + 1
             continue
+        finally:
+            result["cpu_s"] += time.process_time() - cpu_start
         result["programs"] += 1
         result["sequences"] += len(sequences)
         result["diffs"] += sum(len(s) for s in sequences)
         if sequences:
             result["distinct"] += len({tuple(s) for s in sequences}) / len(sequences)
-    result["cpu_s"] = time.process_time() - cpu_start
+        for diffs in sequences:
+            for name, count in sequence_shape(program, diffs).items():
+                result[name] += count
     result["pid"] = os.getpid()
     result["rss_mb"] = _current_rss_mb()
     result["peak_rss_mb"] = _peak_rss_mb()
@@ -156,7 +224,8 @@ def run(programs: list[str], *, num_samples: int, workers: int, use_linter: bool
         _warm_up(None)
         results_iter = map(_run_chunk, tasks)
     work_start = time.perf_counter()
-    totals = {"programs": 0, "sequences": 0, "diffs": 0, "distinct": 0.0, "cpu_s": 0.0}
+    totals = {"programs": 0, "sequences": 0, "diffs": 0, "distinct": 0.0, "cpu_s": 0.0,
+              **dict.fromkeys(SHAPE_COUNTS, 0)}
     skipped: dict[str, int] = {}
     first_rss: dict[int, float] = {}
     last_rss: dict[int, float] = {}
@@ -195,6 +264,12 @@ def run(programs: list[str], *, num_samples: int, workers: int, use_linter: bool
         "worker_rss_last_mb": round(max(last_rss.values(), default=0.0), 1),
         "mean_diffs_per_sequence": round(totals["diffs"] / max(sequences, 1), 3),
         "distinct_sequence_share": round(totals["distinct"] / max(totals["programs"], 1), 4),
+        "edits_per_sequence": round(totals["edits"] / max(sequences, 1), 3),
+        "lines_per_diff": round(totals["added_lines"] / max(totals["edits"], 1), 3),
+        "multi_hunk_share": round(totals["multi_hunk_diffs"] / max(totals["edits"], 1), 4),
+        "split_statement_share": round(totals["split_steps"] / max(totals["steps"], 1), 4),
+        "docstring_splits_per_sequence": round(totals["docstring_split_steps"] / max(sequences, 1), 3),
+        "parsing_state_share": round(totals["parsing_states"] / max(totals["states"], 1), 4),
     }
 
 
