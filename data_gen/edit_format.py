@@ -21,8 +21,9 @@ import re
 from collections.abc import Sequence
 
 DIFF_TOKEN = "<|diff|>"
-# What follows the instruction and every diff but the last in a LintSeq example.
+# What precedes every diff of a LintSeq example; twice, it ends the example.
 SEPARATOR = "\n" + DIFF_TOKEN
+END_OF_EDITS = SEPARATOR + SEPARATOR
 
 _HUNK_HEADER = re.compile(r"@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
 
@@ -88,18 +89,26 @@ def apply_diff(lines: list[str], diff: str) -> int:
 
 
 def lintseq_prompt(instruction: str) -> str:
-    """What a LintSeq model is conditioned on (and prompted with at evaluation)."""
+    """What a LintSeq model is prompted with at evaluation: the instruction and the separator
+    that precedes the first diff (the text it saw before its first diff in training)."""
     return instruction + SEPARATOR
 
 
 def lintseq_completion(diffs: Sequence[str]) -> str:
-    """The target text of a LintSeq example: the diffs joined by `SEPARATOR`."""
+    """The target text of a LintSeq example, the reference implementation's format:
+    `SEPARATOR + d1 + SEPARATOR + ... + dN + END_OF_EDITS` (the model learns to stop)."""
     if not diffs:
         raise ValueError("a LintSeq completion needs at least one diff")
     for diff in diffs:
         if not diff or DIFF_TOKEN in diff or diff.endswith("\n"):
             raise ValueError(f"not a diff that survives the text format: {diff[:80]!r}")
-    return SEPARATOR.join(diffs)
+    return SEPARATOR + SEPARATOR.join(diffs) + END_OF_EDITS
+
+
+def lintseq_example(instruction: str, diffs: Sequence[str]) -> tuple[str, str]:
+    """(prompt, completion) of a training example: only the instruction is masked from the
+    loss, as in the reference; the input pipeline appends EOS to the completion."""
+    return instruction, lintseq_completion(diffs)
 
 
 def baseline_prompt(instruction: str) -> str:
@@ -115,8 +124,9 @@ def baseline_completion(program: str) -> str:
 def split_diffs(text: str) -> list[str]:
     """Splits a LintSeq completion into its diffs; inverse of `lintseq_completion`.
 
-    Tolerates the reference's trailing `"\\n<|diff|>"` separators and a leading one: pieces
-    left empty by them are dropped (a real diff is never empty).
+    Leading and trailing separators (the training text's first one and `END_OF_EDITS`; a
+    sampled completion has neither) leave empty pieces, which are dropped (a real diff is
+    never empty).
     """
     diffs = []
     for piece in text.split(DIFF_TOKEN):

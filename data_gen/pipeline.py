@@ -188,8 +188,7 @@ class _Generate(beam.DoFn):
         program, num_samples=self.settings.num_samples, seed=self.settings.seed,
         use_linter=self.variant == "lintseq", max_lines=self.settings.max_program_lines,
         time_limit_s=self.settings.time_limit_s)
-    prompt = ef.lintseq_prompt(instruction)
-    return [(prompt, ef.lintseq_completion(diffs),
+    return [(*ef.lintseq_example(instruction, diffs),
              [sum(line.startswith("+") for line in d.split("\n")) for d in diffs])
             for diffs in sequences]
 

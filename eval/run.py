@@ -10,9 +10,10 @@ where n allows and the coverage curve pass@1..pass@n, per test suite) and OUT/co
 
 Prompt formats (DESIGN.md §3): `base` continues the dataset prompt and stops at the Codex
 paper's stop strings (a new top-level `def`/`class`/`if`/`print`/comment); `instruct` conditions
-on the instruction and stops at EOS; `lintseq` conditions on `instruction + "\\n<|diff|>"` and
-stops at EOS or at two `<|diff|>` separated by a newline (the reference models' ending). The
-default comes from the checkpoint's training task.
+on the instruction and stops at EOS; `lintseq` conditions on `instruction + "\\n<|diff|>"`
+(tokenized in two parts, as in training) and stops at EOS or at two `<|diff|>` separated by a
+newline (how a training example ends, as the reference models' do). The default comes from
+the checkpoint's training task.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from collections.abc import Sequence
 
 import jax
 
+from data_gen import edit_format
 from editseq import checkpointing, sharding
 from eval import benchmarks, execute, passk, plots
 from eval.sampler import Sampler, SamplingConfig
@@ -36,7 +38,7 @@ from eval.sandbox import SandboxPool, SandboxUnavailableError
 FORMATS = {"base": ("completion", "completion"), "instruct": ("instruction", "program"),
            "lintseq": ("lintseq", "diffs")}
 BASE_STOP_STRINGS = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
-DOUBLE_DIFF = "\n<|diff|>\n<|diff|>"
+DOUBLE_DIFF = edit_format.END_OF_EDITS
 PASS_AT = (1, 10, 100)
 
 
@@ -161,15 +163,23 @@ def main(argv: Sequence[str] | None = None) -> int:
   return 0
 
 
+def prompt_ids(problems, fmt, vocab) -> list[list[int]]:
+  """Token ids of each problem's prompt. A LintSeq prompt is tokenized as its training
+  example is: the instruction alone (the masked part), then the first separator."""
+  if fmt == "lintseq":
+    separator = list(vocab.encode(edit_format.SEPARATOR))
+    return [list(vocab.encode(p.instruction)) + separator for p in problems]
+  return [list(vocab.encode(p.model_prompt(FORMATS[fmt][0]))) for p in problems]
+
+
 def sample_problems(model, vocab, problems, fmt, config, args, mesh):
   """Completions [problem][sample] in the prompt format `fmt`."""
   stop_sequences, stop_strings = stop_conditions(fmt, vocab)
   sampler = Sampler(model, eos_id=vocab.eos_id, pad_id=vocab.pad_id, vocab=vocab,
                     valid_vocab_size=vocab.vocab_size, batch_size=args.batch_size, mesh=mesh)
-  return sampler.sample_text([p.model_prompt(FORMATS[fmt][0]) for p in problems], config,
-                             num_samples=args.num_samples, seed=args.seed,
-                             stop_sequences=stop_sequences, stop_strings=stop_strings,
-                             progress=True)
+  return sampler.sample(prompt_ids(problems, fmt, vocab), config, num_samples=args.num_samples,
+                        seed=args.seed, stop_sequences=stop_sequences, stop_strings=stop_strings,
+                        progress=True)
 
 
 def coverage_by_suite(results: Sequence[dict], suites: Sequence[str]) -> dict[str, dict]:

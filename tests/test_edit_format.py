@@ -6,10 +6,10 @@ import sysconfig
 import pytest
 
 from data_gen import bench, edit_format
-from data_gen.edit_format import (DIFF_TOKEN, MalformedDiffError, apply_diff, baseline_completion,
-                                  baseline_prompt, decode_lintseq_completion, extract_python_blocks,
-                                  format_hunk, hunk_header, lintseq_completion, lintseq_prompt,
-                                  split_diffs)
+from data_gen.edit_format import (DIFF_TOKEN, SEPARATOR, MalformedDiffError, apply_diff,
+                                  baseline_completion, baseline_prompt, decode_lintseq_completion,
+                                  extract_python_blocks, format_hunk, hunk_header,
+                                  lintseq_completion, lintseq_example, lintseq_prompt, split_diffs)
 from data_gen.lintseq import apply_diffs, lintseq
 
 STDLIB = pathlib.Path(sysconfig.get_paths()["stdlib"])
@@ -61,10 +61,28 @@ def test_completion_round_trip_and_prompts():
             decoded = decode_lintseq_completion(completion)
             assert decoded.program == program and not decoded.malformed
             assert decoded.num_diffs == len(diffs) and decoded.error is None
-            text = lintseq_prompt("Write f.") + completion
-            assert text.startswith("Write f.\n<|diff|>")
-            assert split_diffs(text[len(lintseq_prompt("Write f.")):]) == diffs
+            prompt, target = lintseq_example("Write f.", diffs)
+            assert prompt == "Write f." and target == completion
+            assert (prompt + target).startswith(lintseq_prompt("Write f."))
+            assert split_diffs(target) == diffs
     assert baseline_prompt("Write f.") + baseline_completion("x = 1\n") == "Write f.\nx = 1\n"
+
+
+def test_training_text_is_the_references_byte_for_byte():
+    """instruction + "\\n<|diff|>" + d1 + ... + "\\n<|diff|>" + dN + "\\n<|diff|>\\n<|diff|>",
+    with only the instruction in the (masked) prompt; the input pipeline appends EOS."""
+    diffs = ["@@ -0,0 +1 @@\n+def f(x):", "@@ -1,0 +2,2 @@\n+    y = x\n+    return y"]
+    prompt, completion = lintseq_example("Write f.", diffs)
+    assert prompt == "Write f."
+    assert completion == ("\n<|diff|>@@ -0,0 +1 @@\n+def f(x):"
+                          "\n<|diff|>@@ -1,0 +2,2 @@\n+    y = x\n+    return y"
+                          "\n<|diff|>\n<|diff|>")
+    for program in PROGRAMS[:3]:
+        for diffs in lintseq(program, num_samples=2):
+            prompt, completion = lintseq_example("Do it.", diffs)
+            reference = "Do it." + "".join("\n<|diff|>" + d for d in diffs) + "\n<|diff|>\n<|diff|>"
+            assert (prompt + completion).encode() == reference.encode()
+            assert prompt == "Do it."
 
 
 def test_reference_trailing_separators_decode():
@@ -87,7 +105,7 @@ def test_truncated_completions_decode_to_a_prefix():
     diffs = lintseq(program, num_samples=1, seed=4)[0]
     completion = lintseq_completion(diffs)
     states = _states(diffs)
-    boundaries = {len(lintseq_completion(diffs[:k])): k for k in range(1, len(diffs) + 1)}
+    boundaries = {len(SEPARATOR + SEPARATOR.join(diffs[:k])): k for k in range(1, len(diffs) + 1)}
     for cut in range(len(completion) + 1):
         decoded = decode_lintseq_completion(completion[:cut])
         assert decoded.num_diffs <= len(diffs)

@@ -112,8 +112,9 @@ def test_outputs_load_with_tfds_and_match_the_inputs(generated):
         assert row["prompt"] == edit_format.baseline_prompt(row["instruction"])
         assert row["completion"] == row["program"] and row["num_edits"] == 1
       else:
-        assert row["prompt"] == edit_format.lintseq_prompt(row["instruction"])
         diffs = edit_format.split_diffs(row["completion"])
+        assert (row["prompt"], row["completion"]) == edit_format.lintseq_example(
+            row["instruction"], diffs)
         assert len(diffs) == row["num_edits"] >= 1
         assert lintseq.apply_diffs(diffs) == row["program"]
     if variant == "baseline":  # nothing lost, nothing duplicated.

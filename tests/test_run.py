@@ -9,7 +9,8 @@ from flax import nnx
 from configs import test_tiny
 from editseq import checkpointing, tokenizer
 from editseq.model import ModelConfig, Transformer
-from eval import run
+from data_gen import edit_format
+from eval import benchmarks, run
 from tests.conftest import REPO_ROOT
 
 VOCAB = 512
@@ -56,6 +57,20 @@ def test_lintseq_stop_sequence_is_how_the_tokenizer_writes_a_double_diff(vocab_p
   assert strings == [run.DOUBLE_DIFF]
   assert run.stop_conditions("instruct", vocab) == ([], [])
   assert "\ndef" in run.stop_conditions("base", vocab)[1]
+
+
+def test_lintseq_prompt_is_tokenized_as_in_training(vocab_path):
+  """Instruction, then the first separator, each tokenized alone: the start of a training
+  example's inputs + targets, whatever the instruction's last characters."""
+  vocab = tokenizer.load_vocabulary(vocab_path)
+  problems = [benchmarks.Problem(task_id="t", benchmark="humaneval", prompt="", instruction=text,
+                                 entry_point="f", canonical_solution="")
+              for text in ("Write f.", "Write f.\n  ")]
+  for problem, ids in zip(problems, run.prompt_ids(problems, "lintseq", vocab)):
+    prompt, completion = edit_format.lintseq_example(problem.instruction, ["@@ -0,0 +1 @@\n+x"])
+    training = list(vocab.encode(prompt)) + list(vocab.encode(completion))
+    assert training[:len(ids)] == ids and ids[-1] == vocab.diff_id
+    assert vocab.decode(ids) == edit_format.lintseq_prompt(problem.instruction)
 
 
 @pytest.mark.sandbox

@@ -4,6 +4,7 @@ import seqio
 import tensorflow as tf
 
 from data_gen import dataset as data_lib
+from data_gen import lintseq
 from editseq import default_data
 from editseq import tasks
 
@@ -44,7 +45,15 @@ def test_instruct_tasks_match_records(registered, data_dir, vocab, name):
     assert ex["targets"].tolist() == vocab.encode(rec["completion"]) + [vocab.eos_id]
     assert vocab.decode(ex["targets"]) == rec["completion"]
     if variant != "baseline":
-      assert rec["prompt"].endswith("\n<|diff|>") and ex["inputs"][-1] == vocab.diff_id
+      # Only the instruction is masked; the reference's training text, byte for byte.
+      diffs = lintseq.lintseq_sample(rec["program"], seed=0, sample_index=rec["sample_index"],
+                                     use_linter=variant == "lintseq")
+      reference = (rec["instruction"] + "".join("\n<|diff|>" + d for d in diffs)
+                   + "\n<|diff|>\n<|diff|>")
+      assert rec["prompt"] == rec["instruction"]
+      assert (vocab.decode(ex["inputs"]) + vocab.decode(ex["targets"][:-1])).encode() == (
+          reference.encode())
+      assert ex["targets"][-1] == vocab.eos_id and ex["targets"][1] == vocab.diff_id
 
 
 def test_pretrain_task_is_programs(registered, data_dir, vocab):
