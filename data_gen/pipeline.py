@@ -46,7 +46,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.options import pipeline_options
 
 from data_gen import dataset
-from data_gen import edit_format
+from data_gen import programs
 from data_gen import sources as sources_lib
 from data_gen import stats as stats_lib
 
@@ -105,18 +105,17 @@ def _read_shard(item, sources):
 
 
 def _check_program(item, settings: Settings):
-  """(source_id, (instruction, text)) for a usable program, else a tagged (reason, 1)."""
+  """(source_id, (instruction, text)) for a program whose text is usable, else a tagged
+  (reason, 1). The parse comes later, in `_Generate`, once per program and worker."""
   if isinstance(item, sources_lib.Skip):
     yield pvalue.TaggedOutput("skip", (item.reason, 1))
     return
   try:
-    text = sources_lib.program_text(item.program, max_bytes=settings.max_program_bytes,
-                                    max_lines=settings.max_program_lines)
-  except sources_lib.BadProgram as e:
+    programs.check_instruction(item.instruction)
+    text = programs.check_text(item.program, max_bytes=settings.max_program_bytes,
+                               max_lines=settings.max_program_lines)
+  except programs.BadProgram as e:
     yield pvalue.TaggedOutput("skip", (e.reason, 1))
-    return
-  if edit_format.DIFF_TOKEN in item.instruction:
-    yield pvalue.TaggedOutput("skip", ("contains_diff_token", 1))
     return
   yield item.source_id, (item.instruction, text)
 
@@ -179,15 +178,16 @@ class _Generate(beam.DoFn):
       self._bar.close()
 
   def _sequences(self, instruction: str, program: str) -> list[tuple[str, str, list[int]]]:
-    """(prompt, completion, added lines per diff) per sample; raises LintSeqError."""
+    """(prompt, completion, added lines per diff) per sample; raises BadProgram."""
     ef = self._edit_format
+    programs.parse(program)   # cached: the variants after this one reuse the parse
     if self.variant == "baseline":
       return [(ef.baseline_prompt(instruction), ef.baseline_completion(program),
                [len(program.splitlines())])]
     sequences = self._lintseq.lintseq(
         program, num_samples=self.settings.num_samples, seed=self.settings.seed,
         use_linter=self.variant == "lintseq", max_lines=self.settings.max_program_lines,
-        time_limit_s=self.settings.time_limit_s)
+        max_bytes=self.settings.max_program_bytes, time_limit_s=self.settings.time_limit_s)
     return [(*ef.lintseq_example(instruction, diffs),
              [sum(line.startswith("+") for line in d.split("\n")) for d in diffs])
             for diffs in sequences]
@@ -197,7 +197,7 @@ class _Generate(beam.DoFn):
     start = time.perf_counter()
     try:
       samples = self._sequences(instruction, program)
-    except self._lintseq.LintSeqError as e:
+    except programs.BadProgram as e:
       self.skipped.inc()
       yield pvalue.TaggedOutput("skip", (e.reason, 1))
       return

@@ -5,13 +5,12 @@ independently, so reading scales with the workers. Records carry a stable `sourc
 program gets the same id on every run and machine); anything unusable is yielded as a `Skip` with
 a reason, so the pipeline can count it instead of losing it silently.
 
-File sources hand over raw bytes; `program_text` decodes and validates them (and dataset text)
-in the pipeline with the same rules for every source.
+File sources hand over raw bytes; `data_gen.programs` decodes and checks them (and dataset
+text) in the pipeline with the same rules for every source, and for LintSeq.
 """
 from __future__ import annotations
 
 import abc
-import ast
 import dataclasses
 import json
 import os
@@ -21,6 +20,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from data_gen import edit_format
 from data_gen import stdlib_instructions
+from data_gen.programs import BadProgram
 
 
 class SourceError(ValueError):
@@ -31,58 +31,13 @@ class SourceError(ValueError):
 class Record:
   source_id: str
   instruction: str
-  program: bytes | str  # bytes from file trees, text from datasets; see `program_text`.
+  program: bytes | str  # bytes from file trees, text from datasets; see `programs`.
 
 
 @dataclasses.dataclass(frozen=True)
 class Skip:
   source_id: str
   reason: str
-
-
-class BadProgram(ValueError):
-  """A program that is skipped; `reason` is the counter name in the stats report."""
-
-  def __init__(self, reason: str):
-    super().__init__(reason)
-    self.reason = reason
-
-
-def program_text(raw: bytes | str, *, max_bytes: int, max_lines: int) -> str:
-  """Decodes and validates one program; raises `BadProgram` with the skip reason.
-
-  Reasons: `too_many_bytes`, `binary` (a NUL byte), `not_utf8`, `empty` (no statement: only
-  whitespace or comments), `too_many_lines`, `contains_diff_token` (the text would collide
-  with the edit separator), `syntax_error` (does not compile). A leading UTF-8 byte-order mark
-  is dropped.
-  """
-  size = len(raw.encode("utf-8")) if isinstance(raw, str) else len(raw)
-  if size > max_bytes:
-    raise BadProgram("too_many_bytes")
-  if (b"\x00" if isinstance(raw, bytes) else "\x00") in raw:
-    raise BadProgram("binary")
-  if isinstance(raw, bytes):
-    try:
-      raw = raw.decode("utf-8")
-    except UnicodeDecodeError:
-      raise BadProgram("not_utf8") from None
-  text = raw.removeprefix("\ufeff")
-  if not text.strip():
-    raise BadProgram("empty")
-  if text.count("\n") + (not text.endswith("\n")) > max_lines:
-    raise BadProgram("too_many_lines")
-  if edit_format.DIFF_TOKEN in text:
-    raise BadProgram("contains_diff_token")
-  try:
-    tree = ast.parse(text)
-    # The compiler front end also rejects what parses but cannot run ('return' outside a
-    # function, bad nonlocal/global, ...): such text is no program for either variant.
-    compile(tree, "<program>", "exec", dont_inherit=True)
-  except (SyntaxError, ValueError, MemoryError, RecursionError):
-    raise BadProgram("syntax_error") from None
-  if not tree.body:
-    raise BadProgram("empty")
-  return text
 
 
 class Source(abc.ABC):

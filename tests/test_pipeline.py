@@ -14,7 +14,7 @@ import sysconfig
 
 import pytest
 
-from data_gen import dataset, edit_format, lintseq, pipeline, sources
+from data_gen import dataset, edit_format, lintseq, pipeline, programs, sources
 from tests.conftest import REPO_ROOT
 
 STDLIB = sysconfig.get_paths()["stdlib"]
@@ -51,6 +51,9 @@ def _make_inputs(root):
   rows = [json.dumps({"q": "Add two numbers.", "a": "Sure:\n```python\ndef add(a, b):\n"
                                                      "    return a + b\n```\n"}),
           json.dumps({"q": "Say hi.", "a": "```bash\necho hi\n```"}),
+          # Valid JSON whose strings cannot be UTF-8 (lone surrogates): skipped, not a crash.
+          json.dumps({"q": "Bad program.", "a": "x = '\udcff'\n"}),
+          json.dumps({"q": "Bad \udcff instruction.", "a": "x = 1\n"}),
           "{oops"]
   jsonl.write_text("\n".join(rows) + "\n")
   return lambda: [sources.StdlibInstructionSource(str(lib)), sources.PyTreeSource(str(tree)),
@@ -74,9 +77,10 @@ def _expected_programs(make_sources):
       for item in source.read(shard):
         if isinstance(item, sources.Record):
           try:
-            text = sources.program_text(item.program, max_bytes=100_000,
-                                        max_lines=SETTINGS["max_program_lines"])
-          except sources.BadProgram:
+            programs.check_instruction(item.instruction)
+            text, _ = programs.check(item.program, max_bytes=100_000,
+                                     max_lines=SETTINGS["max_program_lines"])
+          except programs.BadProgram:
             continue
           found[item.source_id].append((item.instruction, text))
   return {k: min(v) for k, v in found.items()}
@@ -174,7 +178,7 @@ def test_stats_account_for_every_program(generated):
     assert report["programs_in"] == report["programs_out"] + sum(report["skipped"].values())
     assert "programs out" in (out / variant / "stats.txt").read_text()
   assert len({r["programs_in"] for r in reports.values()}) == 1
-  shared = {"not_utf8": 1, "binary": 1, "empty": 1, "syntax_error": 1, "too_many_lines": 1,
+  shared = {"not_utf8": 3, "binary": 1, "empty": 1, "syntax_error": 1, "too_many_lines": 1,
             "contains_diff_token": 1, "duplicate_source_id": 1, "bad_json": 1,
             "no_python_block": 1}
   assert reports["baseline"]["skipped"] == shared
@@ -232,9 +236,11 @@ def test_max_programs_takes_a_stable_sample(generated, tmp_path):
   reports = pipeline.run(sources=make_sources(), output_dir=str(tmp_path), variants=("baseline",),
                          max_programs=10, **SETTINGS)
   report = reports["baseline"]
-  assert report["programs_out"] == 10
+  # The sample is drawn among programs whose text passed the checks; the parse comes after.
+  assert report["programs_out"] + report["skipped"].get("syntax_error", 0) == 10
   assert report["programs_in"] == full["baseline"]["programs_in"]
-  assert report["skipped"]["over_max_programs"] == full["baseline"]["programs_out"] - 10
+  assert report["skipped"]["over_max_programs"] == (
+      full["baseline"]["programs_out"] + full["baseline"]["skipped"]["syntax_error"] - 10)
 
 
 def test_time_cap_skips_slow_programs_for_lintseq_only(tmp_path):

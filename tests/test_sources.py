@@ -7,7 +7,7 @@ import sysconfig
 
 import pytest
 
-from data_gen import sources
+from data_gen import programs, sources
 from tests.conftest import SHARED_DATA
 
 STDLIB = sysconfig.get_paths()["stdlib"]
@@ -15,33 +15,53 @@ LIMITS = dict(max_bytes=100_000, max_lines=1_000)
 
 
 def _reason(raw, **limits):
-  with pytest.raises(sources.BadProgram) as info:
-    sources.program_text(raw, **{**LIMITS, **limits})
+  with pytest.raises(programs.BadProgram) as info:
+    programs.check(raw, **{**LIMITS, **limits})
   return info.value.reason
 
 
-def test_program_text_accepts_real_modules_exactly():
+def test_check_accepts_real_modules_exactly():
   for name in ("bisect.py", "json/decoder.py", "textwrap.py"):
     with open(os.path.join(STDLIB, name), "rb") as f:
       data = f.read()
-    assert sources.program_text(data, **LIMITS) == data.decode("utf-8")
+    text, tree = programs.check(data, **LIMITS)
+    assert text == data.decode("utf-8") and tree.body
 
 
-def test_program_text_reasons():
+def test_check_reasons():
+  """One set of reasons for every source and for LintSeq (data_gen.programs)."""
   assert _reason(b"") == "empty"
   assert _reason(b" \n\t\n") == "empty"
   assert _reason("x = 1\n" + "\x00") == "binary"
   with open(os.path.join(STDLIB, "bisect.py"), "rb") as f:
     assert _reason(f.read()[:200] + b"\x00\x01\x02") == "binary"
   assert _reason("x = 'é'\n".encode("latin-1")) == "not_utf8"
+  assert _reason(json.loads('"x = \\"\\udcff\\"\\n"')) == "not_utf8"  # valid JSON, no UTF-8
   assert _reason("def f(:\n    pass\n") == "syntax_error"
   assert _reason("return 1\n") == "syntax_error"  # parses, but does not compile.
+  assert _reason("x = " + "(" * 300 + ")" * 300 + "\n") == "syntax_error"
   assert _reason("# only a comment\n\n") == "empty"
   assert _reason("x = 1\n" * 11, max_lines=10) == "too_many_lines"
   assert _reason("x = 1\n" * 11, max_bytes=60) == "too_many_bytes"
   assert _reason("s = '<|diff|>'\n") == "contains_diff_token"
-  assert sources.program_text("x = 1\n" * 10, max_bytes=60, max_lines=10) == "x = 1\n" * 10
-  assert sources.program_text(b"\xef\xbb\xbfx = 1\n", **LIMITS) == "x = 1\n"
+  assert _reason("x = 1\ry = 2\n") == "bare_cr"
+  assert _reason(None) == "not_text"
+  assert _reason("\ufeffx = 1\n") == "syntax_error"  # in text a byte-order mark is a character
+  assert programs.check_text("x = 1\n" * 10, max_bytes=60, max_lines=10) == "x = 1\n" * 10
+  assert programs.check_text(b"\xef\xbb\xbfx = 1\n", **LIMITS) == "x = 1\n"
+  with pytest.raises(programs.BadProgram, match="not_utf8"):
+    programs.check_instruction("Say \udcff.")
+  with pytest.raises(programs.BadProgram, match="contains_diff_token"):
+    programs.check_instruction("Use <|diff|>.")
+
+
+def test_lintseq_shares_the_check():
+  from data_gen import lintseq
+  assert lintseq.LintSeqError is programs.BadProgram
+  for raw, reason in [("x = 1\x00\n", "binary"), ("x = 1\n" * 11, "too_many_lines")]:
+    with pytest.raises(programs.BadProgram) as info:
+      lintseq.lintseq(raw, max_lines=10)
+    assert info.value.reason == reason
 
 
 def _read_all(source):
@@ -73,9 +93,9 @@ def test_pytree_source_hands_bad_files_over_as_bytes(tmp_path):
   reasons = []
   for r in records:
     try:
-      sources.program_text(r.program, **LIMITS)
+      programs.check(r.program, **LIMITS)
       reasons.append("ok")
-    except sources.BadProgram as e:
+    except programs.BadProgram as e:
       reasons.append(e.reason)
   assert reasons == ["ok", "empty", "binary"]
 
@@ -93,7 +113,7 @@ def test_response_program_keeps_only_python_blocks():
   assert sources.response_program(MARKDOWN) == (
       "def add(a, b):\n    return a + b\n\nprint(add(1, 2))\n")
   assert sources.response_program("def f():\n    return 1\n") == "def f():\n    return 1\n"
-  with pytest.raises(sources.BadProgram, match="no_python_block"):
+  with pytest.raises(programs.BadProgram, match="no_python_block"):
     sources.response_program("Run this:\n```bash\nls\n```\n")
 
 
@@ -129,7 +149,7 @@ def test_jsonl_source_reads_real_gzipped_benchmark_data():
   assert len(records) == len(rows) == 378
   assert records[0].source_id == "MbppPlus.jsonl.gz:1"
   assert [r.program for r in records] == [row["canonical_solution"] for row in rows]
-  assert all(sources.program_text(r.program, **LIMITS) for r in records)
+  assert all(programs.check(r.program, **LIMITS) for r in records)
 
 
 def test_jsonl_source_errors(tmp_path):
