@@ -26,6 +26,9 @@ bundle boundaries:
 - records with the same source id are reduced to one (the smallest (instruction, program)),
   the others counted as `duplicate_source_id`;
 - LintSeq itself is deterministic per (program, seed, sample index).
+Programs are checked in two steps (`data_gen.programs`): their text when read, their parse when
+generating, where the variants, which see each program one after another in a worker, share
+one parse; `max_programs` samples among programs whose text passed.
 """
 from __future__ import annotations
 
