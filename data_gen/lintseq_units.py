@@ -238,8 +238,8 @@ class Analysis(NameRecorder):
 
 
 def line_weights(lines: list[str]) -> tuple[list[int], list[int]]:
-    """(weight, indentation) of each line: the reference's sampling weight times the first
-    indentation, so integers; 0 for blank and comment lines (module docstring)."""
+    """The lines' weights (the reference's sampling weight times the program's first
+    indentation, so integers; 0 for blank and comment lines) and indentations."""
     indents, indent, tab = [], 0, 0
     for line in lines:
         stripped = line.lstrip()
@@ -257,7 +257,9 @@ class Units:
     """A program's units as line ranges, their blocks (`desc`), weights and compound structure.
 
     Units are numbered in text order and cover the program's lines consecutively: unit u is
-    lines `start[u]` to `start[u] + size[u]` (0-based). Sets of units are int bitmasks.
+    the `size[u]` lines after those of units 0..u-1, `text[u]` and `plus[u]` (as insertion
+    lines); `blame[u]` is the unit that goes for a checker error on its lines. Sets of units
+    are int bitmasks.
     """
 
     def __init__(self, lines: list[str], analysis: Analysis):
