@@ -273,6 +273,18 @@ def test_docstring_children_and_strings_pyflakes_reads():
     assert "        x: a number." in seen_alone
 
 
+def test_bench_edit_shape_counts():
+    """`data_gen.bench`'s figures on a hand-made sequence: hunks, split statements, parses."""
+    program = 'def f():\n    """Doc.\n\n    More.\n    """\n    return (1,\n            2)\n'
+    diffs = ["@@ -0,0 +1,2 @@\n+def f():\n+",
+             '@@ -1,0 +2,3 @@\n+    """Doc.\n+\n+    """',
+             "@@ -3,0 +4 @@\n+    More.\n@@ -4,0 +6,2 @@\n+    return (1,\n+            2)"]
+    assert apply_diffs(diffs) == program
+    assert bench.sequence_shape(program, diffs) == {
+        "edits": 3, "added_lines": 8, "multi_hunk_diffs": 1, "steps": 3, "split_steps": 2,
+        "docstring_split_steps": 2, "states": 2, "parsing_states": 1}
+
+
 # --- determinism ------------------------------------------------------------------------
 def _sequences_of(program: str) -> list[list[str]]:
     return lintseq(program, num_samples=3, seed=7)

@@ -243,6 +243,19 @@ def test_max_programs_takes_a_stable_sample(generated, tmp_path):
       full["baseline"]["programs_out"] + full["baseline"]["skipped"]["syntax_error"] - 10)
 
 
+def test_each_program_is_parsed_once_for_all_variants(tmp_path):
+  """The check reads the text; the parse (and compile) happens once per program in the
+  worker, shared by the three variants and by LintSeq (in-process runner)."""
+  data = tmp_path / "three.jsonl"
+  rows = [{"instruction": f"Return {i}.", "response": f"def f():\n    return {i}\n"}
+          for i in range(3)]
+  data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+  programs.parse.cache_clear()
+  pipeline.run(sources=[sources.JsonlSource([str(data)])], output_dir=str(tmp_path / "out"),
+               **SETTINGS)
+  assert programs.parse.cache_info().misses == 3
+
+
 def test_time_cap_skips_slow_programs_for_lintseq_only(tmp_path):
   data = tmp_path / "mbpp.jsonl"
   with open(os.path.join(STDLIB, "textwrap.py")) as f:
