@@ -171,9 +171,10 @@ def _sandbox_layout(bwrap: str, as_root: bool) -> tuple[list[str], str]:
         argv += ["--remount-ro", "/tmp"]
         make_parents(scratch)
         argv += ["--tmpfs", scratch]
-    # The root folder read-only last, once bwrap has made every mount point in it.
-    argv += ["--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache", "--remount-ro", "/",
-             "--chdir", scratch]
+    # The root folder and /dev read-only last, once bwrap has made every mount point in them
+    # (devices such as /dev/null stay writable): outside scratch, no write outlives a program.
+    argv += ["--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache", "--remount-ro", "/dev",
+             "--remount-ro", "/", "--chdir", scratch]
     return argv, scratch
 
 

@@ -193,7 +193,8 @@ open("mine.txt", "w").write("x")
 os.makedirs("deep/er")
 seen["tempfile"] = tempfile.mkstemp()[1]
 writes = {}
-for path in ["/x", "/tmp/x", "/var/x", "/usr/x", {BIND!r} + "/x", {BIND!r} + "/../x"]:
+for path in ["/x", "/tmp/x", "/var/x", "/usr/x", "/dev/x", "/dev/shm/x", {BIND!r} + "/x",
+             {BIND!r} + "/../x"]:
     try:
         open(path, "w").write("x")
         writes[path] = "written"
@@ -208,6 +209,7 @@ for name, change in [("unlink", lambda: os.unlink({BIND!r} + "/marker.py")),
     except OSError as e:
         writes[name] = type(e).__name__
 seen["writes"] = writes
+open("/dev/null", "w").write("x")
 seen["marker"] = open({BIND!r} + "/marker.py").read()
 __sandbox_output__ = json.dumps(seen)
 """
