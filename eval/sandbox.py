@@ -2,12 +2,14 @@
 
 Each worker is one long-lived Python process inside bubblewrap (`bwrap`): no network, its own
 pid/ipc/uts namespaces, a read-only view of only what Python needs (/usr, the interpreter and
-the virtual environment), a private /tmp, no capabilities, and it dies with its parent. A program
-writes only to its scratch directory (its cwd, HOME and TMPDIR), which is emptied after every run:
-the private /tmp, or /var/tmp where the interpreter or venv lives under /tmp on the host (then
-/tmp holds just their read-only mount points). Per program the worker forks a child (see eval/sandbox_worker.py) with limits on CPU time, address
+the virtual environment), a private /tmp, no capabilities, and it dies with its parent. Per
+program the worker forks a child (see eval/sandbox_worker.py) with limits on CPU time, address
 space, file size, processes and open files, its own session, and a wall clock; afterwards the
 whole process group and anything else left in the worker's pid namespace is killed.
+
+A program writes only to its scratch directory (its cwd, HOME and TMPDIR), emptied after every run:
+the private /tmp, or /var/tmp where the interpreter or venv lives under /tmp on the host (/tmp then
+holds only their read-only mounts, so emptying scratch never walks through them).
 
 As root, bwrap keeps only CAP_SETUID/CAP_SETGID/CAP_KILL for the worker, and every child switches
 to an unprivileged uid of its own before running anything (root is exempt from RLIMIT_NPROC, and a
