@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 
 import ml_collections
 
@@ -40,3 +41,37 @@ def absolute_config_paths(config: ml_collections.ConfigDict) -> None:
       value = config[section][key]
       if isinstance(value, str) and value != default_data.SMALL:
         config[section][key] = absolute(value)
+
+
+class PathError(ValueError):
+  """A folder a command must write to cannot be written; the message is one line."""
+
+
+def check_writable_dir(path: str, flag: str) -> None:
+  """Raises PathError unless folder `path` (absolute) exists or can be made, and takes a file.
+
+  Tried for real (make the folders, write and remove a probe file), so whatever would fail
+  later fails now, for root too (read-only mounts, a path under a file, /proc). Folders it
+  made are removed again. URLs are left to the run.
+  """
+  if is_url(path):
+    return
+  made, existing = [], path
+  while not os.path.exists(existing):
+    made.append(existing)
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    where = "" if existing == path else f" ({existing} is a file)"
+    raise PathError(f"{flag} {path} is not a folder{where}")
+  try:
+    os.makedirs(path, exist_ok=True)
+    with tempfile.TemporaryFile(dir=path):
+      pass
+  except OSError as e:
+    raise PathError(f"{flag} {path} is not writable: {e.strerror}") from None
+  finally:
+    for folder in made:  # deepest first
+      try:
+        os.rmdir(folder)
+      except OSError:
+        pass

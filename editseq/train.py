@@ -62,6 +62,10 @@ def main(argv: list[str]) -> None:
     cli.fail("--config and --workdir are required (see --help)")
   workdir = paths.absolute(_WORKDIR.value)
   paths.absolute_config_paths(config)
+  try:
+    paths.check_writable_dir(workdir, "--workdir")
+  except paths.PathError as e:
+    cli.fail(str(e))
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO.
   _initialize_distributed(_DISTRIBUTED.value)

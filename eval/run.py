@@ -101,6 +101,10 @@ def _parse_args(argv):
     parser.error("--timeout must be positive")
   args.checkpoint = paths.absolute(args.checkpoint)
   args.output_dir = paths.absolute(args.output_dir)
+  try:
+    paths.check_writable_dir(args.output_dir, "--output_dir")
+  except paths.PathError as e:
+    parser.error(str(e))
   if args.data_path and os.path.exists(args.data_path):  # else a Hugging Face dataset id
     args.data_path = paths.absolute(args.data_path)
   return parser, args

@@ -1,6 +1,7 @@
-"""Every CLI given relative paths, run from a working directory other than the repository's:
-paths resolve against that directory once, at the command line (orbax refuses relative paths),
-and URLs pass through untouched."""
+"""Path flags at the command line: relative paths, run from a working directory other than the
+repository's, resolve against that directory once (orbax refuses relative paths) and URLs pass
+through untouched; a folder that cannot be written is one `error:` line and exit 2 before any
+work. The unwritable folders fail for root too (a path under a file, /proc)."""
 import json
 import os
 import subprocess
@@ -109,3 +110,45 @@ def test_eval_run_with_relative_checkpoint_output_and_data(relative_run):
   summary = json.loads((home / "evals" / "tiny" / "summary.json").read_text())
   assert summary["checkpoint"] == str(home / "runs" / "tiny")
   assert summary["num_problems"] == 1
+
+
+def test_check_writable_dir_creates_nothing_and_names_the_problem(tmp_path):
+  paths.check_writable_dir(str(tmp_path / "a" / "b"), "--out")
+  assert not (tmp_path / "a").exists()
+  (tmp_path / "file").write_text("x")
+  with pytest.raises(paths.PathError, match=r"^--out .*/file is not a folder$"):
+    paths.check_writable_dir(str(tmp_path / "file"), "--out")
+  with pytest.raises(paths.PathError, match=r"is not a folder \(.*/file is a file\)"):
+    paths.check_writable_dir(str(tmp_path / "file" / "run"), "--out")
+  with pytest.raises(paths.PathError, match="^--out /proc/editseq-test/run is not writable"):
+    paths.check_writable_dir("/proc/editseq-test/run", "--out")
+  paths.check_writable_dir("gs://bucket/run", "--out")  # left to the run
+
+
+def _one_error_line(proc, *fragments):
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  errors = [line for line in proc.stderr.splitlines() if "error: " in line]
+  assert len(errors) == 1 and all(f in errors[0] for f in fragments), proc.stderr[-3000:]
+  assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("workdir", ["notes.txt/run", "/proc/editseq-test/run"])
+def test_train_refuses_an_unwritable_workdir_at_once(tmp_path, workdir):
+  (tmp_path / "notes.txt").write_text("x")
+  proc = run_module("editseq.train", f"--config={TINY}", f"--workdir={workdir}", cwd=tmp_path)
+  _one_error_line(proc, "--workdir", workdir.split("/")[-2])
+  assert (tmp_path / "notes.txt").read_text() == "x"
+
+
+def test_eval_run_refuses_an_unwritable_output_dir(relative_run):
+  home, _ = relative_run
+  proc = run_module("eval.run", "--checkpoint", "runs/tiny", "--benchmark", "humaneval",
+                    "--output_dir", "/proc/editseq-test/out", cwd=home)
+  _one_error_line(proc, "--output_dir /proc/editseq-test/out is not writable")
+
+
+def test_data_gen_refuses_an_output_dir_that_is_a_file(tmp_path):
+  (tmp_path / "out").write_text("x")
+  proc = run_module("data_gen.pipeline", "--output_dir", "out", cwd=tmp_path)
+  _one_error_line(proc, f"--output_dir {tmp_path / 'out'} is not a folder")
+  assert (tmp_path / "out").read_text() == "x"
