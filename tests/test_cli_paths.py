@@ -4,6 +4,7 @@ through untouched; a folder that cannot be written is one `error:` line and exit
 work. The unwritable folders fail for root too (a path under a file, /proc)."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -127,7 +128,9 @@ def test_check_writable_dir_creates_nothing_and_names_the_problem(tmp_path):
 
 def _one_error_line(proc, *fragments):
   assert proc.returncode == 2, proc.stderr[-3000:]
-  errors = [line for line in proc.stderr.splitlines() if "error: " in line]
+  # argparse's parser.error writes "python -m MODULE: error: ..." after its usage line.
+  errors = [line for line in proc.stderr.splitlines()
+            if re.match(r"(python -m \S+: )?error: ", line)]
   assert len(errors) == 1 and all(f in errors[0] for f in fragments), proc.stderr[-3000:]
   assert "Traceback" not in proc.stderr
 
@@ -152,3 +155,18 @@ def test_data_gen_refuses_an_output_dir_that_is_a_file(tmp_path):
   proc = run_module("data_gen.pipeline", "--output_dir", "out", cwd=tmp_path)
   _one_error_line(proc, f"--output_dir {tmp_path / 'out'} is not a folder")
   assert (tmp_path / "out").read_text() == "x"
+
+
+def test_eval_execute_resolves_relative_paths_and_refuses_an_unwritable_output(tmp_path):
+  (tmp_path / "samples.jsonl").write_text(
+      json.dumps({"task_id": "HumanEval/0", "completion": "    return False\n"}) + "\n")
+  proc = run_module("eval.execute", "--benchmark", "humaneval", "--samples", "samples.jsonl",
+                    "--output", "notes.txt/results.jsonl", cwd=tmp_path)
+  _one_error_line(proc, f"{tmp_path / 'notes.txt'}")
+
+
+def test_build_token_stores_refuses_a_cache_dir_under_a_file(tmp_path):
+  (tmp_path / "notes.txt").write_text("x")
+  proc = run_module("editseq.build_token_stores", f"--config={TINY}",
+                    "--cache_dir=notes.txt/cache", cwd=tmp_path)
+  _one_error_line(proc, f"--cache_dir {tmp_path / 'notes.txt' / 'cache'} is not a folder")
