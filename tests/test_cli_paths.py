@@ -128,9 +128,9 @@ def test_check_writable_dir_creates_nothing_and_names_the_problem(tmp_path):
 
 def _one_error_line(proc, *fragments):
   assert proc.returncode == 2, proc.stderr[-3000:]
-  # argparse's parser.error writes "python -m MODULE: error: ..." after its usage line.
+  # argparse's parser.error writes "PROG: error: ..." after its usage line.
   errors = [line for line in proc.stderr.splitlines()
-            if re.match(r"(python -m \S+: )?error: ", line)]
+            if re.match(r"((python -m )?\S+: )?error: ", line)]
   assert len(errors) == 1 and all(f in errors[0] for f in fragments), proc.stderr[-3000:]
   assert "Traceback" not in proc.stderr
 
@@ -170,3 +170,12 @@ def test_build_token_stores_refuses_a_cache_dir_under_a_file(tmp_path):
   proc = run_module("editseq.build_token_stores", f"--config={TINY}",
                     "--cache_dir=notes.txt/cache", cwd=tmp_path)
   _one_error_line(proc, f"--cache_dir {tmp_path / 'notes.txt' / 'cache'} is not a folder")
+
+
+def test_eval_plots_refuses_an_output_under_a_file(tmp_path):
+  (tmp_path / "notes.txt").write_text("x")
+  (tmp_path / "summary.json").write_text(json.dumps({"benchmark": "humaneval", "suites": {
+      "base": {"coverage": [0.5, 1.0]}}}))
+  proc = run_module("eval.plots", "--runs", "summary.json", "--output", "notes.txt/cov.png",
+                    cwd=tmp_path)
+  _one_error_line(proc, f"--output {tmp_path / 'notes.txt'} is not a folder")
