@@ -52,6 +52,7 @@ from data_gen import dataset
 from data_gen import programs
 from data_gen import sources as sources_lib
 from data_gen import stats as stats_lib
+from editseq import paths
 
 
 class UsageError(ValueError):
@@ -484,11 +485,15 @@ def _sources_from_args(args) -> list[sources_lib.Source]:
 def main(argv=None) -> int:
   args, pipeline_args = _parse_args(sys.argv[1:] if argv is None else argv)
   settings = {name: getattr(args, name) for name in Settings.__dataclass_fields__}
+  args.output_dir = paths.absolute(args.output_dir)
+  args.input = [paths.absolute(p) for p in args.input]
+  args.tfds_data_dir = paths.absolute(args.tfds_data_dir)
   try:
+    paths.check_writable_dir(args.output_dir, "--output_dir")
     reports = run(sources=_sources_from_args(args), output_dir=args.output_dir,
                   variants=tuple(v for v in args.variants.split(",") if v),
                   pipeline_args=tuple(pipeline_args), progress=not args.no_progress, **settings)
-  except (UsageError, sources_lib.SourceError) as e:
+  except (UsageError, sources_lib.SourceError, paths.PathError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   for report in reports.values():

@@ -40,6 +40,7 @@ from ml_collections import config_flags
 from data_gen import pipeline as beam_pipeline
 from editseq import cli
 from editseq import default_data
+from editseq import paths
 from editseq import tasks
 from editseq import token_store
 from editseq.tasks import DataError
@@ -154,8 +155,11 @@ def main(argv: list[str], config_flag: flags.FlagHolder) -> None:
   if not flags.FLAGS["verbosity"].present:  # A remote runner logs its job's progress at INFO.
     logging.set_verbosity(logging.INFO if remote else logging.WARNING)
   try:
-    build(config, splits, flags.FLAGS.cache_dir or str(default_data.cache_dir()), argv[1:])
-  except (DataError, beam_pipeline.UsageError) as e:
+    paths.absolute_config_paths(config)
+    cache_dir = paths.absolute(flags.FLAGS.cache_dir) or str(default_data.cache_dir())
+    paths.check_writable_dir(cache_dir, "--cache_dir")
+    build(config, splits, cache_dir, argv[1:])
+  except (DataError, beam_pipeline.UsageError, paths.PathError) as e:
     cli.fail(str(e))
 
 

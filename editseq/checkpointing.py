@@ -4,16 +4,20 @@
 arrays, the layout of `nnx.to_pure_dict`), `data` the input iterator's JSON state. Saves are
 asynchronous (the device-to-host copy is synchronous, so the caller may donate the state right
 after `save` returns); a step folder only appears once complete, so a run killed mid-save
-resumes from the previous step.
+resumes from the previous step. A complete step that no longer restores (a file truncated or
+lost on disk) is moved to `WORKDIR/unrestorable_checkpoints/<step>` when an older one restores,
+so the run resumes from that one and can save the step again; nothing is deleted.
 """
 import dataclasses
 import json
+import sys
 
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
 from etils import epath
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from orbax.checkpoint import checkpoint_managers
 
@@ -22,8 +26,13 @@ from editseq import sharding
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
+UNRESTORABLE_DIR = "unrestorable_checkpoints"
 STATE_ITEM = "state"
 DATA_ITEM = "data"
+
+
+class NoRestorableCheckpoint(RuntimeError):
+  """A workdir holds checkpoints, but none of them restores."""
 
 
 def save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
@@ -65,6 +74,13 @@ def is_hf_model_dir(path: str) -> bool:
     return False
   weights = [*path.glob("*.safetensors"), *path.glob("pytorch_model*.bin")]
   return (path / "config.json").exists() and bool(weights)
+
+
+def _short(error: BaseException, limit: int = 200) -> str:
+  """An exception as one line of at most `limit` characters (tensorstore's run to pages)."""
+  # tensorstore appends its whole spec after this phrase; the part before says what failed.
+  text = " ".join(str(error).split()).split(" See full TensorStore details")[0]
+  return f"{type(error).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"
 
 
 def _restore_args(abstract_tree):
@@ -156,6 +172,51 @@ class Checkpointer:
                                                restore_args=_restore_args(abstract_state)),
             DATA_ITEM: ocp.args.JsonRestore()}))
     return restored[STATE_ITEM], restored[DATA_ITEM]
+
+  def restore_latest(self, abstract_state) -> tuple[int, object, dict] | None:
+    """(step, state, data_state) of the newest step that restores, None when there is none.
+
+    Newer steps that fail to restore are moved to `WORKDIR/unrestorable_checkpoints/` with one
+    warning line each on stderr (out of the manager's way: it would neither save that step
+    again nor keep older ones). Raises NoRestorableCheckpoint, moving nothing, when no step
+    restores.
+    """
+    failed = []
+    for step in sorted(self._manager.all_steps(), reverse=True):
+      try:
+        state, data_state = self.restore(step, abstract_state)
+      except Exception as e:  # pylint: disable=broad-except  # orbax/tensorstore/json raise many
+        failed.append((step, _short(e)))
+        continue
+      for bad_step, reason in failed:
+        moved = self._move_aside(bad_step)
+        if jax.process_index() == 0:
+          print(f"warning: checkpoint step {bad_step} does not restore ({reason}); moved to "
+                f"{moved}, resuming from step {step}", file=sys.stderr)
+      if failed:
+        self._manager.reload()
+      return step, state, data_state
+    if failed:
+      newest, reason = failed[0]
+      raise NoRestorableCheckpoint(
+          f"no checkpoint in {self._manager.directory} restores (steps "
+          f"{', '.join(str(s) for s, _ in failed)}; step {newest}: {reason}); move them out of "
+          "the way to start afresh, or use another --workdir")
+    return None
+
+  def _move_aside(self, step: int) -> epath.Path:
+    """Moves step folder `step` to a new name under `WORKDIR/unrestorable_checkpoints/`."""
+    target_dir = self._manager.directory.parent / UNRESTORABLE_DIR
+    target, n = target_dir / str(step), 1
+    while target.exists():
+      n += 1
+      target = target_dir / f"{step}-{n}"
+    if jax.process_index() == 0:
+      target_dir.mkdir(parents=True, exist_ok=True)
+      (self._manager.directory / str(step)).rename(target)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f"editseq_move_aside_{step}")
+    return target
 
   def wait_until_finished(self) -> None:
     self._manager.wait_until_finished()

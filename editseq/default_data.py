@@ -37,7 +37,7 @@ _TOKENIZER_VERSION = 1
 
 
 def cache_dir() -> pathlib.Path:
-  return pathlib.Path(os.environ.get("EDITSEQ_CACHE", "~/.cache/editseq")).expanduser()
+  return pathlib.Path(os.environ.get("EDITSEQ_CACHE", "~/.cache/editseq")).expanduser().absolute()
 
 
 def build_once(final: str | os.PathLike, build: Callable[[pathlib.Path], None]) -> pathlib.Path:

@@ -394,19 +394,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   checkpointer = checkpointing.Checkpointer(workdir, every=train_cfg.checkpoint_every,
                                             keep=train_cfg.keep_checkpoints)
 
-  start_step = checkpointer.latest_step()
-  with jax.set_mesh(mesh):
-    if start_step is None:
-      state = program.init(jax.random.key(train_cfg.seed))
-      if train_cfg.init_from:
-        state["params"] = load_pretrained_params(train_cfg.init_from, program)
-      start_step = 0
-    else:
-      state, data_state = checkpointer.restore(start_step, program.abstract_state)
-      try:
+  try:
+    with jax.set_mesh(mesh):
+      restored = checkpointer.restore_latest(program.abstract_state)
+      if restored is None:
+        state = program.init(jax.random.key(train_cfg.seed))
+        if train_cfg.init_from:
+          state["params"] = load_pretrained_params(train_cfg.init_from, program)
+        start_step = 0
+      else:
+        start_step, state, data_state = restored
         train_iter.set_state(data_state)
-      except tasks.DataError as e:
-        raise config_validation.ConfigError(f"cannot resume {workdir}: {e}") from e
+  except (checkpointing.NoRestorableCheckpoint, tasks.DataError) as e:
+    _close(checkpointer, train_iter, eval_iter)
+    raise config_validation.ConfigError(f"cannot resume {workdir}: {e}") from e
   checkpointing.save_config(workdir, config)
 
   logger = metrics_lib.MetricsLogger(workdir, start_step=start_step, total_steps=total_steps,
@@ -457,9 +458,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                           "to resume")
   finally:
     checkpointer.wait_until_finished()
-    checkpointer.close()
     logger.close()
-    for iterator in (train_iter, eval_iter):
-      if iterator is not None:
-        iterator.close()
+    _close(checkpointer, train_iter, eval_iter)
   return reporter.last_record
+
+
+def _close(checkpointer: checkpointing.Checkpointer, *iterators) -> None:
+  checkpointer.close()
+  for iterator in iterators:
+    if iterator is not None:
+      iterator.close()

@@ -21,6 +21,7 @@ from typing import Iterator
 from tqdm import tqdm
 
 from data_gen import edit_format
+from editseq import paths
 from eval import benchmarks, passk
 from eval.sandbox import Limits, SandboxPool, SandboxUnavailableError
 
@@ -63,6 +64,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.ks = tuple(int(k) for k in args.ks.split(","))
     except ValueError:
         parser.error(f"--ks must be comma-separated integers, got {args.ks!r}")
+    args.samples, args.output = paths.absolute(args.samples), paths.absolute(args.output)
+    args.cache_dir = paths.absolute(args.cache_dir)
+    if args.data_path and os.path.exists(args.data_path):  # else a Hugging Face dataset id
+        args.data_path = paths.absolute(args.data_path)
+    try:
+        paths.check_writable_dir(os.path.dirname(args.output), "the folder of --output")
+    except paths.PathError as e:
+        parser.error(str(e))
     return args
 
 

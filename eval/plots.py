@@ -21,6 +21,8 @@ matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
 from matplotlib import ticker  # pylint: disable=wrong-import-position
 
+from editseq import paths  # pylint: disable=wrong-import-position
+
 
 class PlotError(ValueError):
   """A summary file that cannot be plotted."""
@@ -95,6 +97,11 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--title", help="figure title (default: the benchmark name)")
   parser.add_argument("--output", required=True, help="PNG file to write")
   args = parser.parse_args(argv)
+  args.output = paths.absolute(args.output)
+  try:
+    paths.check_writable_dir(str(pathlib.Path(args.output).parent), "the folder of --output")
+  except paths.PathError as e:
+    parser.error(str(e))
   if args.labels and len(args.labels) != len(args.runs):
     parser.error(f"{len(args.labels)} labels for {len(args.runs)} runs")
   try:

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 import jax
 
 from data_gen import edit_format
-from editseq import checkpointing, sharding
+from editseq import checkpointing, paths, sharding
 from eval import benchmarks, execute, passk, plots
 from eval.sampler import Sampler, SamplingConfig
 from eval.sandbox import SandboxPool, SandboxUnavailableError
@@ -102,6 +102,14 @@ def _parse_args(argv):
     parser.error("--batch_size and --workers must be >= 1")
   if args.timeout <= 0:
     parser.error("--timeout must be positive")
+  args.checkpoint = paths.absolute(args.checkpoint)
+  args.output_dir = paths.absolute(args.output_dir)
+  try:
+    paths.check_writable_dir(args.output_dir, "--output_dir")
+  except paths.PathError as e:
+    parser.error(str(e))
+  if args.data_path and os.path.exists(args.data_path):  # else a Hugging Face dataset id
+    args.data_path = paths.absolute(args.data_path)
   return parser, args
 
 
