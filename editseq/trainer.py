@@ -28,6 +28,7 @@ import contextlib
 import math
 import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -365,6 +366,15 @@ def evaluate(program: TrainProgram, params, eval_iter, start_state: dict, steps:
   return float(total / max(count, 1.0))
 
 
+def _trained_step(workdir: str) -> int | None:
+  """The step of the run's latest checkpoint (None before the first)."""
+  try:
+    _, step_dir = checkpointing.resolve_step_dir(workdir)
+  except FileNotFoundError:
+    return None
+  return int(step_dir.name)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains (or resumes) the run in `workdir`; returns the last logged record.
 
@@ -373,6 +383,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """
   config_validation.validate(config, workdir)
   config = config_validation.for_device(config, recorded=checkpointing.load_config(workdir))
+  trained = _trained_step(workdir)
+  if trained is not None and trained >= config.train.steps:
+    # Nothing to do: say so before loading data or compiling, and leave the run as it is.
+    if jax.process_index() == 0:
+      print(f"{workdir} is already trained to step {trained} (train.steps = "
+            f"{config.train.steps}); raise train.steps to continue", file=sys.stderr)
+    records = metrics_lib.read_metrics(workdir)
+    return records[-1] if records else {}
   # The data stack (seqio/TensorFlow) loads only here, so TrainProgram users stay light.
   # TensorFlow only reads data: keep it off the accelerators (it would reserve GPU memory).
   import tensorflow as tf
@@ -411,10 +429,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   logger = metrics_lib.MetricsLogger(workdir, start_step=start_step, total_steps=total_steps,
                                      enabled=jax.process_index() == 0)
-  if start_step >= total_steps:
-    logger.message(f"{workdir} is already trained to step {start_step} (train.steps = "
-                   f"{total_steps}); raise train.steps to continue")
-  elif start_step:
+  if start_step:
     logger.message(f"resumed from step {start_step} ({workdir})")
   data = config.data
   logger.message(
