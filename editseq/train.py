@@ -15,6 +15,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from editseq import cli
+from editseq import paths
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file (configs/*.py); override fields with --config.SECTION.KEY=VALUE.",
@@ -59,6 +60,8 @@ def main(argv: list[str]) -> None:
   config = cli.load_config(_CONFIG)
   if config is None or not _WORKDIR.value:
     cli.fail("--config and --workdir are required (see --help)")
+  workdir = paths.absolute(_WORKDIR.value)
+  paths.absolute_config_paths(config)
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO.
   _initialize_distributed(_DISTRIBUTED.value)
@@ -66,7 +69,7 @@ def main(argv: list[str]) -> None:
   from editseq import config_validation  # pylint: disable=g-import-not-at-top
   from editseq import trainer  # pylint: disable=g-import-not-at-top
   try:
-    trainer.train_and_evaluate(config, _WORKDIR.value)
+    trainer.train_and_evaluate(config, workdir)
   except config_validation.ConfigError as e:
     cli.fail(str(e))
   except trainer.TrainingDiverged as e:

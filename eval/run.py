@@ -28,7 +28,7 @@ from collections.abc import Sequence
 
 import jax
 
-from editseq import checkpointing, sharding, stages
+from editseq import checkpointing, paths, sharding, stages
 from eval import benchmarks, execute, passk, plots
 from eval.sampler import Sampler, SamplingConfig
 from eval.sandbox import SandboxPool, SandboxUnavailableError
@@ -116,6 +116,10 @@ def _parse_args(argv):
     parser.error("--batch_size and --workers must be >= 1")
   if args.timeout <= 0:
     parser.error("--timeout must be positive")
+  args.checkpoint = paths.absolute(args.checkpoint)
+  args.output_dir = paths.absolute(args.output_dir)
+  if args.data_path and os.path.exists(args.data_path):  # else a Hugging Face dataset id
+    args.data_path = paths.absolute(args.data_path)
   return parser, args
 
 
