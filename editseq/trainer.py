@@ -366,13 +366,29 @@ def evaluate(program: TrainProgram, params, eval_iter, start_state: dict, steps:
   return float(total / max(count, 1.0))
 
 
-def _trained_step(workdir: str) -> int | None:
-  """The step of the run's latest checkpoint (None before the first)."""
+def _already_trained(config: ml_collections.ConfigDict, vocab, workdir: str) -> bool:
+  """True (and says so) when the run's latest checkpoint has reached `train.steps` and its input
+  iterator state fits this config's data: then nothing is compiled and the run stays as it is.
+  Raises ConfigError when the data changed since (as resuming would)."""
+  from editseq import input_pipeline, tasks  # pylint: disable=g-import-not-at-top
   try:
     _, step_dir = checkpointing.resolve_step_dir(workdir)
   except FileNotFoundError:
-    return None
-  return int(step_dir.name)
+    return False
+  step = int(step_dir.name)
+  if step < config.train.steps:
+    return False
+  train_iter = input_pipeline.make_train_iterator(config, vocab, split="train")
+  try:
+    train_iter.set_state(checkpointing.load_data_state(step_dir))
+  except tasks.DataError as e:
+    raise config_validation.ConfigError(f"cannot resume {workdir}: {e}") from e
+  finally:
+    train_iter.close()
+  if jax.process_index() == 0:
+    print(f"{workdir} is already trained to step {step} (train.steps = {config.train.steps}); "
+          "raise train.steps to continue", file=sys.stderr)
+  return True
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
@@ -383,14 +399,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """
   config_validation.validate(config, workdir)
   config = config_validation.for_device(config, recorded=checkpointing.load_config(workdir))
-  trained = _trained_step(workdir)
-  if trained is not None and trained >= config.train.steps:
-    # Nothing to do: say so before loading data or compiling, and leave the run as it is.
-    if jax.process_index() == 0:
-      print(f"{workdir} is already trained to step {trained} (train.steps = "
-            f"{config.train.steps}); raise train.steps to continue", file=sys.stderr)
-    records = metrics_lib.read_metrics(workdir)
-    return records[-1] if records else {}
   # The data stack (seqio/TensorFlow) loads only here, so TrainProgram users stay light.
   # TensorFlow only reads data: keep it off the accelerators (it would reserve GPU memory).
   import tensorflow as tf
@@ -399,6 +407,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   train_cfg = config.train
   total_steps = train_cfg.steps
   vocab = data_vocabulary(config)
+  if _already_trained(config, vocab, workdir):
+    records = metrics_lib.read_metrics(workdir)
+    return records[-1] if records else {}
   mesh = sharding.make_mesh(config.mesh)
   program = TrainProgram(config, mesh)
   train_step = program.compile_train_step()

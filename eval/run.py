@@ -197,7 +197,10 @@ def output_stage(args, fmt: str, problems, workdir, step_dir) -> stages.Stage | 
   config, and the code of `eval` and `editseq`; None for a checkpoint that is not local."""
   if "://" in str(step_dir):
     return None
-  flags = {k: v for k, v in vars(args).items() if k not in ("output_dir", "workers", "force")}
+  # Paths are keyed by what they hold (the checkpoint's files, the problems), so a moved
+  # folder is still reused.
+  flags = {k: v for k, v in vars(args).items()
+           if k not in ("checkpoint", "data_path", "output_dir", "workers", "force")}
   return stages.Stage("eval", args.output_dir, stages.digest(
       flags, fmt, [dataclasses.asdict(p) for p in problems], stages.folder_digests(step_dir),
       stages.file_digest(workdir / checkpointing.CONFIG_FILE),
