@@ -99,3 +99,22 @@ def test_data_gen_rerun_reuses_an_unchanged_output(programs, tmp_path):
   changed = _data_gen(programs, out)
   assert changed.returncode == 0 and "reusing" not in changed.stderr
   assert "programs out     7" in changed.stdout
+
+
+def test_first_use_of_the_default_tokenizer_says_what_it_builds(tmp_path, monkeypatch, capsys):
+  """Training on your own data still builds the default tokenizer, and with it the small default
+  dataset it is trained on: the lines say so (the builds themselves are stand-ins here)."""
+  from data_gen import dataset, pipeline
+  from editseq import default_data, tokenizer
+  monkeypatch.setenv("EDITSEQ_CACHE", str(tmp_path))
+  monkeypatch.setattr(pipeline, "run", lambda **kwargs: None)
+  monkeypatch.setattr(dataset, "read_examples", lambda *args: [])
+  monkeypatch.setattr(tokenizer, "iter_python_sources", lambda: [])
+  monkeypatch.setattr(tokenizer, "train_tokenizer",
+                      lambda texts, path, vocab_size: (list(texts), path.write_text("{}")))
+  default_data.default_vocab_path()
+  lines = capsys.readouterr().err.splitlines()
+  assert len(lines) == 2, lines
+  assert lines[0].startswith("editseq: generating the embedded default data (small) under")
+  assert "the default tokenizer's training text" in lines[0]
+  assert lines[1].startswith("editseq: training the default tokenizer (8,192 ids)")
