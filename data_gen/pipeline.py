@@ -36,6 +36,7 @@ import argparse
 import dataclasses
 import hashlib
 import importlib.util
+import logging
 import math
 import os
 import sys
@@ -53,6 +54,8 @@ from data_gen import programs
 from data_gen import sources as sources_lib
 from data_gen import stats as stats_lib
 from editseq import paths
+from editseq import quiet_beam
+from editseq import stages
 
 
 class UsageError(ValueError):
@@ -334,6 +337,12 @@ def make_pipeline(pipeline_args: list[str]) -> beam.Pipeline:
   runner = options.view_as(pipeline_options.StandardOptions).runner
   if runner is None:
     from apache_beam.runners.portability.fn_api_runner import fn_runner
+    direct = options.view_as(pipeline_options.DirectOptions)
+    if direct.direct_running_mode == "multi_processing":
+      # The same worker processes, started through editseq.quiet_beam (their log noise off).
+      direct.direct_running_mode = "in_memory"
+      return beam.Pipeline(runner=fn_runner.FnApiRunner(
+          default_environment=quiet_beam.worker_environment()), options=options)
     return beam.Pipeline(runner=fn_runner.FnApiRunner(), options=options)
   if runner.lower().removesuffix("runner") == "dataflow" and not _has_module("apitools"):
     raise UsageError(f"--runner={runner} needs Beam's Google Cloud extras on this machine: "
@@ -438,12 +447,17 @@ def _parse_args(argv):
                       help="field with the instruction (\"\" for none)")
   parser.add_argument("--response_key", default="response",
                       help="field with the program or a markdown response")
-  parser.add_argument("--tfds_name", default="")
-  parser.add_argument("--tfds_split", default="train")
-  parser.add_argument("--tfds_data_dir", default=None)
-  parser.add_argument("--hf_dataset", default="")
-  parser.add_argument("--hf_config", default=None)
-  parser.add_argument("--hf_split", default="train")
+  parser.add_argument("--tfds_name", default="",
+                      help="--source tfds: the TFDS dataset, NAME or NAME/CONFIG[:VERSION]")
+  parser.add_argument("--tfds_split", default="train", help="--source tfds: the split to read")
+  parser.add_argument("--tfds_data_dir", default=None,
+                      help="--source tfds: TFDS's data folder (default: TFDS's own, "
+                           "~/tensorflow_datasets)")
+  parser.add_argument("--hf_dataset", default="",
+                      help="--source hf: the Hugging Face dataset id or local folder "
+                           "(needs `pip install datasets`)")
+  parser.add_argument("--hf_config", default=None, help="--source hf: the dataset's config name")
+  parser.add_argument("--hf_split", default="train", help="--source hf: the split to read")
   parser.add_argument("--variants", default=",".join(dataset.VARIANTS),
                       help="comma-separated subset of " + ",".join(dataset.VARIANTS))
   parser.add_argument("--num_samples", type=int, default=Settings.num_samples,
@@ -459,6 +473,14 @@ def _parse_args(argv):
   parser.add_argument("--max_programs", type=int, default=Settings.max_programs,
                       help="keep a deterministic sample of at most this many programs")
   parser.add_argument("--no_progress", action="store_true", help="no progress bars")
+  parser.add_argument("--force", action="store_true",
+                      help="regenerate even when OUTPUT_DIR was made from the same input, "
+                           "settings and code (by default such a rerun reuses it: the bytes "
+                           "would be the same)")
+  parser.add_argument("--beam_log_level", default="WARNING",
+                      choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                      help="show Beam's own log records from this level up (INFO shows its "
+                           "workers starting and stopping)")
   return parser.parse_known_args(argv)
 
 
@@ -482,17 +504,42 @@ def _sources_from_args(args) -> list[sources_lib.Source]:
                                  args.instruction_key, args.response_key)]
 
 
+def output_stage(args, sources: list[sources_lib.Source]) -> stages.Stage | None:
+  """The run as a stage keyed by its flags, its input's content and this package's code; None
+  when the input cannot be fingerprinted cheaply (hf, tfds) or the output is not local.
+  Beam's options are not part of the key: they do not change the bytes (module docstring)."""
+  fingerprints = [source.fingerprint() for source in sources]
+  if "://" in args.output_dir or None in fingerprints:
+    return None
+  flags = {k: v for k, v in vars(args).items()
+           if k not in ("output_dir", "no_progress", "force", "beam_log_level")}
+  return stages.Stage("data_gen", args.output_dir, stages.digest(
+      flags, fingerprints, stages.code_digest("data_gen"), sys.version))
+
+
 def main(argv=None) -> int:
   args, pipeline_args = _parse_args(sys.argv[1:] if argv is None else argv)
+  os.environ[quiet_beam.LOG_LEVEL_ENV] = args.beam_log_level  # for Beam's worker processes
+  logging.getLogger().setLevel(args.beam_log_level)
   settings = {name: getattr(args, name) for name in Settings.__dataclass_fields__}
   args.output_dir = paths.absolute(args.output_dir)
   args.input = [paths.absolute(p) for p in args.input]
   args.tfds_data_dir = paths.absolute(args.tfds_data_dir)
+  variants = tuple(v for v in args.variants.split(",") if v)
   try:
     paths.check_writable_dir(args.output_dir, "--output_dir")
-    reports = run(sources=_sources_from_args(args), output_dir=args.output_dir,
-                  variants=tuple(v for v in args.variants.split(",") if v),
-                  pipeline_args=tuple(pipeline_args), progress=not args.no_progress, **settings)
+    sources = _sources_from_args(args)
+    stage = output_stage(args, sources)
+    if stage is not None and not args.force and stage.reusable():
+      print(stage.reused_message(), file=sys.stderr)
+      reports = {v: stats_lib.read_report(os.path.join(args.output_dir, v)) for v in variants}
+    else:
+      if stage is not None and os.path.isdir(args.output_dir):
+        stage.begin()
+      reports = run(sources=sources, output_dir=args.output_dir, variants=variants,
+                    pipeline_args=tuple(pipeline_args), progress=not args.no_progress, **settings)
+      if stage is not None:
+        stage.record()
   except (UsageError, sources_lib.SourceError, paths.PathError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import hashlib
 import json
 import os
 from typing import Iterator
@@ -51,6 +52,24 @@ class Source(abc.ABC):
   def read(self, shard: str) -> Iterator[Record | Skip]:
     """Records of one shard; runs on the workers."""
 
+  def fingerprint(self) -> str | None:
+    """A digest of everything this source reads, or None when that is not cheap to know (then
+    `python -m data_gen.pipeline` always regenerates instead of reusing an earlier output)."""
+    return None
+
+
+def _files_fingerprint(root: str, shards: list[str]) -> str:
+  """Digest of the shard paths and the content of the files they name under `root`."""
+  h = hashlib.sha256()
+  for shard in shards:
+    try:
+      with FileSystems.open(os.path.join(root, shard) if root else shard) as f:
+        content = hashlib.sha256(f.read()).digest()
+    except OSError:  # read() counts it as unreadable; so does the digest
+      content = b"unreadable"
+    h.update(shard.encode() + b"\0" + content)
+  return h.hexdigest()
+
 
 class PyTreeSource(Source):
   """Every `.py` file under a folder, one program per file, instruction "" (pretraining-style).
@@ -74,6 +93,9 @@ class PyTreeSource(Source):
       rel_dir = os.path.relpath(dirpath, self.root)
       found += [os.path.normpath(os.path.join(rel_dir, f)) for f in filenames if f.endswith(".py")]
     return sorted(found, key=lambda p: p.split(os.sep))
+
+  def fingerprint(self) -> str:
+    return _files_fingerprint(self.root, self.shards())
 
   def read(self, shard: str) -> Iterator[Record | Skip]:
     source_id = f"{self.name}:{shard.replace(os.sep, '/')}"
@@ -103,6 +125,9 @@ class StdlibInstructionSource(Source):
 
   def shards(self) -> list[str]:
     return stdlib_instructions.module_files(self.root or stdlib_instructions.stdlib_root())
+
+  def fingerprint(self) -> str:
+    return _files_fingerprint(self.root or stdlib_instructions.stdlib_root(), self.shards())
 
   def read(self, shard: str) -> Iterator[Record | Skip]:
     text = stdlib_instructions.read_module(self.root or stdlib_instructions.stdlib_root(), shard)
@@ -160,6 +185,9 @@ class JsonlSource(Source):
 
   def shards(self) -> list[str]:
     return list(self.paths)
+
+  def fingerprint(self) -> str:
+    return _files_fingerprint("", self.shards())
 
   def read(self, shard: str) -> Iterator[Record | Skip]:
     name = os.path.basename(shard)

@@ -13,8 +13,8 @@ roofline estimate of the step time and MFU from the compiled kernels (`editseq.r
 Needs the compilers, not the hardware (requirements-aot.txt): `jax-cuda12-plugin`,
 `jax-cuda12-pjrt` and `nvidia-cudnn-cu12` for GPU targets, `libtpu` for TPU targets. They go
 beside the training environment, not in it (there JAX would try to start those backends on every
-run): `pip install --no-deps --target .venv/aot -r requirements-aot.txt`, which
-scripts/setup.sh runs. This command itself only ever runs on the host's CPU.
+run): `bash scripts/setup.sh --aot` installs them into .venv/aot (`pip install --no-deps
+--target .venv/aot -r requirements-aot.txt`), only on request: the main job never uses them. This command itself only ever runs on the host's CPU.
 
 Exit status: 0 compiled and fits, 1 does not fit the device's memory, 2 bad flags, config or
 missing compiler.
@@ -43,8 +43,8 @@ _TARGET = flags.DEFINE_string(
 _HLO_OUT = flags.DEFINE_string("hlo_out", None, "Write the compiled (optimised) HLO text here.")
 
 EXIT_DOES_NOT_FIT = 1
-_INSTALL = ("pip install --no-deps --target .venv/aot -r requirements-aot.txt, then run with "
-            "PYTHONPATH=.venv/aot")
+_INSTALL = ("install them with `bash scripts/setup.sh --aot` (requirements-aot.txt into "
+            ".venv/aot, 2.3 GB), then run with PYTHONPATH=.venv/aot")
 # JAX's GPU client preallocates this share of device memory (XLA_PYTHON_CLIENT_MEM_FRACTION).
 _GPU_DEFAULT_MEM_FRACTION = 0.75
 

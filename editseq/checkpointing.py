@@ -67,6 +67,11 @@ def resolve_step_dir(path: str) -> tuple[epath.Path, epath.Path]:
   return path, path / CHECKPOINT_DIR / str(max(steps))
 
 
+def load_data_state(step_dir: epath.Path) -> dict:
+  """The input iterator's state saved in a step folder, without restoring the model."""
+  return ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(epath.Path(step_dir) / DATA_ITEM)
+
+
 def is_hf_model_dir(path: str) -> bool:
   """A Hugging Face model folder (config.json + safetensors/bin weights), not one of our runs."""
   path = epath.Path(path)

@@ -3,6 +3,8 @@ the flags, the config file or a --config.KEY override is one `error: ...` line o
 exit status 2, never a traceback."""
 from __future__ import annotations
 
+import importlib
+import pathlib
 import re
 import sys
 from typing import NoReturn
@@ -10,6 +12,8 @@ from typing import NoReturn
 from absl import flags
 
 EXIT_USAGE = 2
+HELP_FLAGS = ("--help", "-h", "-?", "--helpshort", "--helpfull")
+CONFIGS_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
 
 def fail(message: str, status: int = EXIT_USAGE) -> NoReturn:
@@ -24,7 +28,11 @@ def one_line(error: BaseException) -> str:
 
 def parse_flags(argv: list[str], known_only: bool = False) -> list[str]:
   """absl flag parsing (the `flags_parser` of `app.run`) with mistakes as one line;
-  `known_only` passes flags that no module defined on in the returned argv (Beam options)."""
+  `known_only` passes flags that no module defined on in the returned argv (Beam options).
+  `--help` prints `print_help`'s text and exits 0 (absl's own exits 1 and names no config)."""
+  if any(a in HELP_FLAGS for a in argv[1:]):
+    print_help([a for a in argv if a not in HELP_FLAGS], known_only)
+    sys.exit(0)
   try:
     return flags.FLAGS(argv, known_only=known_only)
   except flags.Error as e:
@@ -54,3 +62,34 @@ def load_config(config_flag: flags.FlagHolder):
     cause = e.__cause__ or e
     fail(f"cannot load --config={flags.FLAGS[config_flag.name].config_filename}: "
          f"{type(cause).__name__}: {one_line(cause)}")
+
+
+def print_help(argv: list[str], known_only: bool = False) -> None:
+  """The command's docstring and flags; with a --config flag, the config files and every key
+  of the one given (configs/base.py's when none is), with its value, for --config.KEY=VALUE."""
+  main = sys.modules["__main__"]
+  print((main.__doc__ or "").strip() + "\n")
+  print("flags:\n" + flags.FLAGS.module_help(main))
+  if "config" not in flags.FLAGS:
+    return
+  names = sorted(p.stem for p in CONFIGS_DIR.glob("*.py") if p.stem not in ("__init__", "base"))
+  print(f"\nconfigs (--config=configs/NAME.py): {', '.join(names)}")
+  parse_flags(argv, known_only)
+  config = load_config(flags.FlagHolder(flags.FLAGS, flags.FLAGS["config"]))
+  source = flags.FLAGS["config"].config_filename if config is not None else "configs/base.py"
+  if config is None:
+    if str(CONFIGS_DIR.parent) not in sys.path:
+      sys.path.insert(0, str(CONFIGS_DIR.parent))
+    config = importlib.import_module("configs.base").get_config()
+  print(f"\nkeys of {source} (override any with --config.KEY=VALUE):")
+  for key, value in _flatten(config.to_dict()):
+    print(f"  {key} = {value!r}")
+
+
+def _flatten(tree: dict, prefix: str = ""):
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      yield from _flatten(value, f"{prefix}{key}.")
+    else:
+      yield f"{prefix}{key}", value
+

@@ -71,8 +71,9 @@ def _data_key(*parts: str) -> str:
   return h.hexdigest()[:12]
 
 
-def default_data_dir(small: bool = False) -> str:
-  """The generated default dataset (all variants), built on first use; returns its folder."""
+def default_data_dir(small: bool = False, purpose: str = "") -> str:
+  """The generated default dataset (all variants), built on first use; returns its folder.
+  `purpose` ends the line that announces a build (what the data is built for)."""
   max_programs = SMALL_PROGRAMS if small else None
   name = f"data-small-{_data_key(str(max_programs))}" if small else f"data-{_data_key('full')}"
 
@@ -80,7 +81,7 @@ def default_data_dir(small: bool = False) -> str:
     from data_gen import pipeline  # pylint: disable=g-import-not-at-top  # Beam: only to build
     logging.info("building the default %s dataset in %s", "small" if small else "full", tmp)
     print(f"editseq: generating the embedded default data ({'small' if small else 'full'}) "
-          f"under {cache_dir()} (first use only)", file=sys.stderr)
+          f"under {cache_dir()}{purpose} (first use only)", file=sys.stderr)
     pipeline.run(output_dir=str(tmp), max_programs=max_programs, progress=sys.stderr.isatty())
 
   return str(build_once(cache_dir() / name, build))
@@ -104,9 +105,12 @@ def default_vocab_path(vocab_size: int = DEFAULT_VOCAB_SIZE) -> str:
 
   def build(tmp: pathlib.Path) -> None:
     from data_gen import dataset  # pylint: disable=g-import-not-at-top
+    data_dir = default_data_dir(small=True, purpose=", the default tokenizer's training text")
+    print(f"editseq: training the default tokenizer ({vocab_size:,} ids) on the standard "
+          f"library's sources and that data, under {folder} (first use only)", file=sys.stderr)
     code = (text for _, text in tokenizer.iter_python_sources())
     instructions = (ex["prompt"] + ex["completion"] for ex in
-                    dataset.read_examples(default_data_dir(small=True), "lintseq", "train"))
+                    dataset.read_examples(data_dir, "lintseq", "train"))
     tokenizer.train_tokenizer(itertools.chain(code, instructions), tmp / "tokenizer.json",
                               vocab_size=vocab_size)
 

@@ -28,6 +28,7 @@ import contextlib
 import math
 import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -365,6 +366,31 @@ def evaluate(program: TrainProgram, params, eval_iter, start_state: dict, steps:
   return float(total / max(count, 1.0))
 
 
+def _already_trained(config: ml_collections.ConfigDict, vocab, workdir: str) -> bool:
+  """True (and says so) when the run's latest checkpoint has reached `train.steps` and its input
+  iterator state fits this config's data: then nothing is compiled and the run stays as it is.
+  Raises ConfigError when the data changed since (as resuming would)."""
+  from editseq import input_pipeline, tasks  # pylint: disable=g-import-not-at-top
+  try:
+    _, step_dir = checkpointing.resolve_step_dir(workdir)
+  except FileNotFoundError:
+    return False
+  step = int(step_dir.name)
+  if step < config.train.steps:
+    return False
+  train_iter = input_pipeline.make_train_iterator(config, vocab, split="train")
+  try:
+    train_iter.set_state(checkpointing.load_data_state(step_dir))
+  except tasks.DataError as e:
+    raise config_validation.ConfigError(f"cannot resume {workdir}: {e}") from e
+  finally:
+    train_iter.close()
+  if jax.process_index() == 0:
+    print(f"{workdir} is already trained to step {step} (train.steps = {config.train.steps}); "
+          "raise train.steps to continue", file=sys.stderr)
+  return True
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains (or resumes) the run in `workdir`; returns the last logged record.
 
@@ -381,6 +407,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   train_cfg = config.train
   total_steps = train_cfg.steps
   vocab = data_vocabulary(config)
+  if _already_trained(config, vocab, workdir):
+    records = metrics_lib.read_metrics(workdir)
+    return records[-1] if records else {}
   mesh = sharding.make_mesh(config.mesh)
   program = TrainProgram(config, mesh)
   train_step = program.compile_train_step()
@@ -412,10 +441,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   logger = metrics_lib.MetricsLogger(workdir, start_step=start_step, total_steps=total_steps,
                                      enabled=jax.process_index() == 0)
-  if start_step >= total_steps:
-    logger.message(f"{workdir} is already trained to step {start_step} (train.steps = "
-                   f"{total_steps}); raise train.steps to continue")
-  elif start_step:
+  if start_step:
     logger.message(f"resumed from step {start_step} ({workdir})")
   data = config.data
   logger.message(

@@ -89,7 +89,8 @@ def plot_coverage(curves: Sequence[tuple[str, Sequence[float]]], output: str | p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(description="Overlay coverage curves (pass@k vs k) of runs.")
+  parser = argparse.ArgumentParser(prog="python -m eval.plots",
+                                   description="Overlay coverage curves (pass@k vs k) of runs.")
   parser.add_argument("--runs", nargs="+", required=True, help="summary.json files of eval.run")
   parser.add_argument("--labels", nargs="+", help="one legend label per run")
   parser.add_argument("--suite", choices=("base", "plus"),

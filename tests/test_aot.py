@@ -1,7 +1,7 @@
 """editseq.aot: the real train step compiled for H100s and TPU slices from this CPU machine.
 
-The compilers come from requirements-aot.txt, which scripts/setup.sh installs into .venv/aot;
-each run is a subprocess with that folder on PYTHONPATH, as the module's docstring tells users.
+The compilers come from requirements-aot.txt, which `scripts/setup.sh --aot` installs into
+.venv/aot; each run is a subprocess with that folder on PYTHONPATH, as the module's docstring tells users.
 """
 import json
 import os
@@ -14,7 +14,7 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parents[1]
 AOT_DIR = REPO / ".venv" / "aot"
 needs_compilers = pytest.mark.skipif(not (AOT_DIR / "jax_plugins").is_dir(),
-                                     reason="run scripts/setup.sh: no .venv/aot compilers")
+                                     reason="no .venv/aot compilers: bash scripts/setup.sh --aot")
 # H100 steps of the 150M config at batch 64 x 1024, cuDNN attention, unrolled layers
 # (docs/TPU_GPU.md). Session 1: remat dots_no_batch, whole-sequence loss, 384k tokens/s.
 # Session 7: the default (no remat, chunked loss with hand-derived gradients), 159.3 ms (the mean
@@ -119,3 +119,4 @@ def test_missing_compilers_say_what_to_install():
   result, _ = aot("--config=configs/test_tiny.py", "--target=h100", compilers=False)
   assert result.returncode == 2
   assert "requirements-aot.txt" in result.stderr and "Traceback" not in result.stderr
+  assert "bash scripts/setup.sh --aot" in result.stderr
