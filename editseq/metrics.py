@@ -6,9 +6,12 @@ killed-and-resumed run leaves the same file as an uninterrupted one.
 import json
 import math
 import os
+import queue
 import sys
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import tqdm
 
@@ -77,33 +80,86 @@ class MetricsLogger:
 
 
 class Throughput:
-  """Tokens/s over the steps since the last report, excluding time spent outside training.
+  """Seconds per step and tokens/s over windows of steps, timed from the device's completion of
+  one step to its completion of the next.
 
-  `pause()`/`resume()` bracket host work that is not a train step (eval, checkpoint saves); a
-  report made while paused ends its window at the pause.
+  A thread that does nothing but wait for each dispatched step's outputs (`dispatched`) notes
+  when each one finishes; the host loop's own work (fetching metrics, writing records, the
+  progress bar, a slow input pipeline) cannot move those moments. A step starts only after the
+  previous one ended, so every step of a window ran inside it and tokens/s cannot exceed what
+  the device did. Timing the host's calls instead does not have that property: when the host
+  falls behind, a step can finish before the host starts its window, which then lasts no time.
+  Host stalls that leave the device waiting stay in the window (they are lost throughput),
+  except from `pause()` (once every dispatched step finished) to `resume()`: eval and saves.
   """
 
-  def __init__(self, tokens_per_step: int):
+  def __init__(self, tokens_per_step: int, *, clock: Callable[[], float] = time.perf_counter,
+               wait: Callable[[Any], Any] | None = None):
     self._tokens_per_step = tokens_per_step
-    self._window_start = time.perf_counter()
-    self._excluded = 0.0
-    self._steps = 0
-    self._paused_at: float | None = None
+    self._clock = clock
+    self._wait = wait or _block_until_ready
+    self._changed = threading.Condition()
+    self._mark = clock()  # where the next completed step's interval starts
+    self._dispatched: list[int] = []  # steps handed to the watcher, in order
+    self._intervals: dict[int, float] = {}  # completed, not yet reported: step -> seconds
+    self._queue: queue.SimpleQueue = queue.SimpleQueue()
+    self._watcher = threading.Thread(target=self._watch, name="step-completion", daemon=True)
+    self._watcher.start()
 
-  def step_done(self) -> None:
-    self._steps += 1
+  def dispatched(self, step: int, outputs: Any) -> None:
+    """Step `step` was dispatched; `outputs` (any of its output arrays) is ready when it ends."""
+    with self._changed:
+      self._dispatched.append(step)
+    self._queue.put((step, outputs))
+
+  def _watch(self) -> None:
+    while True:
+      item = self._queue.get()
+      if item is None:
+        return
+      step, outputs = item
+      try:
+        self._wait(outputs)
+      except Exception:  # pylint: disable=broad-except  # the loop reports a failed step itself
+        pass
+      now = self._clock()
+      with self._changed:
+        self._intervals[step] = now - self._mark
+        self._mark = now
+        self._dispatched.remove(step)
+        self._changed.notify_all()
+
+  @property
+  def completed(self) -> int:
+    """Steps seen finished and not yet reported."""
+    with self._changed:
+      return len(self._intervals)
 
   def pause(self) -> None:
-    self._paused_at = time.perf_counter()
+    """Stops the clock once every dispatched step has finished (call before eval or a save)."""
+    with self._changed:
+      self._changed.wait_for(lambda: not self._dispatched)
 
   def resume(self) -> None:
-    self._excluded += time.perf_counter() - self._paused_at
-    self._paused_at = None
+    """Restarts the clock: the next step's interval starts now."""
+    with self._changed:
+      self._mark = self._clock()
 
-  def report(self) -> tuple[float, float]:
-    """Returns (seconds per step, tokens per second) over the window, then starts a new one."""
-    end = self._paused_at if self._paused_at is not None else time.perf_counter()
-    elapsed = max(end - self._window_start - self._excluded, 1e-9)
-    steps = max(self._steps, 1)
-    self._window_start, self._excluded, self._steps = end, 0.0, 0
-    return elapsed / steps, steps * self._tokens_per_step / elapsed
+  def report(self, step: int) -> tuple[float, float]:
+    """(seconds per step, tokens per second) over the steps up to `step` not reported before
+    (waiting until `step` is seen finished)."""
+    with self._changed:
+      self._changed.wait_for(lambda: step in self._intervals)
+      steps = [s for s in self._intervals if s <= step]
+      elapsed = max(sum(self._intervals.pop(s) for s in steps), 1e-9)
+    return elapsed / len(steps), len(steps) * self._tokens_per_step / elapsed
+
+  def close(self) -> None:
+    """Stops the watcher thread (after the steps it is waiting for)."""
+    self._queue.put(None)
+    self._watcher.join()
+
+
+def _block_until_ready(outputs: Any) -> None:
+  import jax  # pylint: disable=g-import-not-at-top  # metrics files need no JAX
+  jax.block_until_ready(outputs)

@@ -19,7 +19,8 @@ Layout (MaxText/nanodo style):
   its memory (XLA's `memory_analysis`) checked against what the runtime lets it use, so a step
   that cannot fit fails in seconds with the fix; that compiled executable is what runs.
 - Metrics are read one step late: step s+1 is dispatched before step s's scalars are fetched,
-  so the device never waits for the host. Before a checkpoint the current step is read first,
+  so the device never waits for the host. Step time runs from one step's completion on the
+  device to the next one's (`metrics.Throughput` watches them), never from host events. Before a checkpoint the current step is read first,
   so a checkpoint never holds a state reached through a non-finite loss or gradient.
 """
 from __future__ import annotations
@@ -335,12 +336,11 @@ class _Reporter:
 
   def report(self, step: int, step_metrics, extra: Mapping[str, float] | None = None) -> None:
     values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
-    self._throughput.step_done()
     self._logger.advance(step, values["loss"])
     diverged = not (math.isfinite(values["loss"]) and math.isfinite(values["grad_norm"]))
     if step % self._log_every and not extra and not diverged:
       return
-    seconds_per_step, tokens_per_s = self._throughput.report()
+    seconds_per_step, tokens_per_s = self._throughput.report(step)
     record = {**values, "tokens_per_s": tokens_per_s, "seconds_per_step": seconds_per_step,
               "mfu": tokens_per_s * self._flops_per_token / self._peak, **(extra or {})}
     self._logger.write(step, record)
@@ -458,6 +458,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         batch = program.global_batch(next(train_iter))
         state, step_metrics = train_step(state, batch)
         step += 1
+        reporter.throughput.dispatched(step, step_metrics)
         if pending is not None:
           reporter.report(*pending)
         pending = (step, step_metrics)
@@ -467,8 +468,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         do_save = step == total_steps or preempted or checkpointer.should_save(step)
         if not (do_eval or do_save):
           continue
-        jax.block_until_ready(step_metrics)  # Step time ends here, before eval/save.
-        reporter.throughput.pause()
+        reporter.throughput.pause()  # Step time ends with this step, before eval/save.
         extra = {}
         if do_eval:
           extra["eval_loss"] = evaluate(program, state["params"], eval_iter, eval_start,
@@ -483,6 +483,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           raise Preempted(f"preempted at step {step}: checkpoint saved; rerun the same command "
                           "to resume")
   finally:
+    reporter.throughput.close()
     checkpointer.wait_until_finished()
     logger.close()
     _close(checkpointer, train_iter, eval_iter)

@@ -1,5 +1,8 @@
-"""Metrics files and the throughput window, with a fake clock (no timing assertions)."""
+"""Metrics files and the throughput window, with a fake clock and device (no timing assertions)."""
+import collections
 import json
+import threading
+import time
 
 import pytest
 
@@ -14,30 +17,74 @@ class _Clock:
     return self.now
 
 
+class _Device:
+  """Fake step outputs: a step is finished when the test says so, at the time it chooses."""
+
+  def __init__(self, clock):
+    self._clock = clock
+    self._finished = collections.defaultdict(threading.Event)
+
+  def wait(self, step):
+    assert self._finished[step].wait(60), f"step {step} never finished"
+
+  def finish(self, meter, step, at):
+    """Finishes `step` at time `at` and waits until the meter's watcher has seen it."""
+    self._clock.now = at
+    seen = meter.completed
+    self._finished[step].set()
+    deadline = time.monotonic() + 60
+    while meter.completed == seen and time.monotonic() < deadline:
+      time.sleep(0.001)
+    assert meter.completed == seen + 1
+
+
 @pytest.fixture
-def clock(monkeypatch):
-  fake = _Clock()
-  monkeypatch.setattr(metrics.time, "perf_counter", fake)
-  return fake
+def meter():
+  clock = _Clock()
+  device = _Device(clock)
+  meter = metrics.Throughput(tokens_per_step=1000, clock=clock, wait=device.wait)
+  yield meter, device, clock
+  meter.close()
 
 
-def test_throughput_excludes_paused_time_across_windows(clock):
-  meter = metrics.Throughput(tokens_per_step=1000)
-  clock.now += 2.0
-  meter.step_done()
-  clock.now += 2.0
-  meter.step_done()
-  assert meter.report() == (2.0, 500.0)
-  clock.now += 1.0
-  meter.step_done()
-  meter.pause()  # e.g. eval after this step; the report is made while paused
-  clock.now += 30.0
-  assert meter.report() == (1.0, 1000.0)
-  clock.now += 5.0
+def test_throughput_is_timed_between_device_completions_whatever_the_host_does(meter):
+  """The host falls behind: steps finish long before it reports them, and a step finishes
+  before the host pauses for eval. Windows still span completion to completion; the pause
+  (from the last completion to the resume) is left out."""
+  meter, device, clock = meter
+  meter.dispatched(1, 1)
+  meter.dispatched(2, 2)
+  device.finish(meter, 1, at=102.0)
+  device.finish(meter, 2, at=104.0)
+  clock.now = 109.0  # the host gets to step 1 only now
+  assert meter.report(1) == (2.0, 500.0)
+  meter.dispatched(3, 3)
+  device.finish(meter, 3, at=109.5)
+  clock.now = 120.0
+  assert meter.report(2) == (2.0, 500.0)  # from step 1's completion to step 2's
+  meter.pause()  # all done: eval or a save from here
+  clock.now = 150.0
+  assert meter.report(3) == (5.5, 1000 / 5.5)  # timed by the host, it would last no time
   meter.resume()
-  clock.now += 4.0
-  meter.step_done()
-  assert meter.report() == (4.0, 250.0)
+  meter.dispatched(4, 4)
+  meter.dispatched(5, 5)
+  device.finish(meter, 4, at=154.0)
+  device.finish(meter, 5, at=155.0)
+  clock.now = 200.0
+  assert meter.report(5) == (2.5, 400.0)  # two steps in one window
+
+
+def test_pause_waits_for_the_dispatched_steps(meter):
+  meter, device, clock = meter
+  meter.dispatched(1, 1)
+  paused = threading.Event()
+  waiter = threading.Thread(target=lambda: (meter.pause(), paused.set()))
+  waiter.start()
+  assert not paused.wait(0.2)
+  device.finish(meter, 1, at=101.0)
+  waiter.join(60)
+  assert paused.is_set()
+  assert meter.report(1) == (1.0, 1000.0)
 
 
 def test_jsonl_records_are_valid_json_and_cut_back_on_resume(tmp_path):

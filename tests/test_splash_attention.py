@@ -18,6 +18,7 @@ from editseq import model as model_lib
 from editseq import sharding
 from editseq import splash_attention
 
+from tests import numerics
 from tests.test_model import GEMMA_LIKE, TINY, make, tokens
 
 T = 128
@@ -144,5 +145,6 @@ def test_sharded_splash_attention_matches_one_device(shape):
                                     jax.device_put(batch, sharding.batch_sharding(mesh, 8)))
   assert "shard_map" in lowered.as_text() or "sdy.manual_computation" in lowered.as_text()
   np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
-               nnx.to_pure_dict(grads), nnx.to_pure_dict(want_grads))
+  # Weight gradients sum over the batch's 8 x T tokens, in another order once sharded.
+  numerics.assert_close_up_to_reordering(nnx.to_pure_dict(grads), nnx.to_pure_dict(want_grads),
+                                         terms=8 * T)

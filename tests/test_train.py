@@ -77,6 +77,51 @@ def test_cli_trains_with_falling_loss_and_writes_its_outputs(uninterrupted):
   assert "Traceback" not in result.stderr
 
 
+def test_throughput_and_mfu_stay_true_when_the_host_falls_behind(tmp_path, monkeypatch):
+  """Each step takes at least DEVICE_S on the device (a host callback sleeps inside it), and the
+  host falls behind: after dispatching a step it waits for it to finish, then dawdles HOST_S.
+  So every step has finished before the host reports the one before it, also right before a
+  save or an eval. No logged step may then look faster than the device can run it (timed
+  between host events, such a step lasted no time: MFU 21 on the tiny config)."""
+  import jax
+  device_s, host_s = 0.1, 0.3
+  step_fn = trainer.TrainProgram._train_step  # pylint: disable=protected-access
+  compile_step = trainer.TrainProgram.compile_train_step
+
+  def slow_device_step(self, state, batch):
+    new_state, step_metrics = step_fn(self, state, batch)
+    jax.debug.callback(lambda loss: time.sleep(device_s), step_metrics["loss"])
+    return new_state, step_metrics
+
+  def host_behind(self):
+    compiled = compile_step(self)
+
+    def train_step(state, batch):
+      outputs = compiled(state, batch)
+      jax.block_until_ready(outputs)
+      time.sleep(host_s)
+      return outputs
+    return train_step
+
+  monkeypatch.setattr(trainer.TrainProgram, "_train_step", slow_device_step)
+  monkeypatch.setattr(trainer.TrainProgram, "compile_train_step", host_behind)
+  config = _config({"train.steps": 6, "train.checkpoint_every": 2, "train.eval_every": 3})
+  started = time.perf_counter()
+  trainer.train_and_evaluate(config, str(tmp_path))
+  wall = time.perf_counter() - started
+  records = metrics.read_metrics(tmp_path)
+  assert [r["step"] for r in records] == list(range(1, 7))
+  tokens_per_step = config.data.global_batch_size * config.data.seq_len
+  for record in records:
+    # A window spans at least its step's device time, less how late the step before it was
+    # seen finished (a thread waits for nothing else; half of DEVICE_S is the margin).
+    assert record["seconds_per_step"] >= device_s / 2, records
+    assert record["tokens_per_s"] <= tokens_per_step / (device_s / 2), records
+    assert 0 < record["mfu"] <= 1, records
+  # The windows are disjoint pieces of the run.
+  assert sum(r["seconds_per_step"] for r in records) <= wall
+
+
 class _SigtermAt:
   """Wraps the train iterator: sends this process SIGTERM while fetching batch `n`."""
 
