@@ -27,7 +27,7 @@ from collections.abc import Sequence
 
 import jax
 
-from editseq import checkpointing, sharding
+from editseq import checkpointing, pretrained, sharding
 from eval import benchmarks, execute, passk, plots
 from eval.sampler import Sampler, SamplingConfig
 from eval.sandbox import SandboxPool, SandboxUnavailableError
@@ -68,7 +68,8 @@ def _parse_args(argv):
       prog="python -m eval.run", description=__doc__.split("\n\n")[0],
       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
   parser.add_argument("--checkpoint", required=True,
-                      help="a training run's workdir (its latest step) or a step folder")
+                      help="a training run's workdir (its latest step), a step folder, a "
+                      "checkpoint from `python -m editseq.convert` or a Hugging Face model folder")
   parser.add_argument("--benchmark", required=True, choices=benchmarks.BENCHMARKS)
   parser.add_argument("--output_dir", required=True)
   parser.add_argument("--num_samples", type=int, default=1, help="samples per problem (n)")
@@ -109,19 +110,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                             max_new_tokens=args.max_new_tokens)
     task_range = benchmarks.parse_task_range(args.task_range) if args.task_range else None
     problems = benchmarks.load_benchmark(args.benchmark, args.data_path, task_range=task_range)
-    workdir, _ = checkpointing.resolve_step_dir(args.checkpoint)
-    run_config = checkpointing.load_config(str(workdir))
-    if run_config is None:
-      raise FileNotFoundError(f"no {checkpointing.CONFIG_FILE} in {workdir}")
+    run_config = pretrained.inference_config(args.checkpoint)
     fmt = args.format or default_format(str(run_config.data.task))
     if fmt is None:
       raise ValueError(f"cannot tell the prompt format from training task "
-                       f"{run_config.data.task!r}; pass --format")
+                       f"{run_config.data.task!r} (a pretrained model has none); pass --format")
     out = pathlib.Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     # The sandbox (and the + variants' reference outputs) first: fail before hours of sampling.
     pool = SandboxPool(args.workers, unsafe_no_sandbox=args.unsafe_no_sandbox)
-  except (OSError, ValueError, SandboxUnavailableError) as e:
+  except (OSError, ValueError, KeyError, SandboxUnavailableError) as e:
     parser.error(str(e))
   with pool:
     problems = benchmarks.attach_expected_outputs(problems, pool)
@@ -156,7 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
   headline = "plus" if "plus" in summary["suites"] else "base"
   plots.plot_coverage([(f"{fmt}, {headline} tests", summary["suites"][headline]["coverage"])],
-                      out / "coverage.png", title=f"{args.benchmark}: {workdir.name}")
+                      out / "coverage.png",
+                      title=f"{args.benchmark}: {pathlib.Path(args.checkpoint).resolve().name}")
   print(json.dumps({k: v for k, v in summary.items() if k != "suites"}))
   return 0
 
