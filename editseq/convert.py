@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
+import shutil
 import sys
 from collections.abc import Sequence
 
@@ -40,7 +41,7 @@ def _parse_args(argv):
   command = commands.add_parser("editseq-to-hf", help="export a checkpoint to a Hugging Face folder")
   command.add_argument("source", help="a run's workdir, a step folder or an imported checkpoint")
   command.add_argument("output", help="new folder for the Hugging Face model")
-  command.add_argument("--max_shard_mb", type=int, default=2048,
+  command.add_argument("--max_shard_mb", type=float, default=2048,
                        help="safetensors files are split past this size")
   args = parser.parse_args(argv)
   if os.path.exists(args.output) and (not os.path.isdir(args.output) or os.listdir(args.output)):
@@ -49,18 +50,19 @@ def _parse_args(argv):
     cli.fail(f"{args.source} does not exist")
   if args.command == "gguf-to-editseq" and not args.source.endswith(".gguf"):
     cli.fail(f"{args.source} is not a .gguf file")
-  if args.command == "editseq-to-hf" and args.max_shard_mb < 1:
-    cli.fail("--max_shard_mb must be >= 1")
+  if args.command == "editseq-to-hf" and not args.max_shard_mb > 0:
+    cli.fail("--max_shard_mb must be positive")
   return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
   args = _parse_args(argv)
   from editseq import gguf_import, pretrained, tokenizer  # pylint: disable=import-outside-toplevel
+  created = not os.path.exists(args.output)
   try:
     if args.command == "editseq-to-hf":
       family = pretrained.export_hf(args.source, args.output,
-                                    max_shard_bytes=args.max_shard_mb << 20)
+                                    max_shard_bytes=int(args.max_shard_mb * 2**20))
       print(f"wrote {args.output} ({family}; load with transformers.AutoModelForCausalLM."
             f"from_pretrained({str(pathlib.Path(args.output))!r}))", file=sys.stderr)
       return 0
@@ -68,6 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                   pad_token=args.pad_token)
   except (gguf_import.GGUFError, tokenizer.VocabularyError, FileNotFoundError, KeyError,
           ValueError) as e:
+    if created:  # No half-written folder is left behind.
+      shutil.rmtree(args.output, ignore_errors=True)
     cli.fail(cli.one_line(e))
   print(f"wrote {args.output}: {cfg.num_layers} layers, d_model {cfg.d_model}, vocabulary "
         f"{cfg.vocab_size} (finetune with --config.model.from_pretrained={args.output})",

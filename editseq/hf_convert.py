@@ -340,7 +340,10 @@ class SafetensorsFolder(Mapping):
     self._files = {}
     self._where: dict[str, str] = {}
     for file in sorted(pathlib.Path(path).glob("*.safetensors")):
-      handle = safetensors.safe_open(str(file), framework="np")
+      try:
+        handle = safetensors.safe_open(str(file), framework="np")
+      except safetensors.SafetensorError as e:
+        raise ValueError(f"{file}: not a readable safetensors file ({e})") from e
       self._files[str(file)] = handle
       self._where.update({name: str(file) for name in handle.keys()})
 

@@ -171,6 +171,7 @@ def import_model(source: str, out: str, *, eos_token: str | None = None,
     (out_path / GENERATION_CONFIG).write_text(json.dumps(generation_config))
   elif checkpointing.is_hf_model_dir(source):
     hf = hf_convert.read_hf_config(source)
+    hf_convert.model_config_from_hf(hf)  # An unsupported model is refused before any reading.
     tensors = hf_convert.read_checkpoint_tensors(source)
     src_folder = pathlib.Path(source)
     if not (src_folder / TOKENIZER_FILE).is_file():
