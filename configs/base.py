@@ -1,5 +1,10 @@
 """Defaults shared by every config; each config file's get_config() starts from here."""
+import dataclasses
+import typing
+
 import ml_collections
+
+from editseq import model as model_lib
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -10,10 +15,24 @@ def get_config() -> ml_collections.ConfigDict:
   # runs is chosen for the devices at start: cuDNN flash attention and unrolled layers on NVIDIA
   # GPUs, splash attention and scanned layers on TPUs, XLA attention and scanned layers elsewhere
   # (ModelConfig.for_device); set either to override ("xla" / "cudnn" / "splash"; True / False).
+  # Every ModelConfig field but the train section's dtypes and remat can be set
+  # (--config.model.KEY=VALUE); the shape fields without a default are unset here.
+  # `from_pretrained`: a Hugging Face folder or an editseq checkpoint (`python -m
+  # editseq.convert`) whose architecture replaces the shape fields, whose tokenizer becomes
+  # data.vocab_path and whose weights train.init_from when those are "" (editseq/pretrained.py).
   config.model = ml_collections.ConfigDict()
-  config.model.attention_impl = "auto"
+  hints = typing.get_type_hints(model_lib.ModelConfig)
+  for field in dataclasses.fields(model_lib.ModelConfig):
+    if field.name in ("dtype", "param_dtype", "remat"):
+      continue  # config.train's compute_dtype, param_dtype and remat.
+    if field.default is dataclasses.MISSING or field.default is None:
+      kind = next(t for t in typing.get_args(hints[field.name]) or (hints[field.name],)
+                  if t is not type(None))
+      config.model[field.name] = ml_collections.config_dict.placeholder(kind)
+    else:
+      config.model[field.name] = field.default
+  config.model.from_pretrained = ""
   config.model.max_segments = 16  # cuDNN attention: most packed examples per row it tells apart.
-  config.model.scan_layers = ml_collections.config_dict.placeholder(bool)
 
   config.data = ml_collections.ConfigDict()
   config.data.task = "editseq_lintseq_instruct"
@@ -21,6 +40,10 @@ def get_config() -> ml_collections.ConfigDict:
   # 300-program sample; both are built on first use. Else data_gen's output folder.
   config.data.data_dir = ""
   config.data.vocab_path = ""  # "" = the embedded default tokenizer, built on first use.
+  # Names of the end-of-text and padding tokens of a tokenizer.json; "" = from the files beside
+  # it (generation_config.json, then tokenizer_config.json; editseq/tokenizer.py).
+  config.data.eos_token = ""
+  config.data.pad_token = ""
   config.data.seq_len = 1024
   config.data.global_batch_size = 512
   config.data.pack = True

@@ -50,12 +50,12 @@ class _WriteShard(beam.DoFn):
   """Tokenizes data files into shards; each worker registers the tasks over the same data with
   the same vocabulary (checked by fingerprint) first."""
 
-  def __init__(self, data_dir: str, vocab_path: str):
+  def __init__(self, data_dir: str, vocab_args: tuple[str, str, str]):
     super().__init__()
-    self.data_dir, self.vocab_path = data_dir, vocab_path
+    self.data_dir, self.vocab_args = data_dir, vocab_args
 
   def setup(self):
-    self.vocab = default_data.vocabulary(self.vocab_path)
+    self.vocab = default_data.vocabulary(*self.vocab_args)
     tasks.register_tasks(self.data_dir, self.vocab)
 
   def process(self, element):
@@ -79,14 +79,15 @@ def _finish(shards, job):
                             job["vocab_size"], shards)
 
 
-def add_jobs(pipeline: beam.Pipeline, jobs: list[dict], data_dir: str, vocab_path: str) -> None:
+def add_jobs(pipeline: beam.Pipeline, jobs: list[dict], data_dir: str,
+             vocab_args: tuple[str, str, str]) -> None:
   """One branch per store: its data files spread over the workers, then `finish` once."""
   for job in jobs:
     name = f"{job['task']}/{job['split']}"
     _ = (pipeline
          | f"Files {name}" >> beam.Create([(job, i) for i in range(job["num_files"])])
          | f"Spread {name}" >> beam.Reshuffle()
-         | f"Tokenize {name}" >> beam.ParDo(_WriteShard(data_dir, vocab_path))
+         | f"Tokenize {name}" >> beam.ParDo(_WriteShard(data_dir, vocab_args))
          | f"Collect {name}" >> beam.combiners.ToList()
          | f"Finish {name}" >> beam.Map(_finish, job))
 
@@ -100,7 +101,8 @@ def build(config, splits: list[str], cache_dir: str, pipeline_args: list[str],
     raise DataError(f"unknown flags: {' '.join(unknown)} (see --help; flags this command does "
                     "not define are Beam pipeline options)")
   data_dir = default_data.resolve_data_dir(config.data.data_dir)
-  vocab = default_data.vocabulary(config.data.vocab_path)
+  vocab_args = (config.data.vocab_path, config.data.get("eos_token"), config.data.get("pad_token"))
+  vocab = default_data.vocabulary(*vocab_args)
   tasks.register_tasks(data_dir, vocab)
   jobs, folders = [], []
   for task_name, _ in tasks.task_components(config.data.task):
@@ -117,7 +119,7 @@ def build(config, splits: list[str], cache_dir: str, pipeline_args: list[str],
                    "vocab": vocab.fingerprint, "vocab_size": vocab.vocab_size})
   if jobs:
     pipeline = beam_pipeline.make_pipeline(pipeline_args)
-    add_jobs(pipeline, jobs, data_dir, config.data.vocab_path)
+    add_jobs(pipeline, jobs, data_dir, vocab_args)
     result = pipeline.run()
     result.wait_until_finish()
     counters = result.metrics().query(MetricsFilter().with_namespace("token_stores"))["counters"]

@@ -106,12 +106,16 @@ def load_params(step_dir: epath.Path, abstract_params):
 
 
 def load_for_inference(path: str, *, mesh: Mesh | None = None):
-  """(model, config, vocab) from a run's workdir (its latest step) or from a step folder.
+  """(model, config, vocab) from a run's workdir (its latest step), a step folder or a Hugging
+  Face model folder (`editseq.pretrained.load_hf_for_inference`).
 
   Reads only the parameters. With `mesh` they are sharded by the rules table (large models);
   without, they go to the default device. The vocabulary is the run's `data.vocab_path`, or the
   embedded default tokenizer when that is "".
   """
+  if is_hf_model_dir(path):
+    from editseq import pretrained  # pylint: disable=g-import-not-at-top
+    return pretrained.load_hf_for_inference(path, mesh=mesh)
   workdir, step_dir = resolve_step_dir(path)
   config = load_config(str(workdir))
   if config is None:
@@ -131,7 +135,7 @@ def load_for_inference(path: str, *, mesh: Mesh | None = None):
   model = nnx.merge(graphdef, load_params(step_dir, target))
 
   from editseq import default_data  # Heavy (seqio/TensorFlow): only when needed.
-  return model, config, default_data.vocabulary(config.data.vocab_path)
+  return model, config, default_data.config_vocabulary(config.data)
 
 
 class Checkpointer:

@@ -152,15 +152,38 @@ def check_layout(config: ml_collections.ConfigDict, model_cfg: model_lib.ModelCo
     _fail(f"parameters do not fit mesh {dict(mesh.shape)}: {e}")
 
 
+def apply_pretrained(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config` with `model.from_pretrained` applied (`editseq.pretrained.resolve_config`): the
+  model section, tokenizer and init_from of a pretrained folder; reads only its config and
+  tokenizer files, so a wrong folder fails before any data is built."""
+  source = config.model.get("from_pretrained")
+  if not source:
+    return config
+  if not _exists(source):
+    _fail(f"model.from_pretrained {source!r} does not exist")
+  from editseq import pretrained, tokenizer  # pylint: disable=g-import-not-at-top
+  try:
+    return pretrained.resolve_config(config)
+  except (FileNotFoundError, ValueError, KeyError, tokenizer.VocabularyError) as e:
+    _fail(f"model.from_pretrained: {e}")
+
+
 def check_paths(config: ml_collections.ConfigDict) -> None:
-  """Paths the trainer opens itself (the data paths are checked by the input pipeline)."""
+  """Paths the trainer opens itself (the data paths are checked by the input pipeline), and
+  that init_from holds this config's model (before any data is built or step compiled)."""
   init_from = config.train.init_from
   if not init_from:
     return
   if not _exists(init_from):
     _fail(f"train.init_from {init_from!r} does not exist")
   if checkpointing.is_hf_model_dir(init_from):
-    return  # hf_convert compares the architectures when it loads.
+    from editseq import hf_convert  # pylint: disable=g-import-not-at-top
+    try:
+      hf_convert.check_matches(model_config(config), hf_convert.model_config_from_hf(
+          hf_convert.read_hf_config(init_from)), init_from)
+    except (ValueError, KeyError) as e:
+      _fail(f"train.init_from: {e}")
+    return
   try:
     workdir, _ = checkpointing.resolve_step_dir(init_from)
   except FileNotFoundError as e:
@@ -171,15 +194,16 @@ def check_paths(config: ml_collections.ConfigDict) -> None:
 
 
 def _same_model(a: ml_collections.ConfigDict, b: ml_collections.ConfigDict) -> bool:
-  """Same architecture (`model.ARCHITECTURE_FIELDS`): a checkpoint trained with cuDNN attention
-  or unrolled layers loads into the same model run with XLA attention or a scan."""
-  def architecture(config):
-    cfg = model_lib.ModelConfig.from_config_dict(config.model)
-    return {name: getattr(cfg, name) for name in model_lib.ARCHITECTURE_FIELDS}
+  """Same architecture (`model.ARCHITECTURE_FIELDS`, floats to a relative 1e-6): a checkpoint
+  trained with cuDNN attention or unrolled layers loads into the same model run with XLA
+  attention or a scan."""
+  from editseq import hf_convert  # pylint: disable=g-import-not-at-top
   try:
-    return architecture(a) == architecture(b)
+    ca, cb = (model_lib.ModelConfig.from_config_dict(c.model) for c in (a, b))
   except ValueError:  # A config that no longer builds a model is not this model.
     return False
+  return all(hf_convert.same_value(getattr(ca, f), getattr(cb, f))
+             for f in model_lib.ARCHITECTURE_FIELDS)
 
 
 def _exists(path: str) -> bool:

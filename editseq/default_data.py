@@ -117,11 +117,18 @@ def default_vocab_path(vocab_size: int = DEFAULT_VOCAB_SIZE) -> str:
   return str(build_once(folder, build) / "tokenizer.json")
 
 
-def vocabulary(vocab_path: str = ""):
+def vocabulary(vocab_path: str = "", eos_token: str | None = None, pad_token: str | None = None):
   """A config's `data.vocab_path` as a seqio vocabulary; "" is the default tokenizer (built on
-  first use)."""
+  first use). `eos_token` / `pad_token` (a config's `data.eos_token` / `data.pad_token`) name
+  the tokenizer's end and padding tokens instead of its files."""
   from editseq import tokenizer  # pylint: disable=g-import-not-at-top
-  return tokenizer.load_vocabulary(vocab_path or default_vocab_path())
+  return tokenizer.load_vocabulary(vocab_path or default_vocab_path(),
+                                   eos_token=eos_token or None, pad_token=pad_token or None)
+
+
+def config_vocabulary(data):
+  """The vocabulary of a config's `data` section (`vocab_path`, `eos_token`, `pad_token`)."""
+  return vocabulary(data.vocab_path, data.get("eos_token"), data.get("pad_token"))
 
 
 def default_vocabulary():

@@ -58,6 +58,11 @@ _REMAT_POLICIES = {
 }
 
 
+# `config.model` keys that are not ModelConfig fields: `from_pretrained` is a pretrained folder
+# whose architecture the rest of the section is filled from (editseq.pretrained).
+NOT_MODEL_FIELDS = ("from_pretrained",)
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   """Architecture and numerics of a `Transformer`. Defaults are TinyCodeLM's (OLMo-1 style)."""
@@ -206,6 +211,8 @@ class ModelConfig:
                        ) -> "ModelConfig":
     """Builds from `config.model`; `config.train` (if given) supplies dtypes and remat."""
     fields = dict(model.to_dict() if hasattr(model, "to_dict") else model)
+    # Unset (None) means the default; `from_pretrained` names where the fields came from.
+    fields = {k: v for k, v in fields.items() if v is not None and k not in NOT_MODEL_FIELDS}
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(fields) - known)
     if unknown:

@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import pathlib
+import sys
 import sysconfig
 import tempfile
 import tokenize
@@ -56,8 +57,10 @@ class VocabularyError(ValueError):
 class HFTokenizerVocabulary(seqio.Vocabulary):
   """A Hugging Face `tokenizer.json` (byte-level BPE or any other model) as a seqio vocabulary.
 
-  eos/pad come from the arguments, else from a `tokenizer_config.json` beside the file (the
-  Hugging Face checkpoint convention), else from well-known token names. A tokenizer without a
+  eos/pad come from the arguments (a run's `data.eos_token` / `data.pad_token`), else from the
+  files beside it as a Hugging Face checkpoint keeps them: `generation_config.json`'s token ids
+  (what the model was made to stop on) before `tokenizer_config.json`'s names, with one warning
+  line when the two disagree; else from well-known token names. A tokenizer without a
   pad token pads with eos (padding is never attended to nor scored, any id works). A tokenizer
   without `<|diff|>` gets it appended as one added token when `add_diff_token` (the id is then
   `vocab_size - 1`, e.g. 50280 for OLMo's tokenizer, inside the model's padded 50304 rows).
@@ -70,7 +73,7 @@ class HFTokenizerVocabulary(seqio.Vocabulary):
       self._tokenizer = tokenizers.Tokenizer.from_file(self._path)
     except Exception as e:  # tokenizers raises a bare Exception on malformed files.
       raise VocabularyError(f"{self._path}: not a Hugging Face tokenizer.json ({e})") from e
-    named = _special_tokens_from_config(pathlib.Path(self._path).parent)
+    named = self._special_tokens(pathlib.Path(self._path).parent)
     self._eos_id = self._find(eos_token or named.get("eos_token"), _EOS_CANDIDATES, "eos")
     pad = self._find(pad_token or named.get("pad_token"), _PAD_CANDIDATES, "pad", required=False)
     self._pad_id = self._eos_id if pad is None else pad
@@ -82,8 +85,30 @@ class HFTokenizerVocabulary(seqio.Vocabulary):
       diff = self._tokenizer.token_to_id(DIFF_TOKEN)
       logging.info("%s: added %s as id %d", self._path, DIFF_TOKEN, diff)
     self._diff_id = diff
-    self._fingerprint = hashlib.sha256(self._tokenizer.to_str().encode()).hexdigest()[:16]
+    # eos is part of every stored example, so it is part of the vocabulary's identity.
+    self._fingerprint = hashlib.sha256(
+        f"{self._tokenizer.to_str()}|{self._eos_id}|{self._pad_id}".encode()).hexdigest()[:16]
     super().__init__(extra_ids=0)
+
+  def _special_tokens(self, folder: pathlib.Path) -> dict[str, str]:
+    """eos/pad names from the folder's `tokenizer_config.json` and `generation_config.json`."""
+    named = _special_tokens_from_config(folder)
+    generation = folder / "generation_config.json"
+    if not generation.is_file():
+      return named
+    ids = json.loads(generation.read_text())
+    for key in ("eos_token", "pad_token"):
+      value = ids.get(f"{key}_id")
+      value = value[0] if isinstance(value, list) and value else value
+      token = self._tokenizer.id_to_token(value) if isinstance(value, int) else None
+      if token is None:
+        continue
+      if named.get(key, token) != token:
+        _warn_once(f"warning: {folder}: tokenizer_config.json names {key} {named[key]!r} but "
+                   f"generation_config.json says id {value} ({token!r}); using {token!r} "
+                   f"(set data.{key} to choose)")
+      named[key] = token
+    return named
 
   def _find(self, name, candidates, what, required=True):
     names = (name,) if name else candidates
@@ -221,6 +246,15 @@ def _sentencepiece_normalizer(sp_model: bytes):
   return sentencepiece_model_pb2.ModelProto.FromString(sp_model).normalizer_spec
 
 
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+  if message not in _warned:
+    _warned.add(message)
+    print(message, file=sys.stderr)
+
+
 def _special_tokens_from_config(folder: pathlib.Path) -> dict[str, str]:
   """eos/pad names from a Hugging Face `tokenizer_config.json` next to the tokenizer, if any."""
   cfg = folder / "tokenizer_config.json"
@@ -245,6 +279,10 @@ def load_vocabulary(path: str | os.PathLike, **hf_options) -> seqio.Vocabulary:
   if not p.is_file():
     raise VocabularyError(f"tokenizer file not found: {path}")
   if p.suffix == ".model":
+    named = sorted(k for k, v in hf_options.items() if v and k in ("eos_token", "pad_token"))
+    if named:
+      raise VocabularyError(f"{path}: {', '.join(named)} only apply to a tokenizer.json "
+                            "(a sentencepiece model names its own)")
     return SentencePieceCodeVocabulary(p)
   return HFTokenizerVocabulary(p, **hf_options)
 

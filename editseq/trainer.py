@@ -264,7 +264,7 @@ def data_vocabulary(config: ml_collections.ConfigDict):
   from editseq import default_data, input_pipeline, tasks, tokenizer
   splits = ("train", config.data.eval_split) if config.train.eval_every > 0 else ("train",)
   try:
-    vocab = default_data.vocabulary(config.data.vocab_path)
+    vocab = default_data.config_vocabulary(config.data)
     input_pipeline.validate_data_config(config, vocab, splits=splits)
   except (tasks.DataError, tokenizer.VocabularyError) as e:
     raise config_validation.ConfigError(str(e)) from e
@@ -272,14 +272,21 @@ def data_vocabulary(config: ml_collections.ConfigDict):
 
 
 def load_pretrained_params(path: str, program: TrainProgram):
-  """Parameters to finetune from: one of our checkpoints or a Hugging Face model folder."""
+  """Parameters to finetune from: one of our checkpoints or a Hugging Face model folder (read
+  tensor by tensor into the program's shardings; the embedding grown to model.vocab_size)."""
   if checkpointing.is_hf_model_dir(path):
     from editseq import hf_convert
+
+    def place(keys, array):
+      target = program.param_shardings
+      for key in keys:
+        target = target[key]
+      return jax.device_put(array, target)
+
     try:
-      params = hf_convert.load_params(path, program.model_cfg)
+      return hf_convert.load_params(path, program.model_cfg, place=place)
     except ValueError as e:
       raise config_validation.ConfigError(f"train.init_from: {e}") from e
-    return jax.device_put(params, program.param_shardings)
   _, step_dir = checkpointing.resolve_step_dir(path)
   return checkpointing.load_params(step_dir, program.abstract_params)
 
@@ -397,6 +404,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   Raises config_validation.ConfigError (before any compile) for a bad config,
   TrainingDiverged on a non-finite loss and Preempted after saving on SIGTERM.
   """
+  config = config_validation.apply_pretrained(config)
   config_validation.validate(config, workdir)
   config = config_validation.for_device(config, recorded=checkpointing.load_config(workdir))
   # The data stack (seqio/TensorFlow) loads only here, so TrainProgram users stay light.

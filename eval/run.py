@@ -30,7 +30,7 @@ from collections.abc import Sequence
 import jax
 
 from data_gen import edit_format
-from editseq import checkpointing, paths, sharding, stages
+from editseq import checkpointing, paths, pretrained, sharding, stages
 from eval import benchmarks, execute, passk, plots
 from eval.sampler import Sampler, SamplingConfig
 from eval.sandbox import SandboxPool, SandboxUnavailableError
@@ -81,7 +81,8 @@ def _parse_args(argv):
       prog="python -m eval.run", description=__doc__.split("\n\n")[0],
       formatter_class=_HelpFormatter)
   parser.add_argument("--checkpoint", required=True,
-                      help="a training run's workdir (its latest step) or a step folder")
+                      help="a training run's workdir (its latest step), a step folder, a "
+                      "checkpoint from `python -m editseq.convert` or a Hugging Face model folder")
   parser.add_argument("--benchmark", required=True, choices=benchmarks.BENCHMARKS,
                       help="the problems to sample and test")
   parser.add_argument("--output_dir", required=True, help="folder for samples.jsonl, "
@@ -137,14 +138,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                             max_new_tokens=args.max_new_tokens)
     task_range = benchmarks.parse_task_range(args.task_range) if args.task_range else None
     problems = benchmarks.load_benchmark(args.benchmark, args.data_path, task_range=task_range)
-    workdir, step_dir = checkpointing.resolve_step_dir(args.checkpoint)
-    run_config = checkpointing.load_config(str(workdir))
-    if run_config is None:
-      raise FileNotFoundError(f"no {checkpointing.CONFIG_FILE} in {workdir}")
+    run_config = pretrained.inference_config(args.checkpoint)
+    if checkpointing.is_hf_model_dir(args.checkpoint):
+      workdir = step_dir = pathlib.Path(args.checkpoint)
+    else:
+      workdir, step_dir = checkpointing.resolve_step_dir(args.checkpoint)
     fmt = args.format or default_format(str(run_config.data.task))
     if fmt is None:
       raise ValueError(f"cannot tell the prompt format from training task "
-                       f"{run_config.data.task!r}; pass --format")
+                       f"{run_config.data.task!r} (a pretrained model has none); pass --format")
     out = pathlib.Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     stage = output_stage(args, fmt, problems, workdir, step_dir)
@@ -155,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       return 0
     # The sandbox (and the + variants' reference outputs) first: fail before hours of sampling.
     pool = SandboxPool(args.workers, unsafe_no_sandbox=args.unsafe_no_sandbox)
-  except (OSError, ValueError, SandboxUnavailableError) as e:
+  except (OSError, ValueError, KeyError, SandboxUnavailableError) as e:
     parser.error(str(e))
   if stage is not None:
     stage.begin()
