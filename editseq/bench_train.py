@@ -18,6 +18,11 @@ frameworks, so that load from other processes on the machine falls on both; each
 is its median round (--nointerleave times one side, frees it, then the other: half the memory).
 The last line of output is one JSON object with every figure.
 
+Memory: each side's peak resident memory (the process's VmHWM, reset before the side is built;
+with --interleave both sides live in one process, so both get the process's peak) against the
+bytes of its parameters and optimizer state (fp32 parameters and AdamW's two moments), and for
+the JAX step XLA's own figures (`compiled.memory_analysis()`: arguments and temporaries).
+
 MFU uses `editseq.flops` (model FLOPs, causal attention) over the device peak from its table. On
 CPU the table's figure is an estimate, so the matmul rate of this machine is also measured in the
 same run (an n×n fp32/bf16 matmul) and MFU against it is reported too.
@@ -28,6 +33,7 @@ import gc
 import json
 import math
 import os
+import resource
 import statistics
 import sys
 import time
@@ -69,6 +75,33 @@ _MATMUL_N = flags.DEFINE_integer("matmul_n", 0,
                                  "(0: 2048 on CPU, 8192 on accelerators).")
 
 
+def peak_rss_bytes() -> int:
+  """The process's peak resident memory (VmHWM: since start or the last `reset_peak_rss`)."""
+  try:
+    with open("/proc/self/status", encoding="ascii") as status:
+      for line in status:
+        if line.startswith("VmHWM:"):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
+def reset_peak_rss() -> int:
+  """Restarts `peak_rss_bytes` from the current resident memory (Linux; elsewhere a no-op) and
+  returns that memory (what the process holds before what is measured next)."""
+  try:
+    with open("/proc/self/clear_refs", "w", encoding="ascii") as clear_refs:
+      clear_refs.write("5")
+  except OSError:
+    pass
+  return peak_rss_bytes()
+
+
+def tree_bytes(tree) -> int:
+  return sum(x.nbytes for x in jax.tree.leaves(tree))
+
+
 def synthetic_batch(batch_size: int, seq_len: int, vocab_size: int, seed: int = 0
                     ) -> dict[str, np.ndarray]:
   """A batch in the input pipeline's format: random tokens, one segment per row, full loss."""
@@ -98,6 +131,12 @@ class JaxStep:
       self.state = self.program.init(jax.random.key(config.train.seed))
       self.batch = self.program.global_batch(batch)
     self.num_params = model_lib.count_params(self.state["params"])
+    self.state_bytes = tree_bytes((self.state["params"], self.state["opt_state"]))
+    memory = self.train_step.memory_analysis()
+    self.xla_memory = {} if memory is None else {
+        "xla_argument_bytes": memory.argument_size_in_bytes,
+        "xla_temp_bytes": memory.temp_size_in_bytes,
+        "xla_step_bytes": trainer.step_memory_bytes(memory)}
     self.last_loss = self._steps(1)
 
   def _steps(self, n: int) -> float:
@@ -153,6 +192,7 @@ class TorchStep:
         rms_norm_eps=cfg.norm_eps, use_cache=False, attn_implementation="sdpa")
     self.model = transformers.LlamaForCausalLM(llama_cfg).train()
     self.num_params = sum(p.numel() for p in self.model.parameters())
+    self.xla_memory = {}
     self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=opt.learning_rate,
                                        betas=(opt.b1, opt.b2), eps=opt.eps,
                                        weight_decay=opt.weight_decay)
@@ -162,6 +202,9 @@ class TorchStep:
     start = time.perf_counter()
     self.last_loss = self._step()
     self.compile_s = time.perf_counter() - start
+    self.state_bytes = sum(t.nbytes for t in self.model.parameters()) + sum(
+        t.nbytes for state in self.optimizer.state.values() for t in state.values()
+        if isinstance(t, torch.Tensor) and t.dim())
 
   def _step(self) -> float:
     torch = self.torch
@@ -197,11 +240,14 @@ def time_runners(factories: list[Callable[[], Any]], rounds: int, steps: int, in
   """Builds and times each runner: all alive with alternating rounds, or one after the other.
 
   One after the other, a runner is dropped before the next is built, so the process holds one
-  model and optimizer at a time (at 150M both at once need ~14 GB on CPU).
+  model and optimizer at a time (at 150M both at once need ~14 GB on CPU), and each runner's
+  peak resident memory is its own (plus what the process held before it was built).
   """
-  def summary(runner, seconds):
+  def summary(runner, seconds, rss_before):
     return {"name": runner.name, "num_params": runner.num_params, "seconds": seconds,
-            "final_loss": runner.last_loss}
+            "final_loss": runner.last_loss, "peak_rss_bytes": peak_rss_bytes(),
+            "rss_before_bytes": rss_before, "state_bytes": runner.state_bytes,
+            **runner.xla_memory}
 
   def built(factory):
     runner = factory()
@@ -210,15 +256,18 @@ def time_runners(factories: list[Callable[[], Any]], rounds: int, steps: int, in
     return runner
 
   if interleave:
+    rss_before = reset_peak_rss()
     runners = [built(f) for f in factories]
     seconds = time_rounds(runners, rounds, steps)
-    return [summary(r, seconds[r.name]) for r in runners]
+    return [summary(r, seconds[r.name], rss_before) for r in runners]
   results = []
   for factory in factories:
-    runner = built(factory)
-    results.append(summary(runner, time_rounds([runner], rounds, steps)[runner.name]))
-    del runner
     gc.collect()
+    rss_before = reset_peak_rss()
+    runner = built(factory)
+    results.append(summary(runner, time_rounds([runner], rounds, steps)[runner.name],
+                           rss_before))
+    del runner
   return results
 
 
@@ -306,10 +355,23 @@ def benchmark(config: ml_collections.ConfigDict, *, rounds: int, steps: int, use
     record.update({f"{key}_tokens_per_s": tokens_per_s, f"{key}_step_s": step_s,
                    f"{key}_step_s_rounds": r["seconds"], f"{key}_mfu": mfu,
                    f"{key}_mfu_vs_measured_matmul": mfu_measured,
-                   f"{key}_params": r["num_params"], f"{key}_final_loss": r["final_loss"]})
+                   f"{key}_params": r["num_params"], f"{key}_final_loss": r["final_loss"],
+                   f"{key}_peak_rss_bytes": r["peak_rss_bytes"],
+                   f"{key}_rss_before_bytes": r["rss_before_bytes"],
+                   f"{key}_state_bytes": r["state_bytes"],
+                   f"{key}_peak_rss_over_state": r["peak_rss_bytes"] / r["state_bytes"],
+                   **{f"{key}_{name}": v for name, v in r.items() if name.startswith("xla_")}})
     mfu_text = f"{100 * mfu:.1f}%" if mfu is not None else "n/a"
     log(f"{r['name']}: {tokens_per_s:,.0f} tokens/s, {step_s:.3f} s/step, MFU {mfu_text} "
         f"(vs measured matmul {100 * mfu_measured:.1f}%)")
+    gb = lambda n: f"{n / 1e9:.2f} GB"
+    xla = (f"; XLA: arguments {gb(r['xla_argument_bytes'])}, temporaries "
+           f"{gb(r['xla_temp_bytes'])}" if "xla_temp_bytes" in r else "")
+    log(f"{r['name']}: peak resident memory {gb(r['peak_rss_bytes'])}"
+        f"{' (both frameworks in the process)' if interleave and use_torch else ''} = "
+        f"{r['peak_rss_bytes'] / r['state_bytes']:.2f}x its parameters + optimizer state "
+        f"({gb(r['state_bytes'])}), {gb(r['rss_before_bytes'])} of it held before it was "
+        f"built{xla}")
   if use_torch:
     record["ratio_jax_over_torch"] = record["jax_tokens_per_s"] / record["torch_tokens_per_s"]
     log(f"ratio editseq / PyTorch: {record['ratio_jax_over_torch']:.2f}x")

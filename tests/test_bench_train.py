@@ -72,6 +72,24 @@ def test_profile_dir_traces_the_step_and_records_its_ops(tmp_path):
   assert 0 < record["profile_busy_s_per_step"] <= record["profile_span_s_per_step"]
   assert 0 < len(record["profile_top_ops_s_per_step"]) <= 15
   assert any(line.startswith("ops from /host:CPU") for line in lines)
+  # Memory: fp32 parameters and AdamW's two moments (plus its step counters), resident peak.
+  assert 12 * record["jax_params"] <= record["jax_state_bytes"] <= 12 * record["jax_params"] + 64
+  assert record["jax_peak_rss_bytes"] >= record["jax_rss_before_bytes"] > 0
+  assert record["jax_peak_rss_over_state"] == pytest.approx(
+      record["jax_peak_rss_bytes"] / record["jax_state_bytes"])
+  assert 0 < record["jax_xla_temp_bytes"] < record["jax_xla_step_bytes"]
+  assert any("peak resident memory" in line for line in lines)
+
+
+def test_peak_rss_follows_an_allocation_and_restarts_on_reset():
+  size = 256 * 2**20
+  before = bench_train.reset_peak_rss()
+  block = np.ones(size, np.uint8)  # touched, so resident
+  assert bench_train.peak_rss_bytes() >= before + size * 0.9
+  del block
+  after = bench_train.reset_peak_rss()
+  assert after < before + size * 0.5
+  assert bench_train.peak_rss_bytes() < before + size * 0.5
 
 
 def test_a_trace_that_cannot_be_summarised_keeps_the_benchmark(tmp_path, monkeypatch):

@@ -446,3 +446,23 @@ def test_attention_gradients_equal_autodiff_of_plain_softmax(dtype, kv_major):
     assert a.dtype == w.dtype == dtype
     np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(w, np.float32),
                                rtol=tol, atol=tol)
+
+
+def test_a_layer_keeps_only_what_its_backward_needs():
+  """What a layer's forward keeps for its backward (the arrays its VJP closes over): no
+  [.., T, S] attention probabilities and four [B, T, d] arrays (each norm's input and output),
+  where autodiff kept the probabilities and eight."""
+  cfg = dataclasses.replace(TINY, num_kv_heads=2, norm="rmsnorm", norm_scale=True,
+                            attention_impl="xla", scan_layers=True)
+  b, t = 2, 8
+  graphdef, params = nnx.split(model_lib.Block(cfg, rngs=nnx.Rngs(0)))
+  positions = arange_positions(b, 0, t)
+  angles = positions[..., None].astype(jnp.float32) * model_lib.rope_frequencies(cfg)
+  mask = model_lib.attention_mask(positions, positions)
+  x = jax.random.normal(jax.random.key(0), (b, t, cfg.d_model))
+  _, layer_vjp = jax.vjp(
+      lambda x, p: nnx.merge(graphdef, p)(x, jnp.sin(angles), jnp.cos(angles), mask)[0],
+      x, params)
+  kept = [r.shape for r in jax.tree.leaves(layer_vjp) if r.dtype != jnp.bool_]
+  assert not [s for s in kept if s[-2:] == (t, t)], kept
+  assert kept.count((b, t, cfg.d_model)) == 4, kept
