@@ -336,6 +336,7 @@ class Sampler:
             prefixes[i] = self._prefill(prompts[i])
           left[i] -= 1
           slot = free.pop(0)
+          halt[slot] = False  # the slot's previous sample is replaced instead
           state = _start(state, prefixes[i] if left[i] else prefixes.pop(i), np.int32(slot),
                          np.int32(prompts[i][-1]), np.int32(len(prompts[i]) - 1),
                          np.uint32(seed), np.int32(i), np.int32(j))
