@@ -137,13 +137,19 @@ def split_diffs(text: str) -> list[str]:
     return diffs
 
 
+# What decoding does at a malformed hunk: "skip" it and go on (the LintSeq reference's
+# decoder), or "stop" there and keep what came before.
+MALFORMED_POLICIES = ("skip", "stop")
+
+
 @dataclasses.dataclass(frozen=True)
 class DecodedProgram:
     """The program a LintSeq completion decodes to.
 
     `num_diffs` counts the diffs applied completely and `num_hunks` all hunks applied. When
-    `malformed` is true, decoding stopped at the first malformed piece (described by `error`)
-    and `program` holds everything applied before it.
+    `malformed` is true, some piece was malformed (the first described by `error`): under the
+    "stop" policy decoding stopped there and `program` holds everything applied before it;
+    under "skip" the `skipped` malformed pieces were left out and decoding went on.
     """
 
     program: str
@@ -151,20 +157,45 @@ class DecodedProgram:
     num_hunks: int
     malformed: bool
     error: str | None = None
+    skipped: int = 0
 
 
-def decode_lintseq_completion(text: str) -> DecodedProgram:
-    """Decodes a (possibly truncated or garbled) model completion into a program."""
+def _hunk_pieces(diff: str) -> list[str]:
+    """`diff` cut before every line that starts a hunk header (text before the first one is a
+    piece of its own, which fails as a malformed hunk)."""
+    pieces: list[list[str]] = []
+    for line in diff.split("\n"):
+        if line.startswith("@@") or not pieces:
+            pieces.append([])
+        pieces[-1].append(line)
+    return ["\n".join(piece) for piece in pieces]
+
+
+def decode_lintseq_completion(text: str, malformed: str = "skip") -> DecodedProgram:
+    """Decodes a (possibly truncated or garbled) model completion into a program; `malformed`
+    is one of MALFORMED_POLICIES."""
+    if malformed not in MALFORMED_POLICIES:
+        raise ValueError(f"malformed must be one of {MALFORMED_POLICIES}, got {malformed!r}")
     lines: list[str] = []
-    num_diffs = num_hunks = 0
+    num_diffs = num_hunks = skipped = 0
+    first_error = None
     for diff in split_diffs(text):
-        try:
-            num_hunks += apply_diff(lines, diff)
-        except MalformedDiffError as error:
-            num_hunks += error.hunks_applied
-            return DecodedProgram("\n".join(lines), num_diffs, num_hunks, True, str(error))
-        num_diffs += 1
-    return DecodedProgram("\n".join(lines), num_diffs, num_hunks, False)
+        pieces = [diff] if malformed == "stop" else _hunk_pieces(diff)
+        whole = True
+        for piece in pieces:
+            try:
+                num_hunks += apply_diff(lines, piece)
+            except MalformedDiffError as error:
+                num_hunks += error.hunks_applied
+                first_error = first_error or str(error)
+                if malformed == "stop":
+                    return DecodedProgram("\n".join(lines), num_diffs, num_hunks, True,
+                                          first_error)
+                skipped += 1
+                whole = False
+        num_diffs += whole
+    return DecodedProgram("\n".join(lines), num_diffs, num_hunks, first_error is not None,
+                          first_error, skipped)
 
 
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})\s*([^`\s]*)[^`]*$")

