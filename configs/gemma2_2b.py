@@ -3,7 +3,7 @@
 Grouped-query attention (8 query / 4 key-value heads of 256), GeGLU, scaled RMSNorm before and
 after each sub-layer, sqrt(d_model) embedding scaling, tied embeddings, logit soft-capping
 (attention 50, final 30) and a 4096-token sliding window on every other layer (0, 2, ...).
-Finetuning learning rate 5e-5 (DESIGN.md §4); parameters sharded over `fsdp`.
+Finetuning learning rate 5e-5 (the LintSeq paper's); parameters sharded over `fsdp`.
 """
 import ml_collections
 

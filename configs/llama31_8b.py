@@ -2,7 +2,7 @@
 
 32 layers, d_model 4096, 32 query / 8 key-value heads, MLP 14336 (SwiGLU), scaled RMSNorm, untied
 embeddings, vocabulary 128256, RoPE base 500000 with the "llama3" frequency scaling (factor 8).
-Finetuning learning rate 1e-5 (DESIGN.md §4); parameters sharded over `fsdp`, full remat.
+Finetuning learning rate 1e-5 (the LintSeq paper's); parameters sharded over `fsdp`, full remat.
 """
 import ml_collections
 

@@ -1,7 +1,7 @@
 """Phi-3 medium (14B parameters), the shape of Hugging Face's microsoft/Phi-3-medium-4k-instruct config.
 
 Phi-3 mini's architecture at 40 layers, d_model 5120, 40 query / 10 key-value heads, MLP 17920.
-Finetuning learning rate 1e-5 (DESIGN.md §4); parameters sharded over `fsdp`, full remat.
+Finetuning learning rate 1e-5 (the LintSeq paper's); parameters sharded over `fsdp`, full remat.
 """
 import ml_collections
 

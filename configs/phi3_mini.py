@@ -2,7 +2,7 @@
 
 32 layers, d_model 3072, 32 heads, MLP 8192 (SwiGLU), scaled RMSNorm, untied embeddings, vocabulary
 32064 (kept as published so that checkpoints load), a 2047-token sliding window on every layer.
-Finetuning learning rate 5e-5 (DESIGN.md §4); parameters sharded over `fsdp`.
+Finetuning learning rate 5e-5 (the LintSeq paper's); parameters sharded over `fsdp`.
 """
 import ml_collections
 

@@ -106,7 +106,7 @@ PEAK_FLOPS: dict[str, float] = {
 }
 
 # CPU estimate: the fp32 rate of a large matmul measured on this project's 2-core Xeon machines
-# (AVX-512; ~345 GFLOP/s for both cores, DESIGN.md section 6), per core. `measure_matmul_flops`
+# (AVX-512; ~345 GFLOP/s for both cores, measured on these machines), per core. `measure_matmul_flops`
 # measures the machine at hand; the benchmark reports both.
 CPU_FLOPS_PER_CORE = 345e9 / 2
 

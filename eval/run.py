@@ -9,7 +9,7 @@ sample, as `python -m eval.execute` writes them), OUT/summary.json (pass@k for k
 where n allows and the coverage curve pass@1..pass@n, per test suite; the problem subset; the
 per-problem measures of eval/measures.py and their means), OUT/coverage.png and OUT/measures.png.
 
-Prompt formats (DESIGN.md §3): `base` continues the dataset prompt and stops at the Codex
+Prompt formats: `base` continues the dataset prompt and stops at the Codex
 paper's stop strings (a new top-level `def`/`class`/`if`/`print`/comment); `instruct` conditions
 on the instruction and stops at EOS; `lintseq` conditions on `instruction + "\\n<|diff|>"`
 (tokenized in two parts, as in training) and stops at EOS or at two `<|diff|>` separated by a

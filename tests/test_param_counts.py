@@ -1,6 +1,6 @@
 """Parameter counts of the shipped model configs, from abstract shapes (nothing is allocated).
 
-TinyCodeLM figures are DESIGN.md §4's; the larger ones are the published checkpoints' totals
+TinyCodeLM figures are the LintSeq paper's; the larger ones are the published checkpoints' totals
 (the safetensors index `total_size` / 2 bytes of the bf16 Hugging Face releases).
 """
 import importlib
