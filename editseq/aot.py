@@ -33,6 +33,10 @@ from ml_collections import config_flags
 
 from editseq import cli
 
+# The host compiles; the target's devices are descriptions. Set before anything starts JAX's
+# backends: loading --config imports the model (configs/base.py), during flag parsing.
+os.environ["JAX_PLATFORMS"] = "cpu"
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Training config file; override fields with --config.SECTION.KEY=VALUE.",
     lock_config=True)
@@ -253,7 +257,6 @@ def report(config, target: Target, log=print) -> dict:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  os.environ["JAX_PLATFORMS"] = "cpu"  # the host compiles; the target's devices are descriptions
   from editseq import config_validation  # pylint: disable=g-import-not-at-top
   try:
     config = cli.load_config(_CONFIG)

@@ -10,6 +10,7 @@ so the run resumes from that one and can save the step again; nothing is deleted
 """
 import dataclasses
 import json
+import os
 import sys
 
 import jax
@@ -196,6 +197,7 @@ class Checkpointer:
         state, data_state = self.restore(step, abstract_state)
       except Exception as e:  # pylint: disable=broad-except  # orbax/tensorstore/json raise many
         failed.append((step, _short(e)))
+        _drop_abandoned_orbax_reads()
         continue
       for bad_step, reason in failed:
         moved = self._move_aside(bad_step)
@@ -232,3 +234,22 @@ class Checkpointer:
 
   def close(self) -> None:
     self._manager.close()
+
+
+def _drop_abandoned_orbax_reads() -> None:
+  """A failed restore leaves orbax's per-array read coroutines unfinished; when they are
+  collected Python prints "Exception ignored in <coroutine ...>" with a traceback, at any later
+  moment. Those (and only those) are dropped: the failure was reported in one line already."""
+  previous = sys.unraisablehook
+  if getattr(previous, "drops_orbax_reads", False):
+    return
+
+  def hook(unraisable):
+    obj = unraisable.object
+    code = getattr(obj, "cr_code", None)
+    if code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename:
+      return
+    previous(unraisable)
+
+  hook.drops_orbax_reads = True
+  sys.unraisablehook = hook

@@ -373,18 +373,20 @@ def evaluate(program: TrainProgram, params, eval_iter, start_state: dict, steps:
   return float(total / max(count, 1.0))
 
 
-def _already_trained(config: ml_collections.ConfigDict, vocab, workdir: str) -> bool:
-  """True (and says so) when the run's latest checkpoint has reached `train.steps` and its input
-  iterator state fits this config's data: then nothing is compiled and the run stays as it is.
+def _restore_if_trained(config: ml_collections.ConfigDict, vocab, workdir: str,
+                        program: TrainProgram, checkpointer: checkpointing.Checkpointer):
+  """(done, restored). done: the newest checkpoint that restores has reached `train.steps` and
+  its input iterator state fits this config's data; then it says so, and nothing is compiled.
+  restored: `checkpointer.restore_latest`'s result when it was called here (the run's newest
+  step had reached `train.steps`, but a corrupt one fell back to an older step), else None.
   Raises ConfigError when the data changed since (as resuming would)."""
   from editseq import input_pipeline, tasks  # pylint: disable=g-import-not-at-top
   try:
     _, step_dir = checkpointing.resolve_step_dir(workdir)
   except FileNotFoundError:
-    return False
-  step = int(step_dir.name)
-  if step < config.train.steps:
-    return False
+    return False, None
+  if int(step_dir.name) < config.train.steps:
+    return False, None
   train_iter = input_pipeline.make_train_iterator(config, vocab, split="train")
   try:
     train_iter.set_state(checkpointing.load_data_state(step_dir))
@@ -392,10 +394,14 @@ def _already_trained(config: ml_collections.ConfigDict, vocab, workdir: str) -> 
     raise config_validation.ConfigError(f"cannot resume {workdir}: {e}") from e
   finally:
     train_iter.close()
+  with jax.set_mesh(program.mesh):
+    restored = checkpointer.restore_latest(program.abstract_state)
+  if restored is None or restored[0] < config.train.steps:
+    return False, restored
   if jax.process_index() == 0:
-    print(f"{workdir} is already trained to step {step} (train.steps = {config.train.steps}); "
-          "raise train.steps to continue", file=sys.stderr)
-  return True
+    print(f"{workdir} is already trained to step {restored[0]} (train.steps = "
+          f"{config.train.steps}); raise train.steps to continue", file=sys.stderr)
+  return True, None
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
@@ -415,11 +421,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   train_cfg = config.train
   total_steps = train_cfg.steps
   vocab = data_vocabulary(config)
-  if _already_trained(config, vocab, workdir):
-    records = metrics_lib.read_metrics(workdir)
-    return records[-1] if records else {}
   mesh = sharding.make_mesh(config.mesh)
   program = TrainProgram(config, mesh)
+  checkpointer = checkpointing.Checkpointer(workdir, every=train_cfg.checkpoint_every,
+                                            keep=train_cfg.keep_checkpoints)
+  try:
+    done, restored = _restore_if_trained(config, vocab, workdir, program, checkpointer)
+  except checkpointing.NoRestorableCheckpoint as e:
+    # Left open: closing right after failed restores races orbax's reader threads, which then
+    # print a traceback; the process ends with this error anyway.
+    raise config_validation.ConfigError(f"cannot resume {workdir}: {e}") from e
+  if done:
+    checkpointer.close()
+    records = metrics_lib.read_metrics(workdir)
+    return records[-1] if records else {}
   train_step = program.compile_train_step()
 
   train_iter = input_pipeline.make_train_iterator(config, vocab, split="train")
@@ -428,12 +443,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     eval_iter = input_pipeline.make_eval_iterator(config, vocab)
     eval_start = eval_iter.get_state()
 
-  checkpointer = checkpointing.Checkpointer(workdir, every=train_cfg.checkpoint_every,
-                                            keep=train_cfg.keep_checkpoints)
-
   try:
     with jax.set_mesh(mesh):
-      restored = checkpointer.restore_latest(program.abstract_state)
+      if restored is None:
+        restored = checkpointer.restore_latest(program.abstract_state)
       if restored is None:
         state = program.init(jax.random.key(train_cfg.seed))
         if train_cfg.init_from:

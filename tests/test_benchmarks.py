@@ -76,7 +76,7 @@ def test_task_range_selects_positions():
 
 @needs_plus_data
 def test_mbpp_instruction_names_the_function_at_every_mention():
-    by_id = benchmarks.problems_by_id(benchmarks.load_benchmark("mbpp_plus"))
+    by_id = benchmarks.problems_by_id(benchmarks.load_benchmark("mbpp_plus", data_path("mbpp_plus")))
     problem = next(p for p in by_id.values() if "count lists within a list" in p.instruction)
     signature = f"function `{problem.entry_point}("
     assert problem.instruction.count(signature) == 2

@@ -122,7 +122,8 @@ def test_epochs_are_reshuffled_and_packing_is_tight(vocab):
   assert not np.array_equal(first.unit, second.unit)
   assert sorted(first.unit.tolist()) == sorted(second.unit.tolist())
   slots = source.parts[0].units.slots.sum()
-  assert slots / (first.num_rows * SEQ_LEN) > 0.9
+  # LintSeq examples of 100-250 tokens in rows of 256 leave some rows with one example.
+  assert slots / (first.num_rows * SEQ_LEN) > 0.88
 
 
 def test_resume_gives_the_same_batches(vocab):
