@@ -1,7 +1,8 @@
 """TinyCodeLM-150M: 12 layers, d_model 768, 12 heads, MLP 3072, vocabulary 50304 (151.9M parameters).
 
 OLMo-1 style decoder (non-parametric LayerNorm, SwiGLU, RoPE, tied embeddings, no biases);
-finetuning recipe of the LintSeq paper (AdamW, lr 3e-4, linear decay, batch 512 x 1024, summed loss).
+finetuning recipe of the LintSeq paper (AdamW, lr 3e-4, linear decay, batch 512 x 1024, summed
+loss).
 """
 import ml_collections
 

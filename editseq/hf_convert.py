@@ -214,6 +214,17 @@ def convert_state_dict(tensors: Mapping[str, Any], cfg: model_lib.ModelConfig,
   return _place_each(params, place)
 
 
+def place_into(shardings: dict) -> Callable[[tuple, np.ndarray], Any]:
+  """A `place` for `convert_state_dict`/`load_params`: each array onto its sharding in
+  `shardings` (a nested dict shaped like the parameters)."""
+  def place(path: tuple, array: np.ndarray):
+    target = shardings
+    for key in path:
+      target = target[key]
+    return jax.device_put(array, target)
+  return place
+
+
 def _place_each(params: dict, place: Callable[[tuple, np.ndarray], Any]) -> dict:
   """`place` applied leaf by leaf, dropping each host array once placed."""
   out: dict = {}

@@ -262,13 +262,7 @@ def load_hf_for_inference(path: str, *, mesh=None):
     place = _single_device_place
   else:
     shardings = nnx.to_pure_dict(sharding.state_shardings(abstract, mesh))
-    place = lambda keys, x: jax.device_put(x, _at(shardings, keys))
+    place = hf_convert.place_into(shardings)
   params = hf_convert.load_params(path, cfg, place=place)
   return nnx.merge(graphdef, params), config, default_data.config_vocabulary(config.data)
-
-
-def _at(tree: dict, keys: tuple):
-  for key in keys:
-    tree = tree[key]
-  return tree
 

@@ -20,8 +20,9 @@ Layout (MaxText/nanodo style):
   that cannot fit fails in seconds with the fix; that compiled executable is what runs.
 - Metrics are read one step late: step s+1 is dispatched before step s's scalars are fetched,
   so the device never waits for the host. Step time runs from one step's completion on the
-  device to the next one's (`metrics.Throughput` watches them), never from host events. Before a checkpoint the current step is read first,
-  so a checkpoint never holds a state reached through a non-finite loss or gradient.
+  device to the next one's (`metrics.Throughput` watches them), never from host events. Before
+  a checkpoint the current step is read first, so a checkpoint never holds a state reached
+  through a non-finite loss or gradient.
 """
 from __future__ import annotations
 
@@ -276,15 +277,9 @@ def load_pretrained_params(path: str, program: TrainProgram):
   tensor by tensor into the program's shardings; the embedding grown to model.vocab_size)."""
   if checkpointing.is_hf_model_dir(path):
     from editseq import hf_convert
-
-    def place(keys, array):
-      target = program.param_shardings
-      for key in keys:
-        target = target[key]
-      return jax.device_put(array, target)
-
     try:
-      return hf_convert.load_params(path, program.model_cfg, place=place)
+      return hf_convert.load_params(path, program.model_cfg,
+                                    place=hf_convert.place_into(program.param_shardings))
     except ValueError as e:
       raise config_validation.ConfigError(f"train.init_from: {e}") from e
   _, step_dir = checkpointing.resolve_step_dir(path)

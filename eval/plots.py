@@ -80,12 +80,7 @@ def plot_coverage(curves: Sequence[tuple[str, Sequence[float]]], output: str | p
     ax.set_title(title)
   ax.grid(True, which="major", alpha=0.3)
   ax.legend(loc="lower right", frameon=False)
-  fig.tight_layout()
-  output = pathlib.Path(output)
-  output.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(output)
-  plt.close(fig)
-  return output
+  return _save(fig, output)
 
 
 def plot_measures(by_problem: dict[str, dict[str, float]], output: str | pathlib.Path, *,
@@ -104,6 +99,10 @@ def plot_measures(by_problem: dict[str, dict[str, float]], output: str | pathlib
   axes[0].set_ylabel("problems")
   if title:
     fig.suptitle(title)
+  return _save(fig, output)
+
+
+def _save(fig, output: str | pathlib.Path) -> pathlib.Path:
   fig.tight_layout()
   output = pathlib.Path(output)
   output.parent.mkdir(parents=True, exist_ok=True)
