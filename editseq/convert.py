@@ -57,7 +57,8 @@ def _parse_args(argv):
 
 def main(argv: Sequence[str] | None = None) -> int:
   args = _parse_args(argv)
-  from editseq import gguf_import, pretrained, tokenizer  # pylint: disable=import-outside-toplevel
+  from editseq import gguf_import, paths, pretrained, tokenizer  # pylint: disable=import-outside-toplevel
+  args.source, args.output = paths.absolute(args.source), paths.absolute(args.output)
   created = not os.path.exists(args.output)
   try:
     if args.command == "editseq-to-hf":

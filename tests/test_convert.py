@@ -2,8 +2,6 @@
 and sharded Hugging Face folders of each supported family, against transformers' own reading of
 the same files; the vocabulary growth for <|diff|>; import -> export -> import bit for bit."""
 import json
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +17,7 @@ from editseq import model as model_lib
 from editseq import tokenizer as tokenizer_lib
 from tests import pretrained_models as pm
 from tests.conftest import REPO_ROOT
+from tests.test_cli_paths import run_module
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -34,9 +33,8 @@ def exact_matmuls():
     yield
 
 
-def run_convert(*args):
-  return subprocess.run([sys.executable, "-m", "editseq.convert", *map(str, args)],
-                        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+def run_convert(*args, cwd=REPO_ROOT):
+  return run_module("editseq.convert", *args, cwd=cwd)
 
 
 def params_of(path):
@@ -181,6 +179,21 @@ def test_gguf_round_trip_is_bit_exact(gguf_imported, tmp_path):
   assert convert.main(["hf-to-editseq", str(tmp_path / "hf"), str(tmp_path / "again")]) == 0
   jax.tree.map(np.testing.assert_array_equal, params_of(imported)[1],
                params_of(tmp_path / "again")[1])
+
+
+def test_relative_paths_from_another_folder(gguf_imported, tmp_path):
+  """orbax refuses relative checkpoint paths: the CLI resolves them where it reads them."""
+  path, imported, _ = gguf_imported
+  work = tmp_path / "work"
+  work.mkdir()
+  (work / "in.gguf").symlink_to(path)
+  for args in (("gguf-to-editseq", "in.gguf", "models/tiny"),
+               ("editseq-to-hf", "models/tiny", "../hf_tiny")):
+    result = run_convert(*args, cwd=work)
+    assert result.returncode == 0, result.stderr[-3000:]
+  assert (tmp_path / "hf_tiny" / "config.json").is_file()
+  jax.tree.map(np.testing.assert_array_equal, params_of(imported)[1],
+               params_of(work / "models" / "tiny")[1])
 
 
 def test_eos_from_generation_config_wins_with_one_warning_and_can_be_overridden(tmp_path, capsys):
