@@ -18,7 +18,8 @@ from editseq import default_data
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 # Config keys that hold a path ("" and default_data.SMALL name built-in defaults).
-CONFIG_PATH_KEYS = (("data", "data_dir"), ("data", "vocab_path"), ("train", "init_from"))
+CONFIG_PATH_KEYS = (("data", "data_dir"), ("data", "vocab_path"), ("train", "init_from"),
+                    ("model", "from_pretrained"))
 
 
 def is_url(path: str) -> bool:

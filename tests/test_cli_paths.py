@@ -43,10 +43,12 @@ def test_config_paths_resolve_but_defaults_stay(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
   config = ml_collections.ConfigDict({
       "data": {"data_dir": "data", "vocab_path": "", "task": "t"},
-      "train": {"init_from": "gs://b/run", "steps": 1}})
+      "train": {"init_from": "gs://b/run", "steps": 1},
+      "model": {"from_pretrained": "models/smollm2"}})
   config.lock()
   paths.absolute_config_paths(config)
   assert config.data.data_dir == str(tmp_path / "data")
+  assert config.model.from_pretrained == str(tmp_path / "models" / "smollm2")
   assert config.data.vocab_path == "" and config.train.init_from == "gs://b/run"
   config.data.data_dir = default_data.SMALL
   config.data.vocab_path = "tok/tokenizer.json"
