@@ -53,6 +53,25 @@ def coverage_curve(counts: Sequence[tuple[int, int]], max_k: int | None = None) 
     return [mean_pass_at_k(counts, k) for k in range(1, max_k + 1)]
 
 
+def coverage_standard_errors(counts: Sequence[tuple[int, int]], max_k: int | None = None
+                              ) -> list[float]:
+    """Standard error of each point of `coverage_curve` from the spread over problems: the
+    sample standard deviation of the per-problem pass@k divided by sqrt(problems) (0 for one)."""
+    if not counts:
+        raise ValueError("no problems")
+    max_k = min(n for n, _ in counts) if max_k is None else max_k
+    errors = []
+    for k in range(1, max_k + 1):
+        values = [pass_at_k(n, c, k) for n, c in counts]
+        if len(values) < 2:
+            errors.append(0.0)
+            continue
+        mean = sum(values) / len(values)
+        variance = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+        errors.append((variance / len(values)) ** 0.5)
+    return errors
+
+
 def counts_by_problem(task_ids: Sequence[str], passed: Sequence[bool]
                       ) -> dict[str, tuple[int, int]]:
     """(n, c) per task id from per-sample verdicts, in first-seen order."""

