@@ -1,6 +1,5 @@
 """The finetuning recipe: `train.epochs` (steps derived from the data), the paper's configs, and
 the warning about examples longer than a row."""
-import json
 import logging
 import os
 import signal
