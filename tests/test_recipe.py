@@ -1,10 +1,7 @@
 """The finetuning recipe: `train.epochs` (steps derived from the data), the paper's configs, and
 the warning about examples longer than a row."""
 import logging
-import os
-import signal
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -16,12 +13,12 @@ from editseq import input_pipeline
 from editseq import metrics
 from editseq import optimizer
 from editseq import trainer
+from tests import test_train
 from tests.conftest import REPO_ROOT
 
 # test_tiny on the small default data, a few steps' worth of an epoch, no evals.
 EPOCHS = 0.02
 OVERRIDES = {"train.epochs": EPOCHS, "train.eval_every": 0, "train.checkpoint_every": 2}
-EXACT_KEYS = ("loss", "grad_norm", "learning_rate", "loss_tokens")
 
 
 @pytest.fixture(scope="module")
@@ -29,12 +26,8 @@ def vocab():
   return default_data.default_vocabulary()
 
 
-def _config(overrides=OVERRIDES, base=test_tiny):
-  config = base.get_config()
-  for key, value in overrides.items():
-    section, name = key.split(".")
-    config[section][name] = value
-  return config
+def _config(overrides=OVERRIDES):
+  return test_train._config(overrides)
 
 
 def _source(config, vocab):
@@ -43,13 +36,8 @@ def _source(config, vocab):
 
 
 def _run_cli(workdir, overrides=OVERRIDES, *extra):
-  command = [sys.executable, "-m", "editseq.train", "--config=configs/test_tiny.py",
-             f"--workdir={workdir}", *(f"--config.{k}={v}" for k, v in overrides.items()), *extra]
-  return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
-
-
-def _exact(records):
-  return [{k: r[k] for k in ("step", *EXACT_KEYS) if k in r} for r in records]
+  return subprocess.run([*test_train._command(workdir, overrides), *extra], cwd=REPO_ROOT,
+                        capture_output=True, text=True, timeout=600)
 
 
 def test_epoch_steps_round_up_and_read_epochs_as_written():
@@ -142,36 +130,17 @@ def test_a_rerun_of_a_finished_epochs_run_says_it_is_already_trained(epochs_run)
   assert (workdir / "metrics.jsonl").read_text() == before
 
 
-class _SigtermAt:
-  """Wraps the train iterator: sends this process SIGTERM while fetching batch `n`."""
-
-  def __init__(self, iterator, n):
-    self._iterator, self._n, self._fetched = iterator, n, 0
-
-  def __iter__(self):
-    return self
-
-  def __next__(self):
-    self._fetched += 1
-    if self._fetched == self._n:
-      os.kill(os.getpid(), signal.SIGTERM)
-    return next(self._iterator)
-
-  def __getattr__(self, name):
-    return getattr(self._iterator, name)
-
-
 def test_an_interrupted_epochs_run_resumes_exactly(epochs_run, tmp_path, monkeypatch):
   make = input_pipeline.make_train_iterator
   monkeypatch.setattr(input_pipeline, "make_train_iterator",
-                      lambda *a, **k: _SigtermAt(make(*a, **k), 2))
+                      lambda *a, **k: test_train._SigtermAt(make(*a, **k), 2))
   with pytest.raises(trainer.Preempted, match="step 2"):
     trainer.train_and_evaluate(_config(), str(tmp_path))
   monkeypatch.undo()
   result = _run_cli(tmp_path)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "resumed from step 2" in result.stderr
-  assert _exact(metrics.read_metrics(tmp_path)) == _exact(metrics.read_metrics(epochs_run[0]))
+  assert test_train._exact(metrics.read_metrics(tmp_path)) == test_train._exact(metrics.read_metrics(epochs_run[0]))
 
 
 @pytest.mark.parametrize("args, message", [
