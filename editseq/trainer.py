@@ -306,8 +306,8 @@ def with_epoch_steps(config: ml_collections.ConfigDict, source) -> ml_collection
   config.train.steps = steps
   config_validation.check_values(config)
   if jax.process_index() == 0:
-    unit = "packed rows" if config.data.pack else "examples, one padded row each"
-    print(f"train.epochs={config.train.epochs:g}: {rows} {unit} per epoch, "
+    unit = "packed rows" if config.data.pack else "examples (one padded row each)"
+    print(f"train.epochs={config.train.epochs:g}: {rows} {unit} an epoch, "
           f"{config.data.global_batch_size} a step -> train.steps={steps}", file=sys.stderr)
   return config
 
