@@ -67,6 +67,10 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.train = ml_collections.ConfigDict()
   config.train.steps = 1000  # Optimizer steps (the schedule's length).
+  # > 0: train this many passes over the train split instead; train.steps is then derived as
+  # ceil(epochs * rows per epoch / data.global_batch_size), a row being one example when
+  # data.pack is False (the reference's padded batches) and one packed row otherwise.
+  config.train.epochs = 0.0
   # "sum": sum of the loss tokens' cross entropies over the global batch (the reference recipe);
   # "mean": their average. Metrics always report the per-token mean as `loss`.
   config.train.loss_reduction = "sum"

@@ -6,6 +6,7 @@ compile and a stack trace.
 """
 from __future__ import annotations
 
+import math
 import os
 
 import jax
@@ -115,7 +116,9 @@ def check_values(config: ml_collections.ConfigDict) -> None:
     _fail(f"optimizer.learning_rate must be > 0, got {opt.learning_rate}")
   if not 0 <= opt.warmup_ratio <= 1:
     _fail(f"optimizer.warmup_ratio must be in [0, 1], got {opt.warmup_ratio}")
-  if opt.warmup_steps > train.steps:
+  if not (train.epochs >= 0 and math.isfinite(train.epochs)):
+    _fail(f"train.epochs must be >= 0 (0 = use train.steps), got {train.epochs}")
+  if opt.warmup_steps > train.steps and not train.epochs:  # else checked once derived
     _fail(f"optimizer.warmup_steps ({opt.warmup_steps}) exceeds train.steps ({train.steps})")
   for name in ("b1", "b2"):
     if not 0 <= opt[name] < 1:

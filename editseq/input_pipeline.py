@@ -53,6 +53,7 @@ class _Part:
   store: token_store.TokenStore
   units: packing.Units
   rate: float
+  overlong: str  # what became of examples longer than a row (packing.OVERLONG_MODES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +94,25 @@ class DataSource:
     if self.max_segments_per_row is not None:  # uncapped plans keep their earlier fingerprint
       plan.append(self.max_segments_per_row)
     return hashlib.sha256(json.dumps(plan).encode()).hexdigest()[:16]
+
+  @property
+  def rows_per_epoch(self) -> int:
+    """Rows in epoch 0: its examples unpacked, else its packed rows (other epochs' packings
+    of other orders differ by a few rows)."""
+    return self.plan(0).num_rows
+
+  def warn_overlong(self) -> None:
+    """One WARNING per task whose examples do not all fit a row: how many (and what share)
+    were truncated or dropped, and the target tokens lost with them."""
+    for p in self.parts:
+      longer = int(np.count_nonzero(p.store.lengths > self.seq_len + 1))
+      if longer and p.overlong != "split":  # split cuts them into rows and loses nothing
+        logging.warning(
+            "%s/%s: %d of %d examples (%.1f%%) are longer than a row of data.seq_len=%d and "
+            "were %s (%d target tokens lost); raise data.seq_len to keep them",
+            p.store.meta["task"], p.store.meta["split"], longer, len(p.store),
+            100 * longer / len(p.store), self.seq_len,
+            "truncated" if p.overlong == "truncate" else "dropped", p.units.tokens_lost)
 
   def _draw(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
     """(part, unit) of every unit of the epoch, in the epoch's order."""
@@ -191,7 +211,7 @@ def open_source(task_name: str, split: str, vocab, seq_len: int, *, seed: int = 
     logging.info("%s/%s: %d examples -> %d units of <= %d slots (%s: %d truncated, %d dropped, "
                  "%d target tokens lost)", name, split, len(store), len(units), seq_len, mode,
                  units.num_truncated, units.num_dropped, units.tokens_lost)
-    parts.append(_Part(store, units, rate))
+    parts.append(_Part(store, units, rate, mode))
   return DataSource(parts, seq_len, seed=seed, shuffle=shuffle, pack=pack,
                     max_segments_per_row=max_segments_per_row)
 
@@ -338,13 +358,20 @@ def validate_data_config(config, vocab, *, splits: tuple[str, ...] | None = None
       tasks.task_files(name, split)
 
 
+def config_source(config, vocab, split: str = "train", *, shuffle: bool = True) -> DataSource:
+  """The DataSource of `config.data` for `split`, as the iterators read it (the data already
+  validated by `validate_data_config`)."""
+  data = config.data
+  return open_source(data.task, split, vocab, data.seq_len, seed=data.seed, shuffle=shuffle,
+                     pack=data.pack, overlong=data.get("overlong") or None,
+                     max_segments_per_row=packing.max_segments_per_row(config))
+
+
 def _make(config, vocab, split, *, shuffle, num_epochs, process_index, process_count, prefetch):
   index, count = _process(process_index, process_count)
   validate_data_config(config, vocab, splits=(split,), process_count=count)
   data = config.data
-  source = open_source(data.task, split, vocab, data.seq_len, seed=data.seed, shuffle=shuffle,
-                       pack=data.pack, overlong=data.get("overlong") or None,
-                       max_segments_per_row=packing.max_segments_per_row(config))
+  source = config_source(config, vocab, split, shuffle=shuffle)
   return BatchIterator(source, global_batch_size=data.global_batch_size, pad_id=vocab.pad_id,
                        process_index=index, process_count=count, num_epochs=num_epochs,
                        prefetch=prefetch)

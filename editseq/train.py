@@ -3,6 +3,9 @@
     python -m editseq.train --config=configs/tinycodelm_150m.py --workdir=DIR \\
         [--config.train.steps=1000 --config.optimizer.learning_rate=1e-4 ...]
 
+`--config.train.epochs=E` (E > 0) trains E passes over the train split instead of
+`train.steps`, which is then derived from the data (configs/base.py says how).
+
 With no data flags it trains on the embedded default data (built on first use). Exit status:
 0 done, 1 diverged (NaN/inf loss; the last good checkpoint is kept), 2 bad config or data,
 143 preempted by SIGTERM after saving a checkpoint.
@@ -60,6 +63,10 @@ def main(argv: list[str]) -> None:
   config = cli.load_config(_CONFIG)
   if config is None or not _WORKDIR.value:
     cli.fail("--config and --workdir are required (see --help)")
+  if config.train.epochs > 0 and "train.steps" in config_flags.get_override_values(
+      flags.FLAGS["config"]):
+    cli.fail(f"--config.train.steps cannot be given with train.epochs={config.train.epochs:g}: "
+             "the steps are derived from the epochs (set train.epochs=0 to give steps)")
   workdir = paths.absolute(_WORKDIR.value)
   paths.absolute_config_paths(config)
   try:

@@ -27,6 +27,7 @@ Layout (MaxText/nanodo style):
 from __future__ import annotations
 
 import contextlib
+import fractions
 import math
 import os
 import signal
@@ -286,6 +287,31 @@ def load_pretrained_params(path: str, program: TrainProgram):
   return checkpointing.load_params(step_dir, program.abstract_params)
 
 
+def epoch_steps(epochs: float, rows_per_epoch: int, global_batch_size: int) -> int:
+  """Optimizer steps of `epochs` passes over `rows_per_epoch` rows, `global_batch_size` rows a
+  step, the last batch completed from the next epoch: ceil(epochs * rows / batch), with
+  `epochs` read as the decimal it was written as (1.1 epochs of 50 rows are 55, not 56)."""
+  return math.ceil(fractions.Fraction(repr(float(epochs))) * rows_per_epoch / global_batch_size)
+
+
+def with_epoch_steps(config: ml_collections.ConfigDict, source) -> ml_collections.ConfigDict:
+  """`config` with `train.steps` derived from `train.epochs` when that is > 0 (the schedule's
+  length, and what config.json records), `source` being the train split's
+  `input_pipeline.DataSource`."""
+  if not config.train.epochs > 0:
+    return config
+  rows = source.rows_per_epoch
+  steps = epoch_steps(config.train.epochs, rows, config.data.global_batch_size)
+  config = config.copy_and_resolve_references()
+  config.train.steps = steps
+  config_validation.check_values(config)
+  if jax.process_index() == 0:
+    unit = "packed rows" if config.data.pack else "examples (one padded row each)"
+    print(f"train.epochs={config.train.epochs:g}: {rows} {unit} an epoch, "
+          f"{config.data.global_batch_size} a step -> train.steps={steps}", file=sys.stderr)
+  return config
+
+
 @contextlib.contextmanager
 def _sigterm_flag() -> Iterator[list[bool]]:
   """Turns SIGTERM into a flag the loop polls, so the run can save before it exits.
@@ -394,8 +420,9 @@ def _restore_if_trained(config: ml_collections.ConfigDict, vocab, workdir: str,
   if restored is None or restored[0] < config.train.steps:
     return False, restored
   if jax.process_index() == 0:
+    more = "train.epochs" if config.train.epochs > 0 else "train.steps"
     print(f"{workdir} is already trained to step {restored[0]} (train.steps = "
-          f"{config.train.steps}); raise train.steps to continue", file=sys.stderr)
+          f"{config.train.steps}); raise {more} to continue", file=sys.stderr)
   return True, None
 
 
@@ -413,9 +440,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   import tensorflow as tf
   from editseq import input_pipeline, tasks
   tf.config.set_visible_devices([], "GPU")
+  vocab = data_vocabulary(config)
+  try:
+    source = input_pipeline.config_source(config, vocab, "train")
+  except tasks.DataError as e:
+    raise config_validation.ConfigError(str(e)) from e
+  if jax.process_index() == 0:
+    source.warn_overlong()  # once per run (the iterators open the data again)
+  config = with_epoch_steps(config, source)
   train_cfg = config.train
   total_steps = train_cfg.steps
-  vocab = data_vocabulary(config)
   mesh = sharding.make_mesh(config.mesh)
   program = TrainProgram(config, mesh)
   checkpointer = checkpointing.Checkpointer(workdir, every=train_cfg.checkpoint_every,

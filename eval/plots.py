@@ -13,7 +13,7 @@ import argparse
 import json
 import pathlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import matplotlib
 
@@ -105,6 +105,34 @@ def plot_measures(by_problem: dict[str, dict[str, float]], output: str | pathlib
   axes[0].set_ylabel("problems")
   if title:
     fig.suptitle(title)
+  return _save(fig, output)
+
+
+def plot_passk_vs_temperature(points: Sequence[tuple[float, float, Mapping[str, float]]],
+                              output: str | pathlib.Path, *, title: str | None = None
+                              ) -> pathlib.Path:
+  """Draws pass@k (percent) against temperature, one line per k and top_p, from
+  (temperature, top_p, {"pass@k": value}) points (eval.sweep's settings), and writes a PNG."""
+  if not points:
+    raise PlotError("nothing to plot")
+  top_ps = sorted({p for _, p, _ in points})
+  ks = sorted({k for _, _, scores in points for k in scores}, key=lambda k: int(k.split("@")[1]))
+  fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=150)
+  highest = 0.0
+  for k in ks:
+    for top_p in top_ps:
+      line = sorted((t, 100 * scores[k]) for t, p, scores in points if p == top_p and k in scores)
+      highest = max([highest] + [v for _, v in line])
+      label = k if len(top_ps) == 1 else f"{k}, top_p {top_p:g}"
+      ax.plot([t for t, _ in line], [v for _, v in line], marker="o", markersize=4, linewidth=2,
+              label=label)
+  ax.set_ylim(0, min(100, max(10, 1.15 * highest)))
+  ax.set_xlabel("temperature")
+  ax.set_ylabel("pass@k (%)")
+  if title:
+    ax.set_title(title)
+  ax.grid(True, alpha=0.3)
+  ax.legend(frameon=False)
   return _save(fig, output)
 
 

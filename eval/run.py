@@ -80,21 +80,30 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     return super()._get_help_string(action)
 
 
-def _parse_args(argv):
-  parser = argparse.ArgumentParser(
-      prog="python -m eval.run", description=__doc__.split("\n\n")[0],
-      formatter_class=_HelpFormatter)
+def build_parser(prog: str = "python -m eval.run", description: str = __doc__.split("\n\n")[0],
+                 sweep: bool = False) -> argparse.ArgumentParser:
+  """eval.run's flags; with `sweep`, eval.sweep's: comma-separated lists `--temperatures` and
+  `--top_p` instead of one `--temperature` and `--top_p`, every other flag the same."""
+  parser = argparse.ArgumentParser(prog=prog, description=description,
+                                   formatter_class=_HelpFormatter)
   parser.add_argument("--checkpoint", required=True,
                       help="a training run's workdir (its latest step), a step folder, a "
                       "checkpoint from `python -m editseq.convert` or a Hugging Face model folder")
   parser.add_argument("--benchmark", required=True, choices=benchmarks.BENCHMARKS,
                       help="the problems to sample and test")
-  parser.add_argument("--output_dir", required=True, help="folder for samples.jsonl, "
-                      "results.jsonl, summary.json and coverage.png")
+  parser.add_argument("--output_dir", required=True, help=(
+      "folder for one eval.run folder per setting, sweep.json and passk_vs_temperature.png"
+      if sweep else "folder for samples.jsonl, results.jsonl, summary.json and coverage.png"))
   parser.add_argument("--num_samples", type=int, default=1, help="samples per problem (n)")
-  parser.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
-  parser.add_argument("--top_p", type=float, default=0.95,
-                      help="nucleus sampling's probability mass")
+  if sweep:
+    parser.add_argument("--temperatures", type=_floats, required=True,
+                        help="comma-separated temperatures (0 = greedy)")
+    parser.add_argument("--top_p", type=_floats, default=[0.95],
+                        help="comma-separated nucleus sampling probability masses (default: 0.95)")
+  else:
+    parser.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    parser.add_argument("--top_p", type=float, default=0.95,
+                        help="nucleus sampling's probability mass")
   parser.add_argument("--max_new_tokens", type=int, default=512, help="most tokens per sample")
   parser.add_argument("--min_new_tokens", type=int, default=8,
                       help="no EOS or stop before this many tokens (the LintSeq reference's 8)")
@@ -124,7 +133,22 @@ def _parse_args(argv):
   parser.add_argument("--force", action="store_true",
                       help="evaluate again even when OUTPUT_DIR holds this evaluation of the same "
                            "checkpoint, problems, flags and code (by default it is reused)")
-  args = parser.parse_args(argv)
+  return parser
+
+
+def _floats(text: str) -> list[float]:
+  """A comma-separated list of numbers, each once, in the order given."""
+  try:
+    values = [float(v) for v in text.split(",") if v.strip()]
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"not a comma-separated list of numbers: {text!r}") from None
+  if not values:
+    raise argparse.ArgumentTypeError("an empty list")
+  return list(dict.fromkeys(values))
+
+
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+  """Checks the parsed flags (one-line `parser.error` on a mistake) and makes paths absolute."""
   if args.num_samples < 1:
     parser.error("--num_samples must be >= 1")
   if args.batch_size < 1 or args.workers < 1:
@@ -139,11 +163,18 @@ def _parse_args(argv):
     parser.error(str(e))
   if args.data_path and os.path.exists(args.data_path):  # else a Hugging Face dataset id
     args.data_path = paths.absolute(args.data_path)
-  return parser, args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  parser, args = _parse_args(argv)
+  parser = build_parser()
+  args = parser.parse_args(argv)
+  check_args(parser, args)
+  return evaluate(parser, args)
+
+
+def evaluate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+  """Samples, executes and scores one setting of eval.run's flags `args` into args.output_dir
+  (reused when its stage is); a mistake is `parser.error`'s one line."""
   try:
     config = SamplingConfig(temperature=args.temperature, top_p=args.top_p,
                             max_new_tokens=args.max_new_tokens, min_p=args.min_p,
