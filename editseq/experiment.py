@@ -369,15 +369,15 @@ def main(argv: list[str]) -> None:
                           forwarded_finetune_overrides(sys.argv))
   started = time.time()
   try:
-    for stage in STAGES:
-      if stage in only:
-        getattr(experiment, stage)()
+    for stage in [s for s in STAGES if s in only]:
+      getattr(experiment, stage)()
   except ExperimentError as e:
     cli.fail(str(e), status=1)
   except (OSError, KeyError, ValueError) as e:  # e.g. a missing data stats file with --stages
     cli.fail(f"{type(e).__name__}: {cli.one_line(e)}")
-  print(f"\nexperiment {config.name} done in {time.time() - started:.0f} s: "
-        f"{workdir / 'report' / 'report.md'}", file=sys.stderr)
+  where = workdir / "report" / "report.md" if "report" in only else workdir
+  print(f"\nexperiment {config.name}: {', '.join(s for s in STAGES if s in only)} done in "
+        f"{time.time() - started:.0f} s: {where}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import os
 import ml_collections
 
 from configs import base
+from configs import tinycodelm_150m_lintseq
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -36,19 +37,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.recipe.lintseq_epochs = 2.0
   config.recipe.steps = 0
 
-  # The reference's finetuning recipe: AdamW (b2 0.999, weight decay 0.01), linear decay after
-  # a 0.1% warmup, 512 unpacked padded examples of at most 1024 tokens per step, bf16 compute,
-  # the summed token loss, learning rate 3e-4 (TinyCodeLM; 5e-5 and 1e-5 for its larger models).
-  config.finetune = base.get_config()
-  config.finetune.data.pack = False
-  config.finetune.data.seq_len = 1024
-  config.finetune.data.global_batch_size = 512
-  config.finetune.optimizer.learning_rate = 3e-4
-  config.finetune.optimizer.schedule = "linear"
-  config.finetune.optimizer.warmup_ratio = 0.001
-  config.finetune.optimizer.weight_decay = 0.01
-  config.finetune.optimizer.b2 = 0.999
-  config.finetune.train.loss_reduction = "sum"
+  # The training config of both variants: the reference's finetuning recipe
+  # (configs/tinycodelm_150m_lintseq.py's paper_recipe, without its model: that comes from
+  # config.pretrained). The experiment sets data.task and train.steps per variant.
+  config.finetune = tinycodelm_150m_lintseq.paper_recipe(base.get_config(), "lintseq")
+  config.finetune.train.epochs = 0.0  # recipe.lintseq_epochs sets the steps of both.
   config.finetune.train.eval_every = 100
   config.finetune.train.checkpoint_every = 100
 
