@@ -62,7 +62,11 @@ MODEL_DIR, DATA_DIR = "model", "data"
 
 
 class ExperimentError(RuntimeError):
-  """A stage failed or its inputs are missing; the message names the stage and its log."""
+  """A stage failed; its own output says why."""
+
+
+class ConfigError(ValueError):
+  """The experiment config names something that is not there."""
 
 
 def task_name(variant: str) -> str:
@@ -77,12 +81,12 @@ def pretrained_source(name: str) -> pathlib.Path | None:
     package, file_name = PACKAGED_MODELS[name]
     spec = importlib.util.find_spec(package)  # Its location only: the package is never imported.
     if spec is None or not spec.submodule_search_locations:
-      raise ExperimentError(f"config.pretrained={name!r} needs the PyPI package {name} "
+      raise ConfigError(f"config.pretrained={name!r} needs the PyPI package {name} "
                             f"(pip install -r requirements-models.txt)")
     return pathlib.Path(next(iter(spec.submodule_search_locations))) / file_name
   path = pathlib.Path(paths.absolute(name))
   if not path.exists():
-    raise ExperimentError(f"config.pretrained: {path} does not exist")
+    raise ConfigError(f"config.pretrained: {path} does not exist")
   return path
 
 
@@ -144,41 +148,36 @@ class Runner:
   def _save(self) -> None:
     self.record_path.write_text(json.dumps(self.records, indent=1) + "\n")
 
-  def run(self, name: str, command: list[str], *, log: pathlib.Path | None = None) -> None:
-    """Runs `command` (a project CLI) from the repository root; its output goes to the terminal
-    and, when `log` is given, also to that file. A failure is an ExperimentError."""
+  def run(self, name: str, command: list[str], *, keyed_by: pathlib.Path | None = None
+          ) -> None:
+    """Runs `command` (a project CLI) from the repository root, its output on the terminal; a
+    failure is an ExperimentError. `keyed_by`: the stage record (stages.RECORD_FILE) that the
+    CLI keeps itself; when the run leaves it untouched, the CLI reused its output, and the
+    record of the run that made it stays."""
     shown = display(command)
     print(f"\n== {name}: {shown}", file=sys.stderr, flush=True)
+    before = _file_state(keyed_by)
     started = time.time()
-    if log is None:
-      status = subprocess.call(command, env=self.env, cwd=REPO_ROOT)
-    else:
-      log.parent.mkdir(parents=True, exist_ok=True)
-      with open(log, "ab") as f, subprocess.Popen(
-          command, env=self.env, cwd=REPO_ROOT, stdout=subprocess.PIPE,
-          stderr=subprocess.STDOUT) as proc:
-        for chunk in iter(lambda: proc.stdout.read1(1 << 16), b""):
-          sys.stderr.buffer.write(chunk)
-          sys.stderr.flush()
-          f.write(chunk)
-        status = proc.wait()
+    status = subprocess.call(command, env=self.env, cwd=REPO_ROOT)
     seconds = time.time() - started
-    previous = self.records.get(name, {})
-    self.records[name] = {
-        "command": shown, "status": "ok" if status == 0 else f"exit {status}",
-        # A stage that only found its outputs done keeps the time of the run that made them.
-        "seconds": round(seconds, 1), "finished": _now(),
-        "runs": previous.get("runs", 0) + 1, "machine": machine()}
-    self._save()
     if status != 0:
-      where = f"; its output is in {log}" if log else ""
-      raise ExperimentError(f"stage {name} failed (exit status {status}){where}")
+      raise ExperimentError(f"stage {name} failed (exit status {status}); its output is above")
+    if name in self.records and before is not None and _file_state(keyed_by) == before:
+      return
+    self.records[name] = {"command": shown, "seconds": round(seconds, 1), "finished": _now(),
+                          "machine": machine()}
+    self.record_path.write_text(json.dumps(self.records, indent=1) + "\n")
 
-  def skipped(self, name: str, reason: str) -> None:
+  @staticmethod
+  def skipped(name: str, reason: str) -> None:
     print(f"\n== {name}: {reason}", file=sys.stderr, flush=True)
-    if name in self.records:
-      self.records[name]["reused"] = _now()
-      self._save()
+
+
+def _file_state(path: pathlib.Path | None):
+  try:
+    return None if path is None else (path.read_bytes(), path.stat().st_mtime_ns)
+  except OSError:
+    return None
 
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -229,7 +228,8 @@ class Experiment:
       args += ["--max_programs", d.max_programs]
     args += shlex.split(d.extra_flags)
     args += [f"--direct_num_workers={d.workers}", "--direct_running_mode=multi_processing"]
-    self.runner.run("data", self.cli("data_gen.pipeline", *args))  # Keyed by data_gen itself.
+    self.runner.run("data", self.cli("data_gen.pipeline", *args),
+                    keyed_by=self.data_dir / stages.RECORD_FILE)
 
   # -- model -----------------------------------------------------------------------------------
   def model(self) -> None:
@@ -309,11 +309,24 @@ class Experiment:
         data_path = e.data_paths.get(benchmark, "")
         if data_path:
           args += ["--data_path", paths.absolute(data_path)]
-        self.runner.run(f"eval_{variant}_{benchmark}", self.cli("eval.run", *args))
+        self.runner.run(f"eval_{variant}_{benchmark}", self.cli("eval.run", *args),
+                        keyed_by=self.eval_dir(variant, benchmark) / stages.RECORD_FILE)
 
   # -- report ----------------------------------------------------------------------------------
   def report(self) -> None:
+    """The report, unless one was written from these very inputs (the records of every stage's
+    output folder, the experiment's summary and the record of what ran)."""
+    inputs = [self.workdir / "experiment.json", *self.workdir.glob(f"*/**/{stages.RECORD_FILE}")]
+    key = stages.digest({k: v for k, v in self.runner.records.items() if k != "report"},
+                        sorted((str(p.relative_to(self.workdir)), stages.file_digest(p))
+                               for p in inputs if p.parent.name != "report"))
+    stage = stages.Stage("report", self.workdir / "report", key)
+    if stage.reusable():
+      self.runner.skipped("report", stage.reused_message())
+      return
+    stage.begin()
     self.runner.run("report", self.cli("eval.report", "--experiment", self.workdir))
+    stage.record()
 
   def _write_summary(self, steps: int) -> None:
     """WORKDIR/experiment.json: what the report needs to say how the experiment was run."""
@@ -330,7 +343,10 @@ class Experiment:
         "steps": steps, "global_batch_size": batch, "machine": machine(),
         "git_commit": _git_commit(),
     }
-    (self.workdir / "experiment.json").write_text(json.dumps(summary, indent=1) + "\n")
+    text = json.dumps(summary, indent=1) + "\n"
+    path = self.workdir / "experiment.json"
+    if not path.is_file() or path.read_text() != text:  # A rerun leaves it as it was.
+      path.write_text(text)
 
 
 def _git_commit() -> str | None:
@@ -364,6 +380,10 @@ def main(argv: list[str]) -> None:
     cli.fail(f"--stages: unknown stage(s) {', '.join(unknown)} (known: {', '.join(STAGES)})")
   if config.eval.num_samples < 1 or config.finetune.data.global_batch_size < 1:
     cli.fail("config.eval.num_samples and config.finetune.data.global_batch_size must be >= 1")
+  try:
+    pretrained_source(config.pretrained)
+  except ConfigError as e:
+    cli.fail(str(e))
   workdir.mkdir(parents=True, exist_ok=True)
   experiment = Experiment(config, workdir, str(paths.absolute(config_file)),
                           forwarded_finetune_overrides(sys.argv))

@@ -27,6 +27,7 @@ matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
 
 from editseq import metrics, paths  # pylint: disable=wrong-import-position
+from data_gen import edit_format  # pylint: disable=wrong-import-position
 from eval import passk, plots  # pylint: disable=wrong-import-position
 
 VARIANTS = ("lintseq", "baseline")
@@ -231,20 +232,27 @@ class Report:
     for variant in VARIANTS:
       samples = _read_jsonl(self.eval_dir(variant, benchmark) / "samples.jsonl")
       results = _read_jsonl(self.eval_dir(variant, benchmark) / "results.jsonl")
-      if not samples:
+      # The first passing sample, else the first one.
+      i = next((i for i, r in enumerate(results) if r.get("passed")), 0)
+      if i >= len(samples):
         continue
-      verdict = "passed" if results and results[0].get("passed") else "failed"
-      lines += [f"{LABELS[variant]}, {benchmark} {samples[0]['task_id']}, first sample "
-                f"({verdict}; raw completion):", "", "```", samples[0]["completion"], "```", ""]
+      sample = samples[i]
+      lines += [f"{LABELS[variant]}, {benchmark} {sample['task_id']}, sample {i} "
+                f"({'passed' if results[i].get('passed') else 'failed'}): the completion as "
+                "sampled", "", "```", sample["completion"], "```", ""]
+      if sample.get("format") == "diffs":
+        decoded = edit_format.decode_lintseq_completion(sample["completion"])
+        lines += ["and the program its diffs build:", "", "```python", decoded.program, "```",
+                  ""]
     return lines
 
   def _stages(self) -> list[str]:
-    rows = [[name, r.get("status"), f"{r.get('seconds', 0):.0f}", f"`{r.get('command')}`"]
+    rows = [[name, f"{r.get('seconds', 0):.0f}", f"`{r.get('command')}`"]
             for name, r in self.stages.items()]
     total = sum(r.get("seconds", 0) for r in self.stages.values())
     return ["## Stages", "", f"Wall time of the last run of each stage, {total / 60:.0f} min in "
             "all (a stage found done on a rerun keeps its time).", ""] + _table(
-        ["stage", "status", "seconds", "command"], rows)
+        ["stage", "seconds", "command"], rows)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
