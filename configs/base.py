@@ -47,6 +47,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.seq_len = 1024
   config.data.global_batch_size = 512
   config.data.pack = True
+  # Unpacked rows (pack=False): each batch is cut to its longest example rounded up to this
+  # many positions (the reference pads each batch to its longest example); 0 = always seq_len.
+  config.data.trim_to_multiple = 128
   # Most examples packed into one row. None: what the attention needs (cuDNN: model.max_segments,
   # else unlimited); a run resumed on another kind of device keeps the cap it packed with.
   config.data.max_segments_per_row = ml_collections.config_dict.placeholder(int)

@@ -101,6 +101,8 @@ def check_values(config: ml_collections.ConfigDict) -> None:
   for name, value in positive.items():
     if value < 1:
       _fail(f"{name} must be >= 1, got {value}")
+  if data.get("trim_to_multiple", 0) < 0:
+    _fail(f"data.trim_to_multiple must be >= 0, got {data.trim_to_multiple}")
   for name in ("eval_every", "checkpoint_every"):
     if train[name] < 0:
       _fail(f"train.{name} must be >= 0 (0 = never), got {train[name]}")

@@ -102,14 +102,17 @@ class Throughput:
     self._mark = clock()  # where the next completed step's interval starts
     self._dispatched: list[int] = []  # steps handed to the watcher, in order
     self._intervals: dict[int, float] = {}  # completed, not yet reported: step -> seconds
+    self._tokens: dict[int, int] = {}  # dispatched, not yet reported: step -> tokens
     self._queue: queue.SimpleQueue = queue.SimpleQueue()
     self._watcher = threading.Thread(target=self._watch, name="step-completion", daemon=True)
     self._watcher.start()
 
-  def dispatched(self, step: int, outputs: Any) -> None:
-    """Step `step` was dispatched; `outputs` (any of its output arrays) is ready when it ends."""
+  def dispatched(self, step: int, outputs: Any, tokens: int | None = None) -> None:
+    """Step `step` was dispatched; `outputs` (any of its output arrays) is ready when it ends.
+    `tokens`: the positions it computed (default: the constructor's tokens_per_step)."""
     with self._changed:
       self._dispatched.append(step)
+      self._tokens[step] = self._tokens_per_step if tokens is None else tokens
     self._queue.put((step, outputs))
 
   def _watch(self) -> None:
@@ -152,7 +155,8 @@ class Throughput:
       self._changed.wait_for(lambda: step in self._intervals)
       steps = [s for s in self._intervals if s <= step]
       elapsed = max(sum(self._intervals.pop(s) for s in steps), 1e-9)
-    return elapsed / len(steps), len(steps) * self._tokens_per_step / elapsed
+      tokens = sum(self._tokens.pop(s) for s in steps)
+    return elapsed / len(steps), tokens / elapsed
 
   def close(self) -> None:
     """Stops the watcher thread (after the steps it is waiting for)."""

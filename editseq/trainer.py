@@ -192,12 +192,32 @@ class TrainProgram:
                 "train.remat=full, or a smaller data.global_batch_size")
     return "try train.remat=full or a smaller data.global_batch_size"
 
-  def global_batch(self, local_batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
-    """Stacks the processes' rows (in process order) into global arrays sharded over the batch."""
-    global_shape = (self.config.data.global_batch_size, self.config.data.seq_len)
-    return {k: jax.make_array_from_process_local_data(self.batch_sharding,
-                                                      np.asarray(local_batch[k]), global_shape)
+  def global_batch(self, local_batch: Mapping[str, np.ndarray], width: int | None = None
+                   ) -> dict[str, jax.Array]:
+    """Stacks the processes' rows (in process order) into global arrays sharded over the batch;
+    `width` keeps only the first columns of every row (default: all of data.seq_len)."""
+    width = width or self.config.data.seq_len
+    global_shape = (self.config.data.global_batch_size, width)
+    return {k: jax.make_array_from_process_local_data(
+        self.batch_sharding, np.asarray(local_batch[k])[:, :width], global_shape)
             for k in BATCH_KEYS}
+
+  def used_width(self, local_batch: Mapping[str, np.ndarray]) -> int:
+    """The columns a batch of unpacked rows needs: its longest example, rounded up to
+    `data.trim_to_multiple` (so few shapes compile), at most data.seq_len; every process gets
+    the same width. Packed batches, or a multiple of 0, use all of data.seq_len. The columns
+    cut hold padding only, which the loss and attention ignore: same loss, same gradients,
+    fewer FLOPs (the reference pads each batch to its longest example too)."""
+    seq_len, multiple = self.config.data.seq_len, self.config.data.get("trim_to_multiple", 0)
+    if self.config.data.pack or not multiple:
+      return seq_len
+    used = np.asarray(local_batch["segment_ids"]) > 0
+    longest = int(np.max(used.shape[1] - np.argmax(used[:, ::-1], axis=1), initial=0,
+                         where=used.any(axis=1)))
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      longest = int(np.max(multihost_utils.process_allgather(np.int32(longest))))
+    return min(seq_len, max(multiple, -(-longest // multiple) * multiple))
 
   def _init(self, key: jax.Array) -> State:
     model = model_lib.Transformer(self.model_cfg, rngs=nnx.Rngs(params=key))
@@ -505,10 +525,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     with jax.set_mesh(mesh), _sigterm_flag() as sigterm:
       step = start_step
       while step < total_steps:
-        batch = program.global_batch(next(train_iter))
-        state, step_metrics = train_step(state, batch)
+        local_batch = next(train_iter)
+        width = program.used_width(local_batch)
+        batch = program.global_batch(local_batch, width)
+        # The step compiled and checked up front is the full-width one; narrower batches of
+        # unpacked rows compile on first use (one shape per trim_to_multiple).
+        step_fn = train_step if width == data.seq_len else program.train_step
+        state, step_metrics = step_fn(state, batch)
         step += 1
-        reporter.throughput.dispatched(step, step_metrics)
+        reporter.throughput.dispatched(step, step_metrics, data.global_batch_size * width)
         if pending is not None:
           reporter.report(*pending)
         pending = (step, step_metrics)
