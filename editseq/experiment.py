@@ -43,16 +43,6 @@ from editseq import cli
 from editseq import paths
 from editseq import stages
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Experiment config (configs/experiments/*.py); override fields with "
-    "--config.KEY=VALUE.", lock_config=True)
-_WORKDIR = flags.DEFINE_string(
-    "workdir", None, "Folder for every stage's output (default: experiments/<config.name>). "
-    "Rerunning with the same workdir skips finished stages and resumes an interrupted one.")
-_ONLY = flags.DEFINE_list(
-    "stages", None, "Run only these stages (data, model, finetune, eval, report); each needs "
-    "the earlier stages' outputs in the workdir.")
-
 VARIANTS = ("lintseq", "baseline")
 STAGES = ("data", "model", "finetune", "eval", "report")
 PACKAGED_MODELS = {  # config.pretrained names of model files that PyPI packages ship.
@@ -360,21 +350,37 @@ def _git_commit() -> str | None:
   return out + ("+uncommitted changes" if dirty.strip() else "")
 
 
-def main(argv: list[str]) -> None:
+def define_flags() -> tuple[flags.FlagHolder, flags.FlagHolder, flags.FlagHolder]:
+  """The CLI's flags (--config, --workdir, --stages), defined when the module runs as a program
+  and not on import, because other absl entry points that tests import define --config too."""
+  config = config_flags.DEFINE_config_file(
+      "config", None, "Experiment config (configs/experiments/*.py); override fields with "
+      "--config.KEY=VALUE.", lock_config=True)
+  workdir = flags.DEFINE_string(
+      "workdir", None, "Folder for every stage's output (default: experiments/<config.name>). "
+      "Rerunning with the same workdir skips finished stages and resumes an interrupted one.")
+  only = flags.DEFINE_list(
+      "stages", None, "Run only these stages (data, model, finetune, eval, report); each needs "
+      "the earlier stages' outputs in the workdir.")
+  return config, workdir, only
+
+
+def main(argv: list[str], config_flag: flags.FlagHolder, workdir_flag: flags.FlagHolder,
+         stages_flag: flags.FlagHolder) -> None:
   if len(argv) > 1:
     cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
-  config = cli.load_config(_CONFIG)
+  config = cli.load_config(config_flag)
   if config is None:
     cli.fail("--config is required (see --help)")
   config_file = flags.FLAGS["config"].config_filename
   if ":" in config_file:
     cli.fail("--config takes an experiment config file, without ':'")
-  workdir = pathlib.Path(paths.absolute(_WORKDIR.value or f"experiments/{config.name}"))
+  workdir = pathlib.Path(paths.absolute(workdir_flag.value or f"experiments/{config.name}"))
   try:
     paths.check_writable_dir(str(workdir), "--workdir")
   except paths.PathError as e:
     cli.fail(str(e))
-  only = _ONLY.value or list(STAGES)
+  only = stages_flag.value or list(STAGES)
   unknown = sorted(set(only) - set(STAGES))
   if unknown:
     cli.fail(f"--stages: unknown stage(s) {', '.join(unknown)} (known: {', '.join(STAGES)})")
@@ -401,4 +407,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=cli.parse_flags)
+  _FLAGS = define_flags()
+  app.run(lambda argv: main(argv, *_FLAGS), flags_parser=cli.parse_flags)
