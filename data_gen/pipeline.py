@@ -53,6 +53,7 @@ from data_gen import dataset
 from data_gen import programs
 from data_gen import sources as sources_lib
 from data_gen import stats as stats_lib
+from editseq import cli
 from editseq import paths
 from editseq import quiet_beam
 from editseq import stages
@@ -431,7 +432,7 @@ def run(sources: list[sources_lib.Source] | None = None, output_dir: str = "",
 
 
 def _parse_args(argv):
-  parser = argparse.ArgumentParser(
+  parser = cli.ArgumentParser(
       prog="python -m data_gen.pipeline", allow_abbrev=False,
       description="Generate LintSeq / baseline instruction data as sharded TFRecords (+ TFDS "
                   "metadata and stats). Unknown flags are passed to Beam as pipeline options.")

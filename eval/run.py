@@ -34,7 +34,7 @@ from collections.abc import Sequence
 import jax
 
 from data_gen import edit_format
-from editseq import checkpointing, paths, pretrained, sharding, stages
+from editseq import checkpointing, cli, paths, pretrained, sharding, stages
 from eval import benchmarks, chat, execute, measures, passk, plots
 from eval.sampler import Sampler, SamplingConfig
 from eval.sandbox import SandboxPool, SandboxUnavailableError
@@ -81,7 +81,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def _parse_args(argv):
-  parser = argparse.ArgumentParser(
+  parser = cli.ArgumentParser(
       prog="python -m eval.run", description=__doc__.split("\n\n")[0],
       formatter_class=_HelpFormatter)
   parser.add_argument("--checkpoint", required=True,

@@ -28,6 +28,23 @@ def test_train_help_exits_0_and_lists_configs_and_keys():
   assert "  train.steps = 7" in given.stdout and "  model.d_model = 64" in given.stdout
 
 
+@pytest.mark.parametrize("module, args", [
+    ("eval.run", ["--checkpoint", "x", "--benchmark", "humaneval", "--output_dir", "y",
+                  "--num_samples", "0"]),
+    ("eval.run", ["--benchmark", "nope"]),
+    ("eval.execute", ["--bogus"]),
+    ("eval.plots", []),
+    ("eval.bench_execute", ["--rounds", "0"]),
+    ("editseq.convert", ["gguf-to-editseq"]),
+    ("data_gen.pipeline", ["--output_dir", "x", "--source", "nope"]),
+])
+def test_argparse_mistakes_are_one_error_line_without_usage(module, args):
+  result = _run(module, *args)
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert len(result.stderr.splitlines()) == 1, result.stderr[-2000:]
+  assert result.stderr.startswith("error: "), result.stderr[-2000:]
+
+
 def test_eval_help_names_the_command_and_each_default_once():
   plots = _run("eval.plots", "--help")
   assert plots.returncode == 0 and plots.stdout.startswith("usage: python -m eval.plots")
