@@ -93,6 +93,17 @@ def test_data_gen_workers_keep_beams_log_lines_to_themselves(programs, tmp_path)
   assert "INFO:apache_beam.runners.worker.sdk_worker:" in verbose.stderr
 
 
+def test_data_gen_workers_share_one_progress_bar(programs, tmp_path):
+  """Two worker processes each drew their own bar over the other, with their share of the count;
+  now the launching process draws one bar that counts every worker's programs."""
+  result = _run("data_gen.pipeline", "--output_dir", str(tmp_path / "out"), "--source", "jsonl",
+                "--input", str(programs), "--variants", "baseline", "--direct_num_workers=2",
+                "--direct_running_mode=multi_processing")
+  assert result.returncode == 0, result.stderr[-3000:]
+  counts = [int(n) for n in re.findall(r"data_gen: (\d+) programs", result.stderr)]
+  assert counts and counts == sorted(counts) and counts[-1] == 6, result.stderr[-3000:]
+
+
 @pytest.mark.slow  # five data_gen runs; tests/test_quickstart.py covers a reuse in the fast tier
 def test_data_gen_rerun_reuses_an_unchanged_output(programs, tmp_path):
   out = tmp_path / "out"
