@@ -33,6 +33,7 @@ one parse; `max_programs` samples among programs whose text passed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import importlib.util
@@ -50,9 +51,11 @@ from apache_beam.metrics import Metrics
 from apache_beam.options import pipeline_options
 
 from data_gen import dataset
+from data_gen import progress as progress_lib
 from data_gen import programs
 from data_gen import sources as sources_lib
 from data_gen import stats as stats_lib
+from editseq import cli
 from editseq import paths
 from editseq import quiet_beam
 from editseq import stages
@@ -164,9 +167,9 @@ class _SampleTransform(beam.PTransform):
 class _Generate(beam.DoFn):
   """Program -> examples of one variant. LintSeq and TensorFlow are loaded once per worker."""
 
-  def __init__(self, variant: str, settings: Settings, progress: bool):
+  def __init__(self, variant: str, settings: Settings, ticker: progress_lib.Ticker | None):
     super().__init__()
-    self.variant, self.settings, self.progress = variant, settings, progress
+    self.variant, self.settings, self.ticker = variant, settings, ticker
     self.programs = Metrics.counter("editseq", f"{variant}_programs")
     self.sequences = Metrics.counter("editseq", f"{variant}_sequences")
     self.skipped = Metrics.counter("editseq", f"{variant}_skipped")
@@ -175,14 +178,10 @@ class _Generate(beam.DoFn):
     import tensorflow  # noqa: F401  (loaded here, not inside the first timed program)
     from data_gen import edit_format, lintseq
     self._edit_format, self._lintseq = edit_format, lintseq
-    self._bar = None
-    if self.progress:
-      import tqdm
-      self._bar = tqdm.tqdm(desc="data_gen", unit=" programs", file=sys.stderr)
 
   def teardown(self):
-    if getattr(self, "_bar", None) is not None:
-      self._bar.close()
+    if self.ticker is not None:
+      self.ticker.close()
 
   def _sequences(self, instruction: str, program: str) -> list[tuple[str, str, list[int]]]:
     """(prompt, completion, added lines per diff) per sample; raises BadProgram."""
@@ -209,8 +208,8 @@ class _Generate(beam.DoFn):
       yield pvalue.TaggedOutput("skip", (e.reason, 1))
       return
     finally:
-      if self._bar is not None:
-        self._bar.update()
+      if self.ticker is not None:
+        self.ticker.tick()
     split = split_of(source_id, self.settings.validation_fraction)
     for sample_index, (prompt, completion, diff_sizes) in enumerate(samples):
       record = dataset.serialize_example({
@@ -284,14 +283,14 @@ def _finalize(_, output_dir, variant, written, summary, skipped, settings_dict):
 
 
 class _WriteVariant(beam.PTransform):
-  def __init__(self, variant, output_dir, settings: Settings, shared_skips, progress):
+  def __init__(self, variant, output_dir, settings: Settings, shared_skips, ticker):
     super().__init__()
-    self.variant, self.settings, self.progress = variant, settings, progress
+    self.variant, self.settings, self.ticker = variant, settings, ticker
     self.output_dir, self.shared_skips = output_dir, shared_skips
 
   def expand(self, programs):
     out = programs | "Generate" >> beam.ParDo(
-        _Generate(self.variant, self.settings, self.progress)).with_outputs(
+        _Generate(self.variant, self.settings, self.ticker)).with_outputs(
             "skip", "summary", main="examples")
     counts = (out.examples | "SplitKeys" >> beam.Map(lambda e: (e[0], 1))
               | "CountSplits" >> beam.CombinePerKey(sum))
@@ -400,7 +399,9 @@ def run(sources: list[sources_lib.Source] | None = None, output_dir: str = "",
       FileSystems.mkdirs(dataset.dataset_dir(output_dir, variant))
 
   start = time.perf_counter()
-  with beam_pipeline as p:
+  bar = (progress_lib.SharedProgress("data_gen", " programs") if progress
+         else contextlib.nullcontext())
+  with bar, beam_pipeline as p:
     items = (p | "Shards" >> beam.Create(shards) | "SpreadShards" >> beam.Reshuffle()
              | "Read" >> beam.FlatMap(_read_shard, sources))
     checked = items | "Check" >> beam.FlatMap(_check_program, settings).with_outputs(
@@ -416,7 +417,8 @@ def run(sources: list[sources_lib.Source] | None = None, output_dir: str = "",
     programs = programs | "SpreadPrograms" >> beam.Reshuffle()
     for variant in variants:  # one progress bar: the variants see the same programs.
       _ = programs | f"Write_{variant}" >> _WriteVariant(
-          variant, output_dir, settings, shared_skips, progress and variant == variants[0])
+          variant, output_dir, settings, shared_skips,
+          bar.ticker if progress and variant == variants[0] else None)
   elapsed = time.perf_counter() - start
 
   reports = {}
@@ -431,7 +433,7 @@ def run(sources: list[sources_lib.Source] | None = None, output_dir: str = "",
 
 
 def _parse_args(argv):
-  parser = argparse.ArgumentParser(
+  parser = cli.ArgumentParser(
       prog="python -m data_gen.pipeline", allow_abbrev=False,
       description="Generate LintSeq / baseline instruction data as sharded TFRecords (+ TFDS "
                   "metadata and stats). Unknown flags are passed to Beam as pipeline options.")

@@ -32,6 +32,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from editseq import cli
+from editseq import paths
 
 # The host compiles; the target's devices are descriptions. Set before anything starts JAX's
 # backends: loading --config imports the model (configs/base.py), during flag parsing.
@@ -201,8 +202,9 @@ def train_program(config, target: Target):
   return trainer.TrainProgram(config, sharding.make_mesh(config.mesh, target.devices))
 
 
-def report(config, target: Target, log=print) -> dict:
-  """Compiles, prints the figures, and returns them (the JSON record)."""
+def report(config, target: Target, log=print, hlo_out: str | None = None) -> dict:
+  """Compiles, prints the figures, and returns them (the JSON record); the compiled HLO text
+  goes to file `hlo_out` when given."""
   import jax  # pylint: disable=g-import-not-at-top
   from editseq import flops, roofline, trainer  # pylint: disable=g-import-not-at-top
   program = train_program(config, target)
@@ -216,8 +218,9 @@ def report(config, target: Target, log=print) -> dict:
       raise
     log(f"does not fit: {cli.one_line(e)}; {program.smaller_step_hint(None)}")
     return {"fits": False, "compile_error": cli.one_line(e)}
-  if _HLO_OUT.value:
-    with open(_HLO_OUT.value, "w") as f:
+  if hlo_out:
+    os.makedirs(os.path.dirname(hlo_out), exist_ok=True)
+    with open(hlo_out, "w") as f:
       f.write(compiled.as_text())
   memory = compiled.memory_analysis()
   needed = trainer.step_memory_bytes(memory)
@@ -259,11 +262,14 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   from editseq import config_validation  # pylint: disable=g-import-not-at-top
   try:
+    hlo_out = paths.absolute(_HLO_OUT.value)
+    if hlo_out:
+      paths.check_writable_dir(os.path.dirname(hlo_out), "the folder of --hlo_out")
     config = cli.load_config(_CONFIG)
     if config is None:
       raise AotError("--config is required, e.g. --config=configs/tinycodelm_150m.py")
-    record = report(config, make_target(_TARGET.value))
-  except (AotError, config_validation.ConfigError) as e:
+    record = report(config, make_target(_TARGET.value), hlo_out=hlo_out)
+  except (AotError, config_validation.ConfigError, paths.PathError) as e:
     cli.fail(str(e))
   print(json.dumps({"command": " ".join(["python -m editseq.aot", *sys.argv[1:]]), **record}))
   if not record["fits"]:

@@ -53,6 +53,7 @@ from editseq import cli
 from editseq import config_validation
 from editseq import flops
 from editseq import model as model_lib
+from editseq import paths
 from editseq import profile_summary
 from editseq import sharding
 from editseq import trainer
@@ -382,6 +383,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   try:
+    profile_dir = paths.absolute(_PROFILE_DIR.value)
+    if profile_dir:
+      paths.check_writable_dir(profile_dir, "--profile_dir")
     config = _load_config()
     if min(_ROUNDS.value, _STEPS.value, _PROFILE_STEPS.value) < 1:
       raise config_validation.ConfigError("--rounds, --steps and --profile_steps must be >= 1")
@@ -394,9 +398,9 @@ def main(argv):
             "or pass --notorch") from e
     record = benchmark(config, rounds=_ROUNDS.value, steps=_STEPS.value, use_torch=_TORCH.value,
                        torch_threads=_TORCH_THREADS.value, matmul_n=_MATMUL_N.value,
-                       interleave=_INTERLEAVE.value, profile_dir=_PROFILE_DIR.value,
+                       interleave=_INTERLEAVE.value, profile_dir=profile_dir,
                        profile_steps=_PROFILE_STEPS.value)
-  except config_validation.ConfigError as e:
+  except (config_validation.ConfigError, paths.PathError) as e:
     cli.fail(str(e))
   print(json.dumps({"command": " ".join(["python -m editseq.bench_train", *sys.argv[1:]]),
                     **record}))

@@ -8,9 +8,10 @@ resumes from the previous step. A complete step that no longer restores (a file 
 lost on disk) is moved to `WORKDIR/unrestorable_checkpoints/<step>` when an older one restores,
 so the run resumes from that one and can save the step again; nothing is deleted.
 """
+import asyncio
+import contextlib
 import dataclasses
 import json
-import os
 import sys
 
 import jax
@@ -99,10 +100,11 @@ def load_params(step_dir: epath.Path, abstract_params):
   `abstract_params` is a tree of `jax.ShapeDtypeStruct`s whose shardings say where each array goes.
   """
   target = {"params": abstract_params}
-  restored = ocp.PyTreeCheckpointer().restore(
-      step_dir / STATE_ITEM,
-      args=ocp.args.PyTreeRestore(target, restore_args=_restore_args(target),
-                                  partial_restore=True))
+  with _reads_end_before_restore_returns():
+    restored = ocp.PyTreeCheckpointer().restore(
+        step_dir / STATE_ITEM,
+        args=ocp.args.PyTreeRestore(target, restore_args=_restore_args(target),
+                                    partial_restore=True))
   return restored["params"]
 
 
@@ -175,12 +177,13 @@ class Checkpointer:
 
   def restore(self, step: int, abstract_state) -> tuple[object, dict]:
     """Restores (state, data_state); `abstract_state` carries the target shardings."""
-    restored = self._manager.restore(
-        step,
-        args=ocp.args.Composite(**{
-            STATE_ITEM: ocp.args.PyTreeRestore(abstract_state,
-                                               restore_args=_restore_args(abstract_state)),
-            DATA_ITEM: ocp.args.JsonRestore()}))
+    with _reads_end_before_restore_returns():
+      restored = self._manager.restore(
+          step,
+          args=ocp.args.Composite(**{
+              STATE_ITEM: ocp.args.PyTreeRestore(abstract_state,
+                                                 restore_args=_restore_args(abstract_state)),
+              DATA_ITEM: ocp.args.JsonRestore()}))
     return restored[STATE_ITEM], restored[DATA_ITEM]
 
   def restore_latest(self, abstract_state) -> tuple[int, object, dict] | None:
@@ -197,7 +200,6 @@ class Checkpointer:
         state, data_state = self.restore(step, abstract_state)
       except Exception as e:  # pylint: disable=broad-except  # orbax/tensorstore/json raise many
         failed.append((step, _short(e)))
-        _drop_abandoned_orbax_reads()
         continue
       for bad_step, reason in failed:
         moved = self._move_aside(bad_step)
@@ -236,20 +238,37 @@ class Checkpointer:
     self._manager.close()
 
 
-def _drop_abandoned_orbax_reads() -> None:
-  """A failed restore leaves orbax's per-array read coroutines unfinished; when they are
-  collected Python prints "Exception ignored in <coroutine ...>" with a traceback, at any later
-  moment. Those (and only those) are dropped: the failure was reported in one line already."""
-  previous = sys.unraisablehook
-  if getattr(previous, "drops_orbax_reads", False):
-    return
+class _DrainingEventLoop(asyncio.SelectorEventLoop):
+  """An event loop whose close() first lets its unfinished tasks and worker threads end.
 
-  def hook(unraisable):
-    obj = unraisable.object
-    code = getattr(obj, "cr_code", None)
-    if code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename:
-      return
-    previous(unraisable)
+  orbax runs a restore in a fresh loop and closes it as soon as the first array read fails
+  (`asyncio.gather` returns the first error), while the sibling reads are still pending:
+  tensorstore's threads then complete them into the closed loop ("RuntimeError: Event loop is
+  closed" tracebacks from `call_soon_threadsafe`), the `to_thread` copies likewise, and the
+  abandoned coroutines print "Exception ignored in <coroutine ...>" when collected. Finishing
+  them here, before the close, leaves nothing behind to print.
+  """
 
-  hook.drops_orbax_reads = True
-  sys.unraisablehook = hook
+  def close(self):
+    if not self.is_closed() and not self.is_running():
+      pending = asyncio.all_tasks(self)
+      if pending:  # their errors are collected: the restore already raised the first one
+        self.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+      self.run_until_complete(self.shutdown_default_executor())
+    super().close()
+
+
+class _DrainingEventLoopPolicy(asyncio.DefaultEventLoopPolicy):
+  _loop_factory = _DrainingEventLoop
+
+
+@contextlib.contextmanager
+def _reads_end_before_restore_returns():
+  """Within it, the event loops orbax makes (asyncio.new_event_loop) are _DrainingEventLoops,
+  so a failed restore returns only once all of its reads have ended."""
+  previous = asyncio.get_event_loop_policy()
+  asyncio.set_event_loop_policy(_DrainingEventLoopPolicy())
+  try:
+    yield
+  finally:
+    asyncio.set_event_loop_policy(previous)

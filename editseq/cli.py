@@ -1,8 +1,9 @@
-"""Command-line plumbing shared by the absl entry points (train, bench_train, aot): a mistake in
-the flags, the config file or a --config.KEY override is one `error: ...` line on stderr and
-exit status 2, never a traceback."""
+"""Command-line plumbing shared by the entry points: a mistake in the flags, the config file or a
+--config.KEY override is one `error: ...` line on stderr and exit status 2, never a traceback
+(absl ones: train, bench_train, aot; argparse ones through `ArgumentParser`)."""
 from __future__ import annotations
 
+import argparse
 import importlib
 import pathlib
 import re
@@ -19,6 +20,14 @@ CONFIGS_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
 def fail(message: str, status: int = EXIT_USAGE) -> NoReturn:
   print(f"error: {message}", file=sys.stderr)
   sys.exit(status)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+  """argparse whose mistakes are one `error: ...` line and exit status 2 (argparse's own print
+  its usage first; `--help` shows that)."""
+
+  def error(self, message: str) -> NoReturn:
+    fail(message)
 
 
 def one_line(error: BaseException) -> str:

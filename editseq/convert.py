@@ -24,7 +24,7 @@ from editseq import cli
 
 
 def _parse_args(argv):
-  parser = argparse.ArgumentParser(prog="python -m editseq.convert",
+  parser = cli.ArgumentParser(prog="python -m editseq.convert",
                                    description=__doc__.split("\n\n")[0],
                                    formatter_class=argparse.RawDescriptionHelpFormatter,
                                    epilog=__doc__.split("\n\n", 1)[1])

@@ -477,8 +477,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   try:
     done, restored = _restore_if_trained(config, vocab, workdir, program, checkpointer)
   except checkpointing.NoRestorableCheckpoint as e:
-    # Left open: closing right after failed restores races orbax's reader threads, which then
-    # print a traceback; the process ends with this error anyway.
+    checkpointer.close()
     raise config_validation.ConfigError(f"cannot resume {workdir}: {e}") from e
   if done:
     checkpointer.close()

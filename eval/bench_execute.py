@@ -16,7 +16,6 @@ The last line printed is a JSON object with all figures.
 """
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
 import json
 import os
@@ -29,6 +28,7 @@ import time
 
 from tqdm import tqdm
 
+from editseq import cli, paths
 from eval import benchmarks
 from eval.sandbox import Limits, SandboxPool
 
@@ -178,7 +178,7 @@ def canonical_scores(pool: SandboxPool, cache_dir: str | None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m eval.bench_execute",
+    parser = cli.ArgumentParser(prog="python -m eval.bench_execute",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--agreement_problems", type=int, default=164,
@@ -198,6 +198,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error("--rounds must be >= 1")
+    args.cache_dir = paths.absolute(args.cache_dir)
+    if args.cache_dir:
+        try:
+            paths.check_writable_dir(args.cache_dir, "--cache_dir")
+        except paths.PathError as e:
+            parser.error(str(e))
     if args.tmp_python and not (os.path.abspath(args.tmp_python).startswith("/tmp/")
                                 and os.access(args.tmp_python, os.X_OK)):
         parser.error(f"--tmp_python must be an interpreter under /tmp, got {args.tmp_python!r}")

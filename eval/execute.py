@@ -21,7 +21,7 @@ from typing import Iterator
 from tqdm import tqdm
 
 from data_gen import edit_format
-from editseq import paths
+from editseq import cli, paths
 from eval import benchmarks, passk
 from eval.sandbox import Limits, SandboxPool, SandboxUnavailableError
 
@@ -31,7 +31,7 @@ class UsageError(Exception):
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m eval.execute",
+    parser = cli.ArgumentParser(prog="python -m eval.execute",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--benchmark", required=True, choices=benchmarks.BENCHMARKS)
     parser.add_argument("--samples", required=True,
@@ -188,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             results = evaluate(samples, prepared, pool, timeout=args.timeout,
                                memory_bytes=args.memory_mb << 20, progress=not args.no_progress,
                                malformed=args.malformed)
+        os.makedirs(os.path.dirname(args.output), exist_ok=True)
         with open(args.output, "w", encoding="utf-8") as f:
             for result in results:
                 f.write(json.dumps(result) + "\n")

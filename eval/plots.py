@@ -9,7 +9,6 @@ is plotted unless `--suite base` is given.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
 import sys
@@ -21,7 +20,7 @@ matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
 from matplotlib import ticker  # pylint: disable=wrong-import-position
 
-from editseq import paths  # pylint: disable=wrong-import-position
+from editseq import cli, paths  # pylint: disable=wrong-import-position
 
 
 class PlotError(ValueError):
@@ -146,7 +145,7 @@ def _save(fig, output: str | pathlib.Path) -> pathlib.Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m eval.plots",
+  parser = cli.ArgumentParser(prog="python -m eval.plots",
                                    description="Overlay coverage curves (pass@k vs k) of runs.")
   parser.add_argument("--runs", nargs="+", required=True, help="summary.json files of eval.run")
   parser.add_argument("--labels", nargs="+", help="one legend label per run")

@@ -22,11 +22,10 @@ needs_compilers = pytest.mark.skipif(not (AOT_DIR / "jax_plugins").is_dir(),
 MEASURED_H100_STEP_S = {"first run": 64 * 1024 / 384e3, "default": 0.1593}
 
 
-def aot(*args, compilers=True):
+def aot(*args, compilers=True, cwd=REPO):
   env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "JAX_PLATFORMS")}
-  if compilers:
-    env["PYTHONPATH"] = str(AOT_DIR)
-  result = subprocess.run([sys.executable, "-m", "editseq.aot", *args], cwd=REPO, env=env,
+  env["PYTHONPATH"] = os.pathsep.join([str(AOT_DIR), str(REPO)] if compilers else [str(REPO)])
+  result = subprocess.run([sys.executable, "-m", "editseq.aot", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=600)
   record = None
   if result.stdout.strip():
@@ -84,6 +83,14 @@ def test_splash_attention_compiles_for_tpus(remat, kernels, tmp_path):
   assert result.returncode == 0, result.stderr[-2000:]
   assert record["attention_impl"] == "splash"
   assert hlo.read_text().count('custom_call_target="tpu_custom_call"') == kernels
+
+
+@needs_compilers
+def test_hlo_out_is_relative_to_the_working_directory(tmp_path):
+  result, record = aot(f"--config={REPO / 'configs' / 'test_tiny.py'}", "--target=h100",
+                       "--hlo_out=hlo/step.txt", cwd=tmp_path)
+  assert result.returncode == 0 and record["fits"], result.stderr[-2000:]
+  assert (tmp_path / "hlo" / "step.txt").read_text().startswith("HloModule")
 
 
 @needs_compilers

@@ -28,6 +28,23 @@ def test_train_help_exits_0_and_lists_configs_and_keys():
   assert "  train.steps = 7" in given.stdout and "  model.d_model = 64" in given.stdout
 
 
+@pytest.mark.parametrize("module, args", [
+    ("eval.run", ["--checkpoint", "x", "--benchmark", "humaneval", "--output_dir", "y",
+                  "--num_samples", "0"]),
+    ("eval.run", ["--benchmark", "nope"]),
+    ("eval.execute", ["--bogus"]),
+    ("eval.plots", []),
+    ("eval.bench_execute", ["--rounds", "0"]),
+    ("editseq.convert", ["gguf-to-editseq"]),
+    ("data_gen.pipeline", ["--output_dir", "x", "--source", "nope"]),
+])
+def test_argparse_mistakes_are_one_error_line_without_usage(module, args):
+  result = _run(module, *args)
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert len(result.stderr.splitlines()) == 1, result.stderr[-2000:]
+  assert result.stderr.startswith("error: "), result.stderr[-2000:]
+
+
 def test_eval_help_names_the_command_and_each_default_once():
   plots = _run("eval.plots", "--help")
   assert plots.returncode == 0 and plots.stdout.startswith("usage: python -m eval.plots")
@@ -74,6 +91,17 @@ def test_data_gen_workers_keep_beams_log_lines_to_themselves(programs, tmp_path)
                       "--direct_running_mode=multi_processing", "--beam_log_level=INFO")
   assert verbose.returncode == 0
   assert "INFO:apache_beam.runners.worker.sdk_worker:" in verbose.stderr
+
+
+def test_data_gen_workers_share_one_progress_bar(programs, tmp_path):
+  """Two worker processes each drew their own bar over the other, with their share of the count;
+  now the launching process draws one bar that counts every worker's programs."""
+  result = _run("data_gen.pipeline", "--output_dir", str(tmp_path / "out"), "--source", "jsonl",
+                "--input", str(programs), "--variants", "baseline", "--direct_num_workers=2",
+                "--direct_running_mode=multi_processing")
+  assert result.returncode == 0, result.stderr[-3000:]
+  counts = [int(n) for n in re.findall(r"data_gen: (\d+) programs", result.stderr)]
+  assert counts and counts == sorted(counts) and counts[-1] == 6, result.stderr[-3000:]
 
 
 @pytest.mark.slow  # five data_gen runs; tests/test_quickstart.py covers a reuse in the fast tier
