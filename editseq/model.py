@@ -179,7 +179,7 @@ class ModelConfig:
     On GPUs, unrolled layers: the modelled H100 step of the 150M config at batch 64 x 1024 is
     232 ms scanned vs 153 ms unrolled (measured: 159 ms; the scan copies each layer's weights
     and saved activations in and out of the stacks; 48.8 vs 28.7 GiB of temporaries; `python -m
-    editseq.aot`). On NVIDIA GPUs of compute capability 8.0 or more (what cuDNN flash attention
+    editseq.perf.aot`). On NVIDIA GPUs of compute capability 8.0 or more (what cuDNN flash attention
     needs), cuDNN attention where the model allows it. On TPUs splash attention (no [T, T]
     scores in memory) and scanned layers. Elsewhere XLA attention and scanned layers (compile
     time independent of depth)."""
@@ -355,7 +355,7 @@ def weight_einsum(spec: str, x: Array, w: Array) -> Array:
   Autodiff writes that contraction with g first and a transposed result; XLA:CPU then copies g
   into a transposed layout for a plain (non-YNNPACK) dot, fusing g's elementwise producer (e.g.
   SwiGLU's backward) into that strided copy, which took a quarter of a 150M train step (measured
-  with editseq.profile_summary). Written this way XLA:CPU copies x instead (the input
+  with editseq.perf.profile_summary). Written this way XLA:CPU copies x instead (the input
   projections' x is 4x narrower than their g) and runs the matmul in YNNPACK: the 150M step went
   from 10.7 s to 8.2 s. Same FLOPs and values; GPU and TPU GEMMs take either form as it is.
   """

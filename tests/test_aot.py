@@ -1,4 +1,4 @@
-"""editseq.aot: the real train step compiled for H100s and TPU slices from this CPU machine.
+"""editseq.perf.aot: the real train step compiled for H100s and TPU slices from this CPU machine.
 
 The compilers come from requirements-aot.txt, which `scripts/setup.sh --aot` installs into
 .venv/aot; each run is a subprocess with that folder on PYTHONPATH, as the module's docstring tells users.
@@ -26,7 +26,7 @@ def aot(*args, compilers=True):
   env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "JAX_PLATFORMS")}
   if compilers:
     env["PYTHONPATH"] = str(AOT_DIR)
-  result = subprocess.run([sys.executable, "-m", "editseq.aot", *args], cwd=REPO, env=env,
+  result = subprocess.run([sys.executable, "-m", "editseq.perf.aot", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
   record = None
   if result.stdout.strip():

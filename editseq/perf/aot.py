@@ -1,14 +1,14 @@
 """Compiles the train step for GPUs or TPUs that this machine does not have (ahead of time).
 
-    PYTHONPATH=.venv/aot python -m editseq.aot --config=configs/tinycodelm_150m.py \\
+    PYTHONPATH=.venv/aot python -m editseq.perf.aot --config=configs/tinycodelm_150m.py \\
         --target=h100 --config.data.global_batch_size=64
-    PYTHONPATH=.venv/aot python -m editseq.aot --config=configs/tinycodelm_400m.py --target=v5e:4x4
+    PYTHONPATH=.venv/aot python -m editseq.perf.aot --config=configs/tinycodelm_400m.py --target=v5e:4x4
 
 XLA compiles the real `TrainProgram.train_step` (model, sharding, optimizer, donated state) for
 the target's devices: a GPU described by its datasheet (`GPUS`), or a TPU slice from libtpu's
 topologies. Reported per device: the memory the step needs against what the device has (before
 paying for it, and before a compile on the real machine fails), the model FLOPs, and for GPUs a
-roofline estimate of the step time and MFU from the compiled kernels (`editseq.roofline`).
+roofline estimate of the step time and MFU from the compiled kernels (`editseq.perf.roofline`).
 
 Needs the compilers, not the hardware (requirements-aot.txt): `jax-cuda12-plugin`,
 `jax-cuda12-pjrt` and `nvidia-cudnn-cu12` for GPU targets, `libtpu` for TPU targets. They go
@@ -141,7 +141,8 @@ def parse_gpu_target(text: str) -> tuple[str, int, int] | None:
 def make_target(text: str) -> Target:
   """Compile-only devices for `--target`."""
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
-  from editseq import flops, roofline  # pylint: disable=g-import-not-at-top
+  from editseq import flops  # pylint: disable=g-import-not-at-top
+  from editseq.perf import roofline  # pylint: disable=g-import-not-at-top
   gpu = parse_gpu_target(text)
   if gpu is not None:
     name, hosts, per_host = gpu
@@ -204,7 +205,8 @@ def train_program(config, target: Target):
 def report(config, target: Target, log=print) -> dict:
   """Compiles, prints the figures, and returns them (the JSON record)."""
   import jax  # pylint: disable=g-import-not-at-top
-  from editseq import flops, roofline, trainer  # pylint: disable=g-import-not-at-top
+  from editseq import flops, trainer  # pylint: disable=g-import-not-at-top
+  from editseq.perf import roofline  # pylint: disable=g-import-not-at-top
   program = train_program(config, target)
   model_cfg, mesh = program.model_cfg, program.mesh
   with _cudnn_checks_answer_for(target.gpu):
@@ -265,7 +267,7 @@ def main(argv):
     record = report(config, make_target(_TARGET.value))
   except (AotError, config_validation.ConfigError) as e:
     cli.fail(str(e))
-  print(json.dumps({"command": " ".join(["python -m editseq.aot", *sys.argv[1:]]), **record}))
+  print(json.dumps({"command": " ".join(["python -m editseq.perf.aot", *sys.argv[1:]]), **record}))
   if not record["fits"]:
     sys.exit(EXIT_DOES_NOT_FIT)
 

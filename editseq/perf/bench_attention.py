@@ -1,7 +1,7 @@
 """One attention layer alone, forward and backward, for each implementation that runs here.
 
-    python -m editseq.bench_attention                     # the 150M shape at batch 64 x 1024
-    python -m editseq.bench_attention --impl cudnn --max_segments 1,4,16 --segments_per_row 1,4
+    python -m editseq.perf.bench_attention                     # the 150M shape at batch 64 x 1024
+    python -m editseq.perf.bench_attention --impl cudnn --max_segments 1,4,16 --segments_per_row 1,4
 
 Why: a step's profile lumps attention with everything else, and packed cuDNN attention costs
 more with a larger `model.max_segments` (the cap on examples per row) whether or not the rows
@@ -81,7 +81,7 @@ def time_attention(cfg: model_lib.ModelConfig, batch: int, seq_len: int, per_row
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m editseq.bench_attention", description=__doc__,
+  parser = argparse.ArgumentParser(prog="python -m editseq.perf.bench_attention", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--impl", type=_csv(str), default=None,
                       help="xla, cudnn, splash (default: every one that runs on this device)")

@@ -1,6 +1,6 @@
 """Roofline estimate of a compiled step's time on an accelerator, from its optimised HLO text.
 
-Why: `editseq.aot` compiles the real train step for a GPU or TPU that this machine does not have,
+Why: `editseq.perf.aot` compiles the real train step for a GPU or TPU that this machine does not have,
 so the kernels XLA would launch there are known exactly: each fusion, each GEMM, each cuDNN
 attention call, and each loop body with its trip count. A kernel takes at least its FLOPs at the
 matmul rate and at least its bytes (operands read + results written) at the memory bandwidth;
