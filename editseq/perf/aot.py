@@ -31,6 +31,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from data_gen import quiet_logs
 from editseq import cli
 
 # The host compiles; the target's devices are descriptions. Set before anything starts JAX's
@@ -273,4 +274,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  quiet_logs.install()
   app.run(main, flags_parser=cli.parse_flags)

@@ -25,6 +25,8 @@ import time
 
 import numpy as np
 
+from data_gen import quiet_logs
+
 TPU_V4_CHIP_FLOPS = 275e12
 TPU_V4_8_CHIPS = 4
 MFU = 0.40
@@ -117,4 +119,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+  quiet_logs.install()
   sys.exit(main())

@@ -49,6 +49,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from data_gen import quiet_logs
 from editseq import cli
 from editseq import config_validation
 from editseq import flops
@@ -403,4 +404,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  quiet_logs.install()
   app.run(main, flags_parser=cli.parse_flags)

@@ -20,6 +20,8 @@ import time
 
 import numpy as np
 
+from data_gen import quiet_logs
+
 SHAPES = {  # name -> config module (its model section)
     "tiny": "configs.test_tiny",
     "150m": "configs.tinycodelm_150m",
@@ -219,4 +221,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+  quiet_logs.install()
   sys.exit(main())
