@@ -27,7 +27,7 @@ def load(name):
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_param_count(name):
   _, cfg = load(name)
-  assert model_lib.param_count(cfg) == EXPECTED[name]
+  assert model_lib.count_params(cfg) == EXPECTED[name]
 
 
 def test_tinycodelm_shapes_match_design():

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from editseq import attention
 from editseq import flops
 from editseq import model as model_lib
 
@@ -67,9 +68,9 @@ def time_attention(cfg: model_lib.ModelConfig, batch: int, seq_len: int, per_row
   k, v = (jax.random.normal(kk, (*shape, cfg.num_kv_heads, cfg.head_dim), dt) for kk in keys[1:])
 
   def loss(q, k, v, positions, seg):
-    mask = model_lib.sequence_masks(cfg, positions, seg)(cfg.sliding_window or
-                                                         model_lib.NO_WINDOW)
-    return model_lib.attend(q, k, v, mask, cfg).astype(jnp.float32).sum()
+    mask = attention.sequence_masks(cfg, positions, seg)(cfg.sliding_window or
+                                                         attention.NO_WINDOW)
+    return attention.attend(q, k, v, mask, cfg).astype(jnp.float32).sum()
 
   step = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
   jax.block_until_ready(step(q, k, v, positions, seg))
