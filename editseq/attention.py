@@ -87,11 +87,10 @@ def _attention_core(kv_dims: str, scale: float, softcap: float, q: Array, k: Arr
 
   The backward recomputes the probabilities from q, k and the softmax's row maxima and sums
   (FlashAttention's way) instead of keeping them: a [B, KV, G, T, S] array per layer was the
-  largest thing a training step kept (1.1 GB of the 5.9 GB of temporaries of a 30-layer,
-  135M-parameter step at 4 x 512), for one more q @ k matmul per layer. It also uses
-  FlashAttention's identity sum_s dP[t, s] P[t, s] = dO[t] . O[t] (P @ v = O), a reduction over
-  the head dimension instead of autodiff's over the keys of a [B, KV, G, T, S] product (which
-  XLA:CPU ran as its slowest op, a fifth of a 150M step at T = 1024). Same values as autodiff:
+  largest thing a training step kept (docs/MEASUREMENTS.md), for one more q @ k matmul per
+  layer. It also uses FlashAttention's identity sum_s dP[t, s] P[t, s] = dO[t] . O[t]
+  (P @ v = O), a reduction over the head dimension instead of autodiff's over the keys of a
+  [B, KV, G, T, S] product (which XLA:CPU ran as its slowest op). Same values as autodiff:
   the probabilities are computed as `jax.nn.softmax` computes them, in both passes.
   """
   return _attention_core_fwd(kv_dims, scale, softcap, q, k, v, mask)[0]

@@ -3,9 +3,9 @@
 Layers are stacked on a leading `layers` axis and run with `jax.lax.scan`, so compile time does not
 grow with depth, or unrolled (slower compiles, faster steps on GPUs). Parameters are fp32
 (`param_dtype`) and are cast to the compute `dtype` at use; norms, softmax, RoPE and the output
-logits are computed in fp32. Attention (`editseq.attention`) is XLA einsums (any option, any device), cuDNN flash
-attention (NVIDIA GPUs) or splash attention (TPUs), the last two for training and scoring. By
-default both are chosen for the device once, at start-up (`ModelConfig.for_device`, called by
+logits are computed in fp32. Attention (`editseq.attention`) is XLA einsums (any option, any
+device), cuDNN flash attention (NVIDIA GPUs) or splash attention (TPUs), the last two for
+training and scoring. By default both are chosen for the device once, at start-up (`ModelConfig.for_device`, called by
 the trainer and `checkpointing.load_for_inference`): cuDNN and unrolled layers on NVIDIA GPUs,
 splash and a scan on TPUs, XLA and a scan elsewhere; the constructor never looks at devices (a
 config with "auto" left runs XLA and a scan: `ModelConfig.portable`).
@@ -98,8 +98,7 @@ class ModelConfig:
   attention_impl: str = "auto"
   # cudnn with segment_ids: packed examples per row given their own sequence; any beyond this
   # many share the row's last one (so they can attend to each other). Its cost grows with it,
-  # however many examples the rows hold: the 150M step on an H100 (batch 64 x 1024) runs at
-  # 42.8% MFU with 1, 42.3% with 4, 40.3% with 16 (docs/TPU_GPU.md).
+  # however many examples the rows hold (measured on an H100: docs/MEASUREMENTS.md).
   max_segments: int = 16
   init_std: float = 0.02
   dtype: str = "bfloat16"  # Compute dtype.
@@ -174,11 +173,9 @@ class ModelConfig:
     choices (its config.json's model section) are kept wherever they can run on `device`, so
     that the run goes on as it started (and packs its batches the same way).
 
-    On GPUs, unrolled layers: the modelled H100 step of the 150M config at batch 64 x 1024 is
-    232 ms scanned vs 153 ms unrolled (measured: 159 ms; the scan copies each layer's weights
-    and saved activations in and out of the stacks; 48.8 vs 28.7 GiB of temporaries; `python -m
-    editseq.perf.aot`). On NVIDIA GPUs of compute capability 8.0 or more (what cuDNN flash attention
-    needs), cuDNN attention where the model allows it. On TPUs splash attention (no [T, T]
+    On GPUs, unrolled layers: the scan copies each layer's weights and saved activations in and
+    out of the stacks, a slower step with more temporaries (docs/MEASUREMENTS.md). On NVIDIA
+    GPUs of compute capability 8.0 or more (what cuDNN flash attention needs), cuDNN attention where the model allows it. On TPUs splash attention (no [T, T]
     scores in memory) and scanned layers. Elsewhere XLA attention and scanned layers (compile
     time independent of depth)."""
     recorded = recorded or {}
@@ -279,8 +276,7 @@ class Norm(nnx.Module):
 def _normalize(kind: str, eps: float, x: Array, scale: Array | None) -> Array:
   """`Norm`'s function, rematerialised: its backward keeps only x and the scale and recomputes
   the rest (elementwise work), where autodiff would keep the normalised fp32 copy and the
-  reciprocal norms of every layer (about 0.5 GB of a 30-layer, 135M-parameter CPU step at
-  4 x 512)."""
+  reciprocal norms of every layer (docs/MEASUREMENTS.md)."""
   y = x.astype(jnp.float32)
   if kind == "layernorm":
     y = y - jnp.mean(y, axis=-1, keepdims=True)
@@ -347,7 +343,8 @@ def head_logits(hidden: Array, head: Array, softcap: float = 0.0) -> Array:
   A pure function of its arrays, so that a loss can run it on one chunk of tokens at a time.
   """
   logits = _logits_matmul(hidden, head.astype(hidden.dtype))
-  return sharding.constrain(attention.apply_softcap(logits, softcap), ("act_batch", "act_length", "act_vocab"))
+  return sharding.constrain(attention.apply_softcap(logits, softcap),
+                            ("act_batch", "act_length", "act_vocab"))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -358,10 +355,10 @@ def weight_einsum(spec: str, x: Array, w: Array) -> Array:
 
   Autodiff writes that contraction with g first and a transposed result; XLA:CPU then copies g
   into a transposed layout for a plain (non-YNNPACK) dot, fusing g's elementwise producer (e.g.
-  SwiGLU's backward) into that strided copy, which took a quarter of a 150M train step (measured
-  with editseq.perf.profile_summary). Written this way XLA:CPU copies x instead (the input
-  projections' x is 4x narrower than their g) and runs the matmul in YNNPACK: the 150M step went
-  from 10.7 s to 8.2 s. Same FLOPs and values; GPU and TPU GEMMs take either form as it is.
+  SwiGLU's backward) into that strided copy, a large share of a CPU train step
+  (docs/MEASUREMENTS.md). Written this way XLA:CPU copies x instead (the input projections' x is
+  4x narrower than their g) and runs the matmul in YNNPACK. Same FLOPs and values; GPU and TPU
+  GEMMs take either form as it is.
   """
   return jnp.einsum(spec, x, w)
 
