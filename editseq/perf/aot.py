@@ -46,6 +46,9 @@ _TARGET = flags.DEFINE_string(
     "NAME one of h100, h200, a100. TPU: a libtpu topology, e.g. v5e:2x2, v4:2x2x1, v5p:2x2x2, "
     "v6e:4x4.")
 _HLO_OUT = flags.DEFINE_string("hlo_out", None, "Write the compiled (optimised) HLO text here.")
+_MEASURED_STEP_S = flags.DEFINE_float(
+    "measured_step_s", None, "Calibration: the step time measured on the target for this config "
+    "(docs/MEASUREMENTS.md); the record then gives the roofline's relative error against it.")
 
 EXIT_DOES_NOT_FIT = 1
 _INSTALL = ("install them with `bash scripts/setup.sh --aot` (requirements-aot.txt into "
@@ -252,6 +255,11 @@ def report(config, target: Target, log=print) -> dict:
                    "estimated_tokens_per_s": batch * seq_len / est.step_s,
                    "estimated_mfu": model_flops / (est.step_s * hw.peak_flops),
                    "roofline": est.as_dict()})
+    if _MEASURED_STEP_S.value:
+      record.update({"measured_step_s": _MEASURED_STEP_S.value,
+                     "model_error": est.step_s / _MEASURED_STEP_S.value - 1})
+      log(f"roofline vs measured: {est.step_s * 1e3:.1f} ms modelled, "
+          f"{_MEASURED_STEP_S.value * 1e3:.1f} ms measured ({record['model_error']:+.1%})")
   if shortfall:
     log(f"does not fit: {shortfall}")
   return record
