@@ -44,7 +44,12 @@ import sys
 import time
 import uuid
 
-import apache_beam as beam
+from data_gen import quiet_logs
+
+if __name__ == "__main__":  # a command line: before Beam's import logs its notice
+  quiet_logs.install()
+
+import apache_beam as beam  # pylint: disable=wrong-import-position
 from apache_beam import pvalue
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
@@ -55,9 +60,9 @@ from data_gen import progress as progress_lib
 from data_gen import programs
 from data_gen import sources as sources_lib
 from data_gen import stats as stats_lib
+from data_gen import quiet_beam
 from editseq import cli
 from editseq import paths
-from editseq import quiet_beam
 from editseq import stages
 
 
@@ -338,7 +343,7 @@ def make_pipeline(pipeline_args: list[str]) -> beam.Pipeline:
     from apache_beam.runners.portability.fn_api_runner import fn_runner
     direct = options.view_as(pipeline_options.DirectOptions)
     if direct.direct_running_mode == "multi_processing":
-      # The same worker processes, started through editseq.quiet_beam (their log noise off).
+      # The same worker processes, started through data_gen.quiet_beam (their log noise off).
       direct.direct_running_mode = "in_memory"
       return beam.Pipeline(runner=fn_runner.FnApiRunner(
           default_environment=quiet_beam.worker_environment()), options=options)

@@ -27,7 +27,12 @@ import functools
 import json
 import os
 
-import apache_beam as beam
+from data_gen import quiet_logs
+
+if __name__ == "__main__":  # a command line: before Beam's and TensorFlow's imports log
+  quiet_logs.install()
+
+import apache_beam as beam  # pylint: disable=wrong-import-position
 import tensorflow as tf
 from absl import app
 from absl import flags

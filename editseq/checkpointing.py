@@ -126,7 +126,7 @@ def load_for_inference(path: str, *, mesh: Mesh | None = None):
   # How the model runs is chosen for this process's devices, not for the ones it trained on.
   model_cfg = dataclasses.replace(
       model_lib.ModelConfig.from_config_dict(config.model, config.train), attention_impl="auto",
-      scan_layers=None)
+      scan_layers=None).for_device(jax.devices()[0])
   graphdef, abstract = nnx.split(model_lib.abstract_model(model_cfg), nnx.Param)
   if mesh is None:
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])

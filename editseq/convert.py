@@ -20,6 +20,7 @@ import shutil
 import sys
 from collections.abc import Sequence
 
+from data_gen import quiet_logs
 from editseq import cli
 
 
@@ -81,4 +82,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+  quiet_logs.install()
   sys.exit(main())

@@ -29,6 +29,8 @@ import sys
 import tempfile
 from collections.abc import Callable
 
+from data_gen import quiet_logs
+
 SMALL = "default:small"
 SMALL_PROGRAMS = 300
 DEFAULT_VOCAB_SIZE = 8192
@@ -148,4 +150,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+  quiet_logs.install()
   sys.exit(main())

@@ -39,6 +39,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from data_gen import quiet_logs
 from editseq import cli
 from editseq import paths
 from editseq import stages
@@ -407,5 +408,6 @@ def main(argv: list[str], config_flag: flags.FlagHolder, workdir_flag: flags.Fla
 
 
 if __name__ == "__main__":
+  quiet_logs.install()
   _FLAGS = define_flags()
   app.run(lambda argv: main(argv, *_FLAGS), flags_parser=cli.parse_flags)

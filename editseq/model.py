@@ -3,10 +3,12 @@
 Layers are stacked on a leading `layers` axis and run with `jax.lax.scan`, so compile time does not
 grow with depth, or unrolled (slower compiles, faster steps on GPUs). Parameters are fp32
 (`param_dtype`) and are cast to the compute `dtype` at use; norms, softmax, RoPE and the output
-logits are computed in fp32. Attention is XLA einsums (any option, any device), cuDNN flash
-attention (NVIDIA GPUs) or splash attention (TPUs; `editseq.splash_attention`), the last two for
-training and scoring. By default both are chosen for the device (`ModelConfig.for_device`):
-cuDNN and unrolled layers on NVIDIA GPUs, splash and a scan on TPUs, XLA and a scan elsewhere.
+logits are computed in fp32. Attention (`editseq.attention`) is XLA einsums (any option, any
+device), cuDNN flash attention (NVIDIA GPUs) or splash attention (TPUs), the last two for
+training and scoring. By default both are chosen for the device once, at start-up (`ModelConfig.for_device`, called by
+the trainer and `checkpointing.load_for_inference`): cuDNN and unrolled layers on NVIDIA GPUs,
+splash and a scan on TPUs, XLA and a scan elsewhere; the constructor never looks at devices (a
+config with "auto" left runs XLA and a scan: `ModelConfig.portable`).
 
 Parameters carry logical axis names in their `out_sharding` metadata; `editseq.sharding` maps them
 onto a mesh. Eager sharding is off so that a model can be built without a mesh (tests, CPU); the
@@ -30,22 +32,18 @@ import dataclasses
 import functools
 import math
 from collections.abc import Mapping
-from typing import Any, Callable, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from editseq import attention
 from editseq import sharding
 from editseq import splash_attention
 
 Array = jax.Array
 Cache = dict[str, Array]
-
-# Large finite negative: fully masked rows (left padding) give a uniform softmax instead of NaN.
-_MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
-# The window of a layer without one (`KernelMask.window`, `sequence_masks`).
-NO_WINDOW = jnp.iinfo(jnp.int32).max
 
 _REMAT_POLICIES = {
     "full": None,  # save nothing, recompute the whole layer
@@ -100,8 +98,7 @@ class ModelConfig:
   attention_impl: str = "auto"
   # cudnn with segment_ids: packed examples per row given their own sequence; any beyond this
   # many share the row's last one (so they can attend to each other). Its cost grows with it,
-  # however many examples the rows hold: the 150M step on an H100 (batch 64 x 1024) runs at
-  # 42.8% MFU with 1, 42.3% with 4, 40.3% with 16 (docs/TPU_GPU.md).
+  # however many examples the rows hold (measured on an H100: docs/MEASUREMENTS.md).
   max_segments: int = 16
   init_std: float = 0.02
   dtype: str = "bfloat16"  # Compute dtype.
@@ -176,11 +173,9 @@ class ModelConfig:
     choices (its config.json's model section) are kept wherever they can run on `device`, so
     that the run goes on as it started (and packs its batches the same way).
 
-    On GPUs, unrolled layers: the modelled H100 step of the 150M config at batch 64 x 1024 is
-    232 ms scanned vs 153 ms unrolled (measured: 159 ms; the scan copies each layer's weights
-    and saved activations in and out of the stacks; 48.8 vs 28.7 GiB of temporaries; `python -m
-    editseq.aot`). On NVIDIA GPUs of compute capability 8.0 or more (what cuDNN flash attention
-    needs), cuDNN attention where the model allows it. On TPUs splash attention (no [T, T]
+    On GPUs, unrolled layers: the scan copies each layer's weights and saved activations in and
+    out of the stacks, a slower step with more temporaries (docs/MEASUREMENTS.md). On NVIDIA
+    GPUs of compute capability 8.0 or more (what cuDNN flash attention needs), cuDNN attention where the model allows it. On TPUs splash attention (no [T, T]
     scores in memory) and scanned layers. Elsewhere XLA attention and scanned layers (compile
     time independent of depth)."""
     recorded = recorded or {}
@@ -195,6 +190,16 @@ class ModelConfig:
       kept = recorded.get("scan_layers")
       choices["scan_layers"] = kept if isinstance(kept, bool) else device.platform != "gpu"
     return dataclasses.replace(self, **choices)
+
+  def portable(self) -> "ModelConfig":
+    """This config with its "auto" choices made without a device: XLA attention and scanned
+    layers, which compute the model anywhere (what `for_device` chooses on a CPU). A model built
+    from a config with "auto" choices left runs these; the device policy is applied once, at
+    start-up, where the devices are known (`config_validation.for_device` for training,
+    `checkpointing.load_for_inference` for evaluation)."""
+    return dataclasses.replace(
+        self, attention_impl="xla" if self.attention_impl == "auto" else self.attention_impl,
+        scan_layers=True if self.scan_layers is None else self.scan_layers)
 
   def attention_that_runs_on(self, device: jax.Device) -> tuple[str, ...]:
     """The attention implementations that compute this model on `device`, fastest first."""
@@ -271,8 +276,7 @@ class Norm(nnx.Module):
 def _normalize(kind: str, eps: float, x: Array, scale: Array | None) -> Array:
   """`Norm`'s function, rematerialised: its backward keeps only x and the scale and recomputes
   the rest (elementwise work), where autodiff would keep the normalised fp32 copy and the
-  reciprocal norms of every layer (about 0.5 GB of a 30-layer, 135M-parameter CPU step at
-  4 x 512)."""
+  reciprocal norms of every layer (docs/MEASUREMENTS.md)."""
   y = x.astype(jnp.float32)
   if kind == "layernorm":
     y = y - jnp.mean(y, axis=-1, keepdims=True)
@@ -332,10 +336,6 @@ def _logits_matmul_bwd(residuals, g):
 _logits_matmul.defvjp(_logits_matmul_fwd, _logits_matmul_bwd)
 
 
-def _softcap(x: Array, cap: float) -> Array:
-  return cap * jnp.tanh(x / cap) if cap else x
-
-
 def head_logits(hidden: Array, head: Array, softcap: float = 0.0) -> Array:
   """fp32 logits [B, T, vocab] of final-normed `hidden` [B, T, d] through the output projection
   `head` [d, vocab] as stored (cast to the compute dtype), soft-capped when `softcap` is set.
@@ -343,7 +343,8 @@ def head_logits(hidden: Array, head: Array, softcap: float = 0.0) -> Array:
   A pure function of its arrays, so that a loss can run it on one chunk of tokens at a time.
   """
   logits = _logits_matmul(hidden, head.astype(hidden.dtype))
-  return sharding.constrain(_softcap(logits, softcap), ("act_batch", "act_length", "act_vocab"))
+  return sharding.constrain(attention.apply_softcap(logits, softcap),
+                            ("act_batch", "act_length", "act_vocab"))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -354,10 +355,10 @@ def weight_einsum(spec: str, x: Array, w: Array) -> Array:
 
   Autodiff writes that contraction with g first and a transposed result; XLA:CPU then copies g
   into a transposed layout for a plain (non-YNNPACK) dot, fusing g's elementwise producer (e.g.
-  SwiGLU's backward) into that strided copy, which took a quarter of a 150M train step (measured
-  with editseq.profile_summary). Written this way XLA:CPU copies x instead (the input
-  projections' x is 4x narrower than their g) and runs the matmul in YNNPACK: the 150M step went
-  from 10.7 s to 8.2 s. Same FLOPs and values; GPU and TPU GEMMs take either form as it is.
+  SwiGLU's backward) into that strided copy, a large share of a CPU train step
+  (docs/MEASUREMENTS.md). Written this way XLA:CPU copies x instead (the input projections' x is
+  4x narrower than their g) and runs the matmul in YNNPACK. Same FLOPs and values; GPU and TPU
+  GEMMs take either form as it is.
   """
   return jnp.einsum(spec, x, w)
 
@@ -376,15 +377,6 @@ def _weight_einsum_bwd(spec, residuals, g):
 
 
 weight_einsum.defvjp(_weight_einsum_fwd, _weight_einsum_bwd)
-
-
-class KernelMask(NamedTuple):
-  """What a fused attention kernel is told in place of an explicit mask: causal by index within
-  `segments` (cuDNN: `packed_layout`'s (lengths, offsets); splash: the segment ids [B, T]; None:
-  one sequence per row), and this layer's sliding `window` (`NO_WINDOW`: none; traced when the
-  layers are scanned)."""
-  segments: Any
-  window: Array | int
 
 
 class Attention(nnx.Module):
@@ -421,144 +413,9 @@ class Attention(nnx.Module):
       v = cache_write(v_cache, v.transpose(0, 2, 1, 3).astype(v_cache.dtype), index, 2)
       new_cache = (k, v)
       k, v = k.astype(dt), v.astype(dt)
-    out = sharding.constrain(attend(q, k, v, mask, cfg, kv_major=kv_major),
+    out = sharding.constrain(attention.attend(q, k, v, mask, cfg, kv_major=kv_major),
                              ("act_batch", "act_length", "act_heads", None))
     return weight_einsum("bthk,hkd->btd", out, self.o[...].astype(dt)), new_cache
-
-
-def attend(q: Array, k: Array, v: Array, mask, cfg: ModelConfig, *,
-           kv_major: bool = False) -> Array:
-  """Attention of roped q [B, T, H, Dh] over k, v [B, S, KV, Dh] ([B, KV, S, Dh] when
-  `kv_major`, the cache) under a layer's `mask` (`sequence_masks`): the configured kernel for a
-  `KernelMask`, else XLA attention."""
-  scale = cfg.query_scale or cfg.head_dim ** -0.5
-  if isinstance(mask, KernelMask):
-    if cfg.attention_impl == "cudnn":
-      return _cudnn_attention(q, k, v, scale, cfg.sliding_window, mask.segments)
-    return _splash_attention(q, k, v, scale, cfg, mask)
-  return _xla_attention(q, k, v, mask, scale, cfg.attn_logit_softcap, kv_major=kv_major)
-
-
-def _xla_attention(q, k, v, mask, scale, softcap, *, kv_major=False):
-  """Grouped-query attention with an explicit [B, T, S] mask; fp32 scores and softmax.
-
-  q is [B, T, H, Dh]; k and v are [B, S, KV, Dh], or [B, KV, S, Dh] when `kv_major` (the cache).
-  """
-  kv_dims = "bksd" if kv_major else "bskd"
-  return _attention_core(kv_dims, scale, softcap, q, k, v, mask)
-
-
-def _grouped(x: Array, kv: int) -> Array:
-  """[B, T, H, Dh] -> [B, T, KV, H / KV, Dh]: query heads grouped by the kv-head they share."""
-  b, t, h, hd = x.shape
-  return x.reshape(b, t, kv, h // kv, hd)
-
-
-def _masked_scores(kv_dims, scale, softcap, q, k, mask):
-  """fp32 scores [B, KV, G, T, S] of q [B, T, H, Dh], soft-capped and masked."""
-  q = _grouped(q, k.shape[kv_dims.index("k")])
-  scores = jnp.einsum(f"btkgd,{kv_dims}->bkgts", q * jnp.asarray(scale, q.dtype), k,
-                      preferred_element_type=jnp.float32)
-  scores = _softcap(scores, softcap)
-  return jnp.where(mask[:, None, None], scores, _MASK_VALUE)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def _attention_core(kv_dims: str, scale: float, softcap: float, q: Array, k: Array, v: Array,
-                    mask: Array) -> Array:
-  """softmax(`_masked_scores`) @ v [B, T, H, Dh], probabilities cast to v's dtype.
-
-  The backward recomputes the probabilities from q, k and the softmax's row maxima and sums
-  (FlashAttention's way) instead of keeping them: a [B, KV, G, T, S] array per layer was the
-  largest thing a training step kept (1.1 GB of the 5.9 GB of temporaries of a 30-layer,
-  135M-parameter step at 4 x 512), for one more q @ k matmul per layer. It also uses
-  FlashAttention's identity sum_s dP[t, s] P[t, s] = dO[t] . O[t] (P @ v = O), a reduction over
-  the head dimension instead of autodiff's over the keys of a [B, KV, G, T, S] product (which
-  XLA:CPU ran as its slowest op, a fifth of a 150M step at T = 1024). Same values as autodiff:
-  the probabilities are computed as `jax.nn.softmax` computes them, in both passes.
-  """
-  return _attention_core_fwd(kv_dims, scale, softcap, q, k, v, mask)[0]
-
-
-def _softmax_parts(scores):
-  """(probabilities, row max, row sum) of fp32 scores, in `jax.nn.softmax`'s own steps."""
-  row_max = jnp.max(scores, axis=-1, keepdims=True)
-  unnormalized = jnp.exp(scores - row_max)
-  row_sum = jnp.sum(unnormalized, axis=-1, keepdims=True)
-  return unnormalized / row_sum, row_max, row_sum
-
-
-def _attention_core_fwd(kv_dims, scale, softcap, q, k, v, mask):
-  probs, row_max, row_sum = _softmax_parts(_masked_scores(kv_dims, scale, softcap, q, k, mask))
-  out = jnp.einsum(f"bkgts,{kv_dims}->btkgd", probs.astype(v.dtype), v).reshape(q.shape)
-  return out, (q, k, v, mask, out, row_max, row_sum)
-
-
-def _attention_core_bwd(kv_dims, scale, softcap, residuals, g):
-  q, k, v, mask, out, row_max, row_sum = residuals
-  f32 = jnp.float32
-  scores, scores_vjp = jax.vjp(
-      lambda q, k: _masked_scores(kv_dims, scale, softcap, q, k, mask), q, k)
-  probs = (jnp.exp(scores - row_max) / row_sum).astype(v.dtype)
-  kv = row_max.shape[1]
-  g, out = _grouped(g, kv), _grouped(out, kv)
-  d_probs = jnp.einsum(f"btkgd,{kv_dims}->bkgts", g, v, preferred_element_type=f32)
-  delta = jnp.einsum("btkgd,btkgd->bkgt", g, out, preferred_element_type=f32)
-  d_scores = probs.astype(f32) * (d_probs - delta[..., None])
-  d_v = jnp.einsum(f"bkgts,btkgd->{kv_dims}", probs, g)
-  d_q, d_k = scores_vjp(d_scores)
-  return d_q, d_k, d_v.astype(v.dtype), None
-
-
-_attention_core.defvjp(_attention_core_fwd, _attention_core_bwd)
-
-
-def packed_layout(segment_ids: Array, max_segments: int) -> tuple[Array, Array]:
-  """cuDNN's description of packed rows: (lengths [B, M], start offsets [B, M + 1]), -1 padded.
-
-  Each run of equal segment ids (padding included) is one sequence; runs past the M-th are
-  merged into the M-th.
-  """
-  b, t = segment_ids.shape
-  is_start = jnp.concatenate(
-      [jnp.ones((b, 1), bool), segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
-  is_start &= jnp.cumsum(is_start, axis=1) <= max_segments
-  index = jnp.arange(t, dtype=jnp.int32)
-  starts = jnp.sort(jnp.where(is_start, index, t), axis=1)[:, :max_segments]
-  ends = jnp.concatenate([starts[:, 1:], jnp.full((b, 1), t, jnp.int32)], axis=1)
-  valid = starts < t
-  lengths = jnp.where(valid, ends - starts, -1)
-  offsets = jnp.concatenate([jnp.where(valid, starts, -1), jnp.full((b, 1), -1, jnp.int32)], 1)
-  return lengths, offsets
-
-
-def _cudnn_attention(q, k, v, scale, window, packing):
-  """cuDNN flash attention, causal by index within each packed segment (positions must count
-  0, 1, ... from each segment's start, as the input pipeline writes them)."""
-  if packing is None:
-    return jax.nn.dot_product_attention(
-        q, k, v, scale=scale, is_causal=True, implementation="cudnn",
-        local_window_size=(window - 1, 0) if window else None)
-  # JAX exposes cuDNN's packed-sequence (ragged offsets) mode only through this module.
-  from jax._src.cudnn import fused_attention_stablehlo as cudnn  # pylint: disable=import-outside-toplevel
-  lengths, offsets = packing
-  return cudnn.dot_product_attention(
-      q, k, v, q_seqlen=lengths, kv_seqlen=lengths, q_offsets=offsets, kv_offsets=offsets,
-      scale=scale, mask_type=cudnn.MaskType.PADDING_CAUSAL, sliding_window_length=window or None)
-
-
-def _splash_attention(q, k, v, scale, cfg, mask):
-  """Splash attention with this layer's window: static when all layers share it; under a scan
-  over Gemma 2's alternating layers, a `lax.cond` between the two kernels."""
-  def run(window):
-    return splash_attention.attention(q, k, v, mask.segments, scale=scale, window=window,
-                                      softcap=cfg.attn_logit_softcap)
-
-  windows = set(cfg.window_per_layer)
-  if len(windows) == 1:
-    return run(windows.pop())
-  return jax.lax.cond(mask.window == NO_WINDOW, lambda: run(0),
-                      lambda: run(cfg.sliding_window))
 
 
 class GatedMLP(nnx.Module):
@@ -604,46 +461,12 @@ class Block(nnx.Module):
     return x, new_cache
 
 
-def sequence_masks(cfg: ModelConfig, positions: Array,
-                   segment_ids: Array | None) -> Callable[[Any], Any]:
-  """`layer_mask(window)` for a whole-sequence pass (training, scoring): what `attend` takes for
-  a layer with that window (`NO_WINDOW`: none). The configured kernel gets a `KernelMask`
-  (cuDNN: `packed_layout`; splash: the segment ids), XLA attention an explicit [B, T, T] mask."""
-  t = positions.shape[1]
-  if cfg.attention_impl == "cudnn":
-    segments = (None if segment_ids is None else
-                packed_layout(segment_ids, min(cfg.max_segments, t)))
-    return lambda window: KernelMask(segments, window)
-  if cfg.attention_impl == "splash" and splash_attention.supports_length(t):
-    return lambda window: KernelMask(segment_ids, window)
-  return _windowed(cfg, positions, positions,
-                   attention_mask(positions, positions, segment_ids, segment_ids))
-
-
-def _windowed(cfg: ModelConfig, q_pos: Array, k_pos: Array,
-              mask: Array) -> Callable[[Any], Array]:
-  """`layer_mask(window)` over an explicit mask: keys within `window` positions of the query."""
-  if not cfg.sliding_window:
-    return lambda window: mask
-  dist = q_pos[:, :, None] - k_pos[:, None, :]
-  return lambda window: mask & (dist < window)
-
-
-def attention_mask(q_pos: Array, k_pos: Array, q_seg: Array | None = None,
-                   k_seg: Array | None = None) -> Array:
-  """[B, Tq, Tk] bool: key valid (pos >= 0), not in the future, and in the query's segment."""
-  mask = (k_pos[:, None, :] >= 0) & (k_pos[:, None, :] <= q_pos[:, :, None])
-  if q_seg is not None:
-    mask &= q_seg[:, :, None] == k_seg[:, None, :]
-  return mask
-
-
 class Transformer(nnx.Module):
   """Decoder-only LM. `model(tokens, positions, segment_ids)` -> fp32 logits [B, T, vocab]."""
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     if not cfg.device_independent:
-      cfg = cfg.for_device(jax.devices()[0])
+      cfg = cfg.portable()
     self.cfg = cfg
     self.embed = _param(rngs, cfg, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), cfg.init_std)
     make_layers = nnx.vmap(lambda r: Block(cfg, rngs=r), in_axes=0, out_axes=0,
@@ -685,9 +508,9 @@ class Transformer(nnx.Module):
 
     if cache is not None:
       slot_pos = cache_write(cache["slot_pos"], positions, cache["index"], 1)
-      layer_mask = _windowed(cfg, positions, slot_pos, attention_mask(positions, slot_pos))
+      layer_mask = attention.cache_masks(cfg, positions, slot_pos)
     else:
-      layer_mask = sequence_masks(cfg, positions, segment_ids)
+      layer_mask = attention.sequence_masks(cfg, positions, segment_ids)
 
     new_kv = []
     if cache is not None or isinstance(self.layers, nnx.List):
@@ -695,7 +518,7 @@ class Transformer(nnx.Module):
       for i, window in enumerate(cfg.window_per_layer):
         block = self.layers[i] if isinstance(self.layers, nnx.List) else _layer(self.layers, i)
         kv = None if cache is None else (cache["k"][i], cache["v"][i], cache["index"])
-        x, kv = block(x, sin, cos, layer_mask(window or NO_WINDOW), kv)
+        x, kv = block(x, sin, cos, layer_mask(window or attention.NO_WINDOW), kv)
         new_kv.append(kv)
     else:
       x = self._run_stacked_layers(x, sin, cos, layer_mask)
@@ -721,7 +544,7 @@ class Transformer(nnx.Module):
   def _run_stacked_layers(self, x, sin, cos, layer_mask):
     """Training and scoring: the stacked layers under lax.scan (or unrolled), with remat."""
     cfg = self.cfg
-    windows = jnp.asarray([w or NO_WINDOW for w in cfg.window_per_layer], jnp.int32)
+    windows = jnp.asarray([w or attention.NO_WINDOW for w in cfg.window_per_layer], jnp.int32)
     graphdef, layer_state = nnx.split(self.layers)
 
     def body(x, xs):
@@ -741,9 +564,6 @@ class Transformer(nnx.Module):
   def init_cache(self, batch: int, max_len: int, dtype: Any = None) -> Cache:
     """An empty KV cache of `max_len` slots (dtype defaults to the compute dtype)."""
     return init_cache(self.cfg, batch, max_len, dtype)
-
-  def num_params(self) -> int:
-    return count_params(nnx.state(self, nnx.Param))
 
 
 def cache_write(buffer: Array, new: Array, index: Array, axis: int) -> Array:
@@ -814,15 +634,17 @@ def unstack_layers(model: Transformer) -> Transformer:
   return unstacked
 
 
-def count_params(state) -> int:
-  """Number of scalars in a (possibly abstract) parameter state."""
-  return sum(math.prod(x.shape) for x in jax.tree.leaves(state))
+def count_params(of) -> int:
+  """Number of parameters `of` a `ModelConfig`, a model, or a (possibly abstract) parameter
+  state or tree of arrays."""
+  if isinstance(of, ModelConfig):
+    of = abstract_model(of)
+  if isinstance(of, nnx.Module):
+    of = nnx.state(of, nnx.Param)
+  return sum(math.prod(x.shape) for x in jax.tree.leaves(of))
 
 
 def abstract_model(cfg: ModelConfig) -> Transformer:
   """The model with `jax.ShapeDtypeStruct` parameters (no allocation)."""
   return nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
 
-
-def param_count(cfg: ModelConfig) -> int:
-  return abstract_model(cfg).num_params()

@@ -176,7 +176,7 @@ def unpack(batch: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
 def max_segments_per_row(config) -> int | None:
   """The most examples a packed row may hold in this run: `data.max_segments_per_row` when set,
   else `model.max_segments` under cuDNN attention, whose packed-sequence mode describes no more
-  per row (see `editseq.model.packed_layout`), else unlimited (XLA and splash attention take
+  per row (see `editseq.attention.packed_layout`), else unlimited (XLA and splash attention take
   segment ids)."""
   cap = config.data.get("max_segments_per_row")
   if cap is not None or config.model.get("attention_impl", "xla") != "cudnn":

@@ -256,7 +256,8 @@ def load_hf_for_inference(path: str, *, mesh=None):
   gives them for a run (the embedding grown for <|diff|> as an import would)."""
   from editseq import default_data, sharding  # pylint: disable=import-outside-toplevel
   config = inference_config(path)
-  cfg = model_lib.ModelConfig.from_config_dict(config.model, config.train)
+  cfg = model_lib.ModelConfig.from_config_dict(config.model, config.train).for_device(
+      jax.devices()[0])  # how the model runs here, chosen once as it is loaded
   graphdef, abstract = nnx.split(model_lib.abstract_model(cfg), nnx.Param)
   if mesh is None:
     place = _single_device_place

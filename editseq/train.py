@@ -17,6 +17,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from data_gen import quiet_logs
 from editseq import cli
 from editseq import paths
 
@@ -91,4 +92,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+  quiet_logs.install()
   app.run(main, flags_parser=cli.parse_flags)

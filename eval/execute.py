@@ -21,6 +21,7 @@ from typing import Iterator
 from tqdm import tqdm
 
 from data_gen import edit_format
+from data_gen import quiet_logs
 from editseq import cli, paths
 from eval import benchmarks, passk
 from eval.sandbox import Limits, SandboxPool, SandboxUnavailableError
@@ -204,4 +205,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    quiet_logs.install()
     sys.exit(main())

@@ -20,6 +20,7 @@ matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
 from matplotlib import ticker  # pylint: disable=wrong-import-position
 
+from data_gen import quiet_logs  # pylint: disable=wrong-import-position
 from editseq import cli, paths  # pylint: disable=wrong-import-position
 
 
@@ -175,4 +176,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+  quiet_logs.install()
   sys.exit(main())

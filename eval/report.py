@@ -26,8 +26,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
 
+from data_gen import edit_format, quiet_logs  # pylint: disable=wrong-import-position
 from editseq import cli, metrics, paths  # pylint: disable=wrong-import-position
-from data_gen import edit_format  # pylint: disable=wrong-import-position
 from eval import passk, plots  # pylint: disable=wrong-import-position
 
 VARIANTS = ("lintseq", "baseline")
@@ -272,4 +272,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+  quiet_logs.install()
   sys.exit(main())

@@ -34,6 +34,7 @@ from collections.abc import Sequence
 import jax
 
 from data_gen import edit_format
+from data_gen import quiet_logs
 from editseq import checkpointing, cli, paths, pretrained, sharding, stages
 from eval import benchmarks, chat, execute, measures, passk, plots
 from eval.sampler import Sampler, SamplingConfig
@@ -340,4 +341,5 @@ def _write_jsonl(path: pathlib.Path, rows) -> None:
 
 
 if __name__ == "__main__":
+  quiet_logs.install()
   sys.exit(main())

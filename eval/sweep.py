@@ -18,6 +18,7 @@ import pathlib
 import sys
 from collections.abc import Sequence
 
+from data_gen import quiet_logs
 from eval import plots, run
 from eval.sampler import SamplingConfig
 
@@ -82,4 +83,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+  quiet_logs.install()
   sys.exit(main())

@@ -2,7 +2,7 @@
 # Idempotent setup for a fresh machine: venv in .venv, pinned packages, and bubblewrap for the
 # eval sandbox. Re-running is cheap: pip only runs when requirements*.txt changed.
 #   bash scripts/setup.sh         what training, eval and the tests need
-#   bash scripts/setup.sh --aot   also XLA's GPU/TPU compilers for `editseq.aot` (2.3 GB, .venv/aot)
+#   bash scripts/setup.sh --aot   also XLA's GPU/TPU compilers for `editseq.perf.aot` (2.3 GB, .venv/aot)
 # EDITSEQ_PYTHON=/path/to/python: use that interpreter, which already has the pinned packages
 # (requirements-dev.txt), as it is: no venv is made and nothing is installed into it.
 set -euo pipefail
@@ -40,7 +40,7 @@ else
   fi
 fi
 
-# Compilers for `editseq.aot` (GPU/TPU targets without the hardware), only on request, in their
+# Compilers for `editseq.perf.aot` (GPU/TPU targets without the hardware), only on request, in their
 # own folder: on the venv's import path JAX would try to start a CUDA and a TPU backend on every run.
 if [ "$aot" = 1 ]; then
   aot_stamp=.venv/aot/.editseq-requirements.sha256

@@ -1,10 +1,10 @@
-"""editseq.bench_attention: the rows it builds, the records it prints, and one-line errors."""
+"""editseq.perf.bench_attention: the rows it builds, the records it prints, and one-line errors."""
 import json
 
 import numpy as np
 import pytest
 
-from editseq import bench_attention
+from editseq.perf import bench_attention
 
 SMALL = ["--batch", "2", "--seq_len", "128", "--heads", "4", "--kv_heads", "2", "--head_dim",
          "16", "--steps", "1"]

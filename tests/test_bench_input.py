@@ -1,9 +1,9 @@
-"""editseq.bench_input: the figures it prints describe the batches it drew."""
+"""editseq.perf.bench_input: the figures it prints describe the batches it drew."""
 import json
 
 import pytest
 
-from editseq import bench_input
+from editseq.perf import bench_input
 
 
 def _run(capsys, *args):

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from editseq import bench_loss
+from editseq.perf import bench_loss
 
 
 def test_prints_a_row_and_a_json_record_per_chunk_size(capsys):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from configs import test_tiny
-from editseq import bench_train
+from editseq.perf import bench_train
 from tests.conftest import REPO_ROOT
 
 
@@ -55,7 +55,7 @@ def test_bad_config_is_one_line_error(capsys, monkeypatch):
 @pytest.mark.slow
 def test_bad_override_is_one_line_error_from_the_command_line():
   result = subprocess.run(
-      [sys.executable, "-m", "editseq.bench_train", "--config=configs/test_tiny.py",
+      [sys.executable, "-m", "editseq.perf.bench_train", "--config=configs/test_tiny.py",
        "--config.bogus=1"], capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)
   assert result.returncode == 2
   assert "error: unknown config key 'bogus'" in result.stderr

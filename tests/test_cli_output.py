@@ -34,7 +34,7 @@ def test_train_help_exits_0_and_lists_configs_and_keys():
     ("eval.run", ["--benchmark", "nope"]),
     ("eval.execute", ["--bogus"]),
     ("eval.plots", []),
-    ("eval.bench_execute", ["--rounds", "0"]),
+    ("eval.perf.bench_execute", ["--rounds", "0"]),
     ("editseq.convert", ["gguf-to-editseq"]),
     ("data_gen.pipeline", ["--output_dir", "x", "--source", "nope"]),
 ])

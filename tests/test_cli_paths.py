@@ -190,7 +190,7 @@ def test_eval_plots_refuses_an_output_under_a_file(tmp_path):
 
 
 def test_bench_train_resolves_a_relative_profile_dir(tmp_path):
-  proc = run_module("editseq.bench_train", f"--config={TINY}", "--notorch", "--rounds=1",
+  proc = run_module("editseq.perf.bench_train", f"--config={TINY}", "--notorch", "--rounds=1",
                     "--steps=1", "--matmul_n=64", "--profile_dir=prof", "--profile_steps=1",
                     cwd=tmp_path)
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -200,11 +200,11 @@ def test_bench_train_resolves_a_relative_profile_dir(tmp_path):
 
 
 @pytest.mark.parametrize("module, args, message", [
-    ("editseq.bench_train", [f"--config={TINY}", "--notorch", "--profile_dir=notes.txt/prof"],
+    ("editseq.perf.bench_train", [f"--config={TINY}", "--notorch", "--profile_dir=notes.txt/prof"],
      "--profile_dir {}/notes.txt/prof is not a folder"),
-    ("editseq.aot", [f"--config={TINY}", "--hlo_out=notes.txt/step.hlo"],
+    ("editseq.perf.aot", [f"--config={TINY}", "--hlo_out=notes.txt/step.hlo"],
      "the folder of --hlo_out {}/notes.txt is not a folder"),
-    ("eval.bench_execute", ["--cache_dir", "notes.txt/cache"],
+    ("eval.perf.bench_execute", ["--cache_dir", "notes.txt/cache"],
      "--cache_dir {}/notes.txt/cache is not a folder"),
 ])
 def test_benchmarks_refuse_an_unwritable_path_at_once(tmp_path, module, args, message):

@@ -5,7 +5,8 @@ import sysconfig
 
 import pytest
 
-from data_gen import bench, edit_format
+from data_gen import edit_format
+from data_gen.perf import bench
 from data_gen.edit_format import (DIFF_TOKEN, SEPARATOR, MalformedDiffError, apply_diff,
                                   baseline_completion, baseline_prompt, decode_lintseq_completion,
                                   extract_python_blocks, format_hunk, hunk_header,

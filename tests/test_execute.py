@@ -8,7 +8,8 @@ import sys
 import pytest
 
 from data_gen import edit_format
-from eval import bench_execute, benchmarks, execute, sandbox
+from eval import benchmarks, execute, sandbox
+from eval.perf import bench_execute
 from eval.sandbox import SandboxPool
 
 from .conftest import REPO_ROOT, SHARED_DATA

@@ -18,7 +18,8 @@ import warnings
 import pyflakes.checker
 import pytest
 
-from data_gen import bench, edit_format
+from data_gen import edit_format
+from data_gen.perf import bench
 from data_gen.lintseq import LintSeqError, apply_diffs, lintseq, lintseq_sample
 
 STDLIB = pathlib.Path(sysconfig.get_paths()["stdlib"])
@@ -274,7 +275,7 @@ def test_docstring_children_and_strings_pyflakes_reads():
 
 
 def test_bench_edit_shape_counts():
-    """`data_gen.bench`'s figures on a hand-made sequence: hunks, split statements, parses."""
+    """`data_gen.perf.bench`'s figures on a hand-made sequence: hunks, split statements, parses."""
     program = 'def f():\n    """Doc.\n\n    More.\n    """\n    return (1,\n            2)\n'
     diffs = ["@@ -0,0 +1,2 @@\n+def f():\n+",
              '@@ -1,0 +2,3 @@\n+    """Doc.\n+\n+    """',

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from editseq import attention
 from editseq import model as model_lib
 
 TINY = model_lib.ModelConfig(vocab_size=97, num_layers=2, d_model=32, num_heads=4, mlp_dim=64,
@@ -96,7 +97,7 @@ def test_unstacked_layers_compute_the_same_function(cfg):
   model = make(cfg)
   unstacked = model_lib.unstack_layers(model)
   assert isinstance(unstacked.layers, nnx.List) and len(unstacked.layers) == cfg.num_layers
-  assert unstacked.num_params() == model.num_params()
+  assert model_lib.count_params(unstacked) == model_lib.count_params(model)
   # Each layer owns its arrays, named without the stacked "layers" axis (so they shard alike).
   q = unstacked.layers[1].attn.q
   assert q.shape == model.layers.attn.q.shape[1:]
@@ -208,9 +209,9 @@ def test_every_parameter_has_logical_axes(cfg):
 
 def test_param_count_matches_allocated_model():
   for cfg in (TINY, GEMMA_LIKE):
-    assert model_lib.param_count(cfg) == make(cfg).num_params()
+    assert model_lib.count_params(cfg) == model_lib.count_params(make(cfg))
   d, v, m, layers = 32, 97, 64, 2
-  assert model_lib.param_count(TINY) == v * d + layers * (4 * d * d + 3 * d * m)
+  assert model_lib.count_params(TINY) == v * d + layers * (4 * d * d + 3 * d * m)
 
 
 def test_from_config_dict():
@@ -298,10 +299,19 @@ def test_a_resumed_run_keeps_its_recorded_choices_where_they_run(device, recorde
   assert (chosen.attention_impl, chosen.scan_layers) == (attention, scanned)
 
 
-def test_a_model_built_with_auto_choices_makes_them_for_the_default_device():
+def test_a_model_built_with_auto_choices_runs_the_portable_ones_without_asking_for_devices(
+    monkeypatch):
+  """The device policy is applied once, at start-up (`for_device`), never by the constructor: a
+  model built from a config with "auto" left runs XLA attention and scanned layers anywhere."""
+  def devices(*_):
+    raise AssertionError("the model's constructor asked JAX for its devices")
+
+  monkeypatch.setattr(jax, "devices", devices)
   model = model_lib.abstract_model(BF16_AUTO)
-  assert model.cfg == BF16_AUTO.for_device(jax.devices()[0])
-  assert model.cfg.device_independent
+  assert model.cfg == BF16_AUTO.portable() == BF16_AUTO.for_device(_Device("cpu", "cpu"))
+  assert (model.cfg.attention_impl, model.cfg.scan_layers) == ("xla", True)
+  chosen = BF16_AUTO.for_device(_Device("gpu", "NVIDIA H100 80GB HBM3", "9.0"))
+  assert model_lib.abstract_model(chosen).cfg == chosen  # choices made at start-up are kept
 
 
 def test_unknown_or_missing_config_keys_raise():
@@ -330,7 +340,7 @@ def reference_layout(row, max_segments):
 @pytest.mark.parametrize("max_segments", [1, 2, 3, 8])
 def test_packed_layout(max_segments):
   rows = [[1, 1, 1, 2, 2, 3, 0, 0], [1] * 8, [1, 2, 3, 4, 5, 6, 7, 8], [5, 5, 0, 0, 0, 0, 0, 0]]
-  lengths, offsets = model_lib.packed_layout(jnp.asarray(rows), max_segments)
+  lengths, offsets = attention.packed_layout(jnp.asarray(rows), max_segments)
   for row, got_len, got_off in zip(rows, lengths.tolist(), offsets.tolist()):
     assert (got_len, got_off) == reference_layout(row, max_segments)
 
@@ -430,7 +440,7 @@ def test_attention_gradients_equal_autodiff_of_plain_softmax(dtype, kv_major):
     qg = q.reshape(b, t, kv, h // kv, hd)
     scores = jnp.einsum(f"btkgd,{kv_dims}->bkgts", qg * jnp.asarray(scale, q.dtype), k,
                         preferred_element_type=jnp.float32)
-    scores = jnp.where(mask[:, None, None], 3.0 * jnp.tanh(scores / 3.0), model_lib._MASK_VALUE)
+    scores = jnp.where(mask[:, None, None], 3.0 * jnp.tanh(scores / 3.0), attention._MASK_VALUE)
     probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
     return jnp.einsum(f"bkgts,{kv_dims}->btkgd", probs, v).reshape(b, t, h, hd)
 
@@ -439,7 +449,7 @@ def test_attention_gradients_equal_autodiff_of_plain_softmax(dtype, kv_major):
     return jnp.sum(out.astype(jnp.float32) * probe)
 
   with jax.default_matmul_precision("highest"):
-    got = jax.grad(lambda *a: objective(model_lib._xla_attention, *a), (0, 1, 2))(q, k, v)
+    got = jax.grad(lambda *a: objective(attention._xla_attention, *a), (0, 1, 2))(q, k, v)
     want = jax.grad(lambda *a: objective(plain, *a), (0, 1, 2))(q, k, v)
   tol = 1e-5 if dtype == jnp.float32 else 3e-2
   for a, w in zip(got, want):
@@ -458,7 +468,7 @@ def test_a_layer_keeps_only_what_its_backward_needs():
   graphdef, params = nnx.split(model_lib.Block(cfg, rngs=nnx.Rngs(0)))
   positions = arange_positions(b, 0, t)
   angles = positions[..., None].astype(jnp.float32) * model_lib.rope_frequencies(cfg)
-  mask = model_lib.attention_mask(positions, positions)
+  mask = attention.attention_mask(positions, positions)
   x = jax.random.normal(jax.random.key(0), (b, t, cfg.d_model))
   _, layer_vjp = jax.vjp(
       lambda x, p: nnx.merge(graphdef, p)(x, jnp.sin(angles), jnp.cos(angles), mask)[0],

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from editseq import profile_summary
+from editseq.perf import profile_summary
 
 
 def _write_trace(path, events):

@@ -1,11 +1,11 @@
-"""editseq.quiet_tensorflow: TensorFlow's load-time notices are dropped, nothing else is."""
+"""data_gen.quiet_tensorflow: TensorFlow's load-time notices are dropped, nothing else is."""
 import os
 import subprocess
 import sys
 
 import pytest
 
-from editseq import quiet_tensorflow
+from data_gen import quiet_tensorflow
 from tests.conftest import REPO_ROOT
 
 BANNER = "All log messages before absl::InitializeLog() is called"
@@ -72,11 +72,14 @@ def _import_stderr(code: str) -> str:
 
 
 def test_importing_tensorflow_through_our_packages_is_quiet():
-  """Without the hook TensorFlow prints its banner; after `import editseq` (and a library's
-  `find_spec` probe, which must not use the hook up) it prints nothing, and works."""
+  """Without the hook TensorFlow prints its banner; after `quiet_logs.install()` (what every
+  command line calls first) and a library's `find_spec` probe, which must not use the hook up,
+  it prints nothing, and works."""
   assert BANNER in _import_stderr("import tensorflow")
   quiet = _import_stderr(
-      "import importlib.util, editseq\n"
+      "import importlib.util\n"
+      "from data_gen import quiet_logs\n"
+      "quiet_logs.install()\n"
       "assert importlib.util.find_spec('tensorflow') is not None\n"
       "import tensorflow as tf, seqio\n"
       "assert int(tf.constant(2) * 3) == 6")

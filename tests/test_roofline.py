@@ -1,11 +1,11 @@
-"""editseq.roofline: kernels, FLOPs and bytes read from compiled HLO, and the time model."""
+"""editseq.perf.roofline: kernels, FLOPs and bytes read from compiled HLO, and the time model."""
 import importlib
 
 import jax
 import pytest
 
 from editseq import flops
-from editseq import roofline
+from editseq.perf import roofline
 from editseq import sharding
 from editseq import trainer
 

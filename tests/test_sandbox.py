@@ -286,7 +286,7 @@ def test_scratch_dir_refuses_when_every_candidate_is_taken():
 def test_interpreter_in_a_venv_under_tmp():
     """The pool run by a real venv's Python that lives under /tmp: programs run, import from the
     venv, write only to their scratch directory, and leave the venv as it was."""
-    from eval import bench_execute
+    from eval.perf import bench_execute
     home = pathlib.Path(tempfile.mkdtemp(prefix="editseq-venv-", dir="/tmp"))
     try:
         python = bench_execute.make_venv(home / "venv", pip=False)

@@ -154,7 +154,7 @@ def test_mfu_sweep_runs_the_benchmark_for_each_setting():
       ("--config.data.global_batch_size=16", "--config.train.remat=full"),
       ("--config.data.global_batch_size=32", "--config.train.remat=full")]
   for r in runs:
-    assert r[1:4] == ["-m", "editseq.bench_train", "--config=configs/tinycodelm_150m.py"]
+    assert r[1:4] == ["-m", "editseq.perf.bench_train", "--config=configs/tinycodelm_150m.py"]
     assert "--notorch" in r and "--config.data.seq_len=2048" in r
 
 
@@ -163,7 +163,7 @@ def test_mfu_sweep_tabulates_records_and_failures(tmp_path):
   memory would), the others print records, one with a profile."""
   fake = tmp_path / "python"
   fake.write_text(f"""#!/usr/bin/env bash
-if [[ "$1 $2" == "-m editseq.bench_train" ]]; then
+if [[ "$1 $2" == "-m editseq.perf.bench_train" ]]; then
   case "$*" in
     *global_batch_size=64*) echo "RESOURCE_EXHAUSTED" >&2; exit 1 ;;
     *global_batch_size=32*) echo '{{"jax_tokens_per_s": 2000.0, "jax_step_s": 16.384, "jax_mfu": 0.4, "remat": "none", "batch_size": 32, "num_devices": 1, "device_kind": "fake", "profile_busy_s_per_step": 9.0, "profile_span_s_per_step": 10.0}}' ;;

@@ -14,7 +14,7 @@ import optax
 import pytest
 from flax import nnx
 
-from editseq import model as model_lib
+from editseq import attention
 from editseq import sharding
 from editseq import splash_attention
 
@@ -37,10 +37,10 @@ def exact_matmuls():
 def xla_reference(q, k, v, segment_ids, scale, window, softcap):
   """The model's XLA attention with the mask the model builds from positions and segments."""
   positions = POSITIONS if segment_ids is not None else jnp.broadcast_to(jnp.arange(T), (2, T))
-  mask = model_lib.attention_mask(positions, positions, segment_ids, segment_ids)
+  mask = attention.attention_mask(positions, positions, segment_ids, segment_ids)
   if window:
     mask &= positions[:, :, None] - positions[:, None, :] < window
-  return model_lib._xla_attention(q, k, v, mask, scale, softcap)  # pylint: disable=protected-access
+  return attention._xla_attention(q, k, v, mask, scale, softcap)  # pylint: disable=protected-access
 
 
 @pytest.mark.parametrize("window, softcap", [(0, 0.0), (33, 0.0), (0, 5.0)])

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Sweeps editseq.bench_train over batch sizes and rematerialisation policies on an accelerator:
+# Sweeps editseq.perf.bench_train over batch sizes and rematerialisation policies on an accelerator:
 # one line per setting (tokens/s, MFU; a setting that fails, e.g. out of memory, says so), then the
 # best. Every run's JSON record is appended to --out.
 set -euo pipefail
@@ -54,7 +54,7 @@ read -r -a batch_list <<<"$batches"
 read -r -a remat_list <<<"$remats"
 for remat in "${remat_list[@]}"; do
   for batch in "${batch_list[@]}"; do
-    cmd=("$python" -m editseq.bench_train --config="$config" --notorch --rounds=3 --steps="$steps"
+    cmd=("$python" -m editseq.perf.bench_train --config="$config" --notorch --rounds=3 --steps="$steps"
          --config.data.seq_len="$seq_len" --config.data.global_batch_size="$batch"
          --config.train.remat="$remat" "${extra[@]}")
     if ((DRY_RUN)); then

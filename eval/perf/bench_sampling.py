@@ -1,7 +1,7 @@
 """Sampling speed: new tokens/s of eval.sampler beside transformers' `generate()` on the same model.
 
-    python -m eval.bench_sampling                      # tiny and 150M shapes, greedy and sampled
-    python -m eval.bench_sampling --shapes 150m --rounds 5
+    python -m eval.perf.bench_sampling                      # tiny and 150M shapes, greedy and sampled
+    python -m eval.perf.bench_sampling --shapes 150m --rounds 5
 
 Both sides run the same weights (a random `LlamaForCausalLM`, converted with editseq.hf_convert),
 fp32 on the CPU, batch 8 x 64-token prompts, exactly 128 new tokens per row (no EOS), greedy and
@@ -19,6 +19,8 @@ import sys
 import time
 
 import numpy as np
+
+from data_gen import quiet_logs
 
 SHAPES = {  # name -> config module (its model section)
     "tiny": "configs.test_tiny",
@@ -219,4 +221,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+  quiet_logs.install()
   sys.exit(main())

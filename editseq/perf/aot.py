@@ -1,14 +1,14 @@
 """Compiles the train step for GPUs or TPUs that this machine does not have (ahead of time).
 
-    PYTHONPATH=.venv/aot python -m editseq.aot --config=configs/tinycodelm_150m.py \\
+    PYTHONPATH=.venv/aot python -m editseq.perf.aot --config=configs/tinycodelm_150m.py \\
         --target=h100 --config.data.global_batch_size=64
-    PYTHONPATH=.venv/aot python -m editseq.aot --config=configs/tinycodelm_400m.py --target=v5e:4x4
+    PYTHONPATH=.venv/aot python -m editseq.perf.aot --config=configs/tinycodelm_400m.py --target=v5e:4x4
 
 XLA compiles the real `TrainProgram.train_step` (model, sharding, optimizer, donated state) for
 the target's devices: a GPU described by its datasheet (`GPUS`), or a TPU slice from libtpu's
 topologies. Reported per device: the memory the step needs against what the device has (before
 paying for it, and before a compile on the real machine fails), the model FLOPs, and for GPUs a
-roofline estimate of the step time and MFU from the compiled kernels (`editseq.roofline`).
+roofline estimate of the step time and MFU from the compiled kernels (`editseq.perf.roofline`).
 
 Needs the compilers, not the hardware (requirements-aot.txt): `jax-cuda12-plugin`,
 `jax-cuda12-pjrt` and `nvidia-cudnn-cu12` for GPU targets, `libtpu` for TPU targets. They go
@@ -31,6 +31,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from data_gen import quiet_logs
 from editseq import cli
 from editseq import paths
 
@@ -46,6 +47,9 @@ _TARGET = flags.DEFINE_string(
     "NAME one of h100, h200, a100. TPU: a libtpu topology, e.g. v5e:2x2, v4:2x2x1, v5p:2x2x2, "
     "v6e:4x4.")
 _HLO_OUT = flags.DEFINE_string("hlo_out", None, "Write the compiled (optimised) HLO text here.")
+_MEASURED_STEP_S = flags.DEFINE_float(
+    "measured_step_s", None, "Calibration: the step time measured on the target for this config "
+    "(docs/MEASUREMENTS.md); the record then gives the roofline's relative error against it.")
 
 EXIT_DOES_NOT_FIT = 1
 _INSTALL = ("install them with `bash scripts/setup.sh --aot` (requirements-aot.txt into "
@@ -142,7 +146,8 @@ def parse_gpu_target(text: str) -> tuple[str, int, int] | None:
 def make_target(text: str) -> Target:
   """Compile-only devices for `--target`."""
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
-  from editseq import flops, roofline  # pylint: disable=g-import-not-at-top
+  from editseq import flops  # pylint: disable=g-import-not-at-top
+  from editseq.perf import roofline  # pylint: disable=g-import-not-at-top
   gpu = parse_gpu_target(text)
   if gpu is not None:
     name, hosts, per_host = gpu
@@ -206,7 +211,8 @@ def report(config, target: Target, log=print, hlo_out: str | None = None) -> dic
   """Compiles, prints the figures, and returns them (the JSON record); the compiled HLO text
   goes to file `hlo_out` when given."""
   import jax  # pylint: disable=g-import-not-at-top
-  from editseq import flops, roofline, trainer  # pylint: disable=g-import-not-at-top
+  from editseq import flops, trainer  # pylint: disable=g-import-not-at-top
+  from editseq.perf import roofline  # pylint: disable=g-import-not-at-top
   program = train_program(config, target)
   model_cfg, mesh = program.model_cfg, program.mesh
   with _cudnn_checks_answer_for(target.gpu):
@@ -252,6 +258,11 @@ def report(config, target: Target, log=print, hlo_out: str | None = None) -> dic
                    "estimated_tokens_per_s": batch * seq_len / est.step_s,
                    "estimated_mfu": model_flops / (est.step_s * hw.peak_flops),
                    "roofline": est.as_dict()})
+    if _MEASURED_STEP_S.value:
+      record.update({"measured_step_s": _MEASURED_STEP_S.value,
+                     "model_error": est.step_s / _MEASURED_STEP_S.value - 1})
+      log(f"roofline vs measured: {est.step_s * 1e3:.1f} ms modelled, "
+          f"{_MEASURED_STEP_S.value * 1e3:.1f} ms measured ({record['model_error']:+.1%})")
   if shortfall:
     log(f"does not fit: {shortfall}")
   return record
@@ -271,10 +282,11 @@ def main(argv):
     record = report(config, make_target(_TARGET.value), hlo_out=hlo_out)
   except (AotError, config_validation.ConfigError, paths.PathError) as e:
     cli.fail(str(e))
-  print(json.dumps({"command": " ".join(["python -m editseq.aot", *sys.argv[1:]]), **record}))
+  print(json.dumps({"command": " ".join(["python -m editseq.perf.aot", *sys.argv[1:]]), **record}))
   if not record["fits"]:
     sys.exit(EXIT_DOES_NOT_FIT)
 
 
 if __name__ == "__main__":
+  quiet_logs.install()
   app.run(main, flags_parser=cli.parse_flags)

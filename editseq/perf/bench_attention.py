@@ -1,7 +1,7 @@
 """One attention layer alone, forward and backward, for each implementation that runs here.
 
-    python -m editseq.bench_attention                     # the 150M shape at batch 64 x 1024
-    python -m editseq.bench_attention --impl cudnn --max_segments 1,4,16 --segments_per_row 1,4
+    python -m editseq.perf.bench_attention                     # the 150M shape at batch 64 x 1024
+    python -m editseq.perf.bench_attention --impl cudnn --max_segments 1,4,16 --segments_per_row 1,4
 
 Why: a step's profile lumps attention with everything else, and packed cuDNN attention costs
 more with a larger `model.max_segments` (the cap on examples per row) whether or not the rows
@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from editseq import attention
 from editseq import flops
 from editseq import model as model_lib
 
@@ -67,9 +68,9 @@ def time_attention(cfg: model_lib.ModelConfig, batch: int, seq_len: int, per_row
   k, v = (jax.random.normal(kk, (*shape, cfg.num_kv_heads, cfg.head_dim), dt) for kk in keys[1:])
 
   def loss(q, k, v, positions, seg):
-    mask = model_lib.sequence_masks(cfg, positions, seg)(cfg.sliding_window or
-                                                         model_lib.NO_WINDOW)
-    return model_lib.attend(q, k, v, mask, cfg).astype(jnp.float32).sum()
+    mask = attention.sequence_masks(cfg, positions, seg)(cfg.sliding_window or
+                                                         attention.NO_WINDOW)
+    return attention.attend(q, k, v, mask, cfg).astype(jnp.float32).sum()
 
   step = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
   jax.block_until_ready(step(q, k, v, positions, seg))
@@ -81,7 +82,7 @@ def time_attention(cfg: model_lib.ModelConfig, batch: int, seq_len: int, per_row
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m editseq.bench_attention", description=__doc__,
+  parser = argparse.ArgumentParser(prog="python -m editseq.perf.bench_attention", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--impl", type=_csv(str), default=None,
                       help="xla, cudnn, splash (default: every one that runs on this device)")

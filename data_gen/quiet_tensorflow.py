@@ -5,8 +5,8 @@ exists (absl's "All log messages before absl::InitializeLog()", oneDNN and CUDA-
 twice: two of its libraries log on load), and `TF_CPP_MIN_LOG_LEVEL` does not reach them. Every
 CLI here imports TensorFlow (tf.data, TFRecords, seqio), so each run began with that noise.
 
-`install()` (called by the `editseq` and `data_gen` packages; `eval`'s CLIs import `editseq`,
-and its sandbox stays free of both) adds an import hook that runs TensorFlow's first import with
+`install()` (from `data_gen.quiet_logs`, which every command line calls; `eval`'s sandbox
+stays free of it) adds an import hook that runs TensorFlow's first import with
 file descriptor 2 sent to a temporary file, then writes back every line that is not one of
 those notices. If the import fails, everything is written back.
 Nothing is imported until someone imports TensorFlow.

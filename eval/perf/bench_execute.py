@@ -1,7 +1,7 @@
 """Agreement and speed of the sandboxed executor (a benchmark, not a test).
 
-    python -m eval.bench_execute [--workers 2] [--skip_canonical] [--agreement_problems 164]
-    python -m eval.bench_execute --interpreter_under_tmp [--tmp_python /tmp/venv/bin/python]
+    python -m eval.perf.bench_execute [--workers 2] [--skip_canonical] [--agreement_problems 164]
+    python -m eval.perf.bench_execute --interpreter_under_tmp [--tmp_python /tmp/venv/bin/python]
 
 1. Canonical solutions must score 164/164 (HumanEval, HumanEval+) and 378/378 (MBPP+).
 2. On correct, wrong, crashing, looping and early-exiting HumanEval completions, verdicts must
@@ -32,7 +32,7 @@ from editseq import cli, paths
 from eval import benchmarks
 from eval.sandbox import Limits, SandboxPool
 
-_REPO = pathlib.Path(__file__).resolve().parents[1]
+_REPO = pathlib.Path(__file__).resolve().parents[2]
 
 # HumanEval completions (they continue the prompt, so bodies are indented).
 COMPLETION_KINDS = {
@@ -178,7 +178,7 @@ def canonical_scores(pool: SandboxPool, cache_dir: str | None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = cli.ArgumentParser(prog="python -m eval.bench_execute",
+    parser = cli.ArgumentParser(prog="python -m eval.perf.bench_execute",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--agreement_problems", type=int, default=164,

@@ -1,7 +1,7 @@
 """Where a jitted step's device time goes, read from a JAX profiler trace.
 
-    python -m editseq.profile_summary DIR_OR_TRACE [--top 20]
-    python -m editseq.bench_train --config=... --profile_dir=DIR    # traces the step, then this
+    python -m editseq.perf.profile_summary DIR_OR_TRACE [--top 20]
+    python -m editseq.perf.bench_train --config=... --profile_dir=DIR    # traces the step, then this
 
 `jax.profiler.trace(DIR)` writes `DIR/plugins/profile/<run>/<host>.trace.json.gz` (Chrome trace
 events); this reads the newest one. On an accelerator it reads the device's "XLA Ops" line (one
@@ -147,7 +147,7 @@ def format_summary(times: OpTimes, top: int = 20) -> str:
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m editseq.profile_summary", description=__doc__,
+  parser = argparse.ArgumentParser(prog="python -m editseq.perf.profile_summary", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("path", help="a *.trace.json.gz, or a folder jax.profiler.trace wrote")
   parser.add_argument("--top", type=int, default=20, help="ops to list (default 20)")

@@ -1,7 +1,7 @@
 """LintSeq throughput and memory benchmark.
 
-    python -m data_gen.bench --make_stdlib_input /tmp/stdlib200.jsonl
-    python -m data_gen.bench --input /tmp/stdlib200.jsonl --key program --num_samples 5 --workers 2
+    python -m data_gen.perf.bench --make_stdlib_input /tmp/stdlib200.jsonl
+    python -m data_gen.perf.bench --input /tmp/stdlib200.jsonl --key program --num_samples 5 --workers 2
 
 Runs `data_gen.lintseq.lintseq` over every program of a JSONL file in a pool of worker processes
 (multiprocessing with the `spawn` start method, so each worker is a fresh interpreter whose
@@ -274,7 +274,7 @@ def run(programs: list[str], *, num_samples: int, workers: int, use_linter: bool
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m data_gen.bench", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m data_gen.perf.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", help="JSONL file with one program per line")
     parser.add_argument("--key", default="program", help="JSON key of the program text")

@@ -1,6 +1,6 @@
 """Roofline estimate of a compiled step's time on an accelerator, from its optimised HLO text.
 
-Why: `editseq.aot` compiles the real train step for a GPU or TPU that this machine does not have,
+Why: `editseq.perf.aot` compiles the real train step for a GPU or TPU that this machine does not have,
 so the kernels XLA would launch there are known exactly: each fusion, each GEMM, each cuDNN
 attention call, and each loop body with its trip count. A kernel takes at least its FLOPs at the
 matmul rate and at least its bytes (operands read + results written) at the memory bandwidth;
@@ -12,10 +12,9 @@ Calibration, on an H100 (docs/TPU_GPU.md): the efficiencies below are the rates 
 the 150M step (batch 64 x 1024, cuDNN attention, unrolled layers) measured for each
 kind of kernel: GEMMs at 78% of peak, memory-bound fusions at 84% of the bandwidth, cuDNN's
 attention (head_dim 64, packed rows of up to 16 segments, its backward helpers included) at 15%.
-The model then says 153 ms for that program, measured 159 ms, and 181 ms for the first H100 run's
-(remat `dots_no_batch`, whole-sequence loss), measured 171 ms. Trust differences between
-programs more than absolute times: the model ignores overlap between kernels, caches and the
-shape dependence of GEMM and attention efficiency.
+How close it comes to the measured steps, with the commands: docs/MEASUREMENTS.md. Trust
+differences between programs more than absolute times: the model ignores overlap between
+kernels, caches and the shape dependence of GEMM and attention efficiency.
 """
 from __future__ import annotations
 

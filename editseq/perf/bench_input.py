@@ -1,8 +1,8 @@
 """Input pipeline throughput at the 150M config's batch shape (512 x 1024), on this machine.
 
-    python -m editseq.bench_input                       # full default data, lintseq task
-    python -m editseq.bench_input --data_dir default:small --steps 10
-    python -m editseq.bench_input --max_segments_per_row 8   # packing under a cuDNN-style cap
+    python -m editseq.perf.bench_input                       # full default data, lintseq task
+    python -m editseq.perf.bench_input --data_dir default:small --steps 10
+    python -m editseq.perf.bench_input --max_segments_per_row 8   # packing under a cuDNN-style cap
 
 Prints batches/s, tokens/s, packing efficiency (share of non-padding slots), examples per row
 (what a cap on them, such as cuDNN attention's `model.max_segments`, costs) and loss-token
@@ -25,6 +25,8 @@ import time
 
 import numpy as np
 
+from data_gen import quiet_logs
+
 TPU_V4_CHIP_FLOPS = 275e12
 TPU_V4_8_CHIPS = 4
 MFU = 0.40
@@ -39,7 +41,7 @@ def tpu_step_estimate(seq_len: int, batch: int) -> dict:
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m editseq.bench_input", description=__doc__,
+  parser = argparse.ArgumentParser(prog="python -m editseq.perf.bench_input", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--task", default="editseq_lintseq_instruct")
   parser.add_argument("--data_dir", default="", help='"" = full default data, default:small')
@@ -117,4 +119,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+  quiet_logs.install()
   sys.exit(main())

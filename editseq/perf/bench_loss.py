@@ -1,7 +1,7 @@
 """Speed and memory of the output head + token loss, whole-sequence against fused chunks.
 
-    python -m editseq.bench_loss                          # 150M's head: 4 x 1024 tokens, d 768, vocab 50304
-    python -m editseq.bench_loss --batch 8 --chunks 0,128,256,1024
+    python -m editseq.perf.bench_loss                          # 150M's head: 4 x 1024 tokens, d 768, vocab 50304
+    python -m editseq.perf.bench_loss --batch 8 --chunks 0,128,256,1024
 
 Times the jitted value and gradient (with respect to the hidden states and the head) of
 `editseq.losses.head_loss` on random bf16 hidden states and an fp32 head, as the trainer runs it,
@@ -73,7 +73,7 @@ def benchmark(batch: int, seq_len: int, d_model: int, vocab: int, chunks: list[i
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m editseq.bench_loss", description=__doc__,
+  parser = argparse.ArgumentParser(prog="python -m editseq.perf.bench_loss", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--batch", type=int, default=4)
   parser.add_argument("--seq_len", type=int, default=1024)
@@ -96,7 +96,7 @@ def main(argv=None) -> int:
   for r in record["results"]:
     print(f"{r['chunk_size'] or 'whole':>6}{r['step_s']:>9.3f}{base / r['step_s']:>8.2f}x"
           f"{r['temp_bytes'] / 2**20:>8.0f} MiB{max(r['d_hidden_rel_diff'], r['d_head_rel_diff']):>15.1e}")
-  record["command"] = " ".join(["python -m editseq.bench_loss", *(argv or sys.argv[1:])])
+  record["command"] = " ".join(["python -m editseq.perf.bench_loss", *(argv or sys.argv[1:])])
   print(json.dumps(record))
   return 0
 

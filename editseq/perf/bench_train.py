@@ -1,7 +1,7 @@
 """Training speed: tokens/s and MFU of the trainer's jitted train step, beside PyTorch.
 
-    python -m editseq.bench_train --config=configs/test_tiny.py
-    python -m editseq.bench_train --config=configs/tinycodelm_150m.py \
+    python -m editseq.perf.bench_train --config=configs/test_tiny.py
+    python -m editseq.perf.bench_train --config=configs/tinycodelm_150m.py \
         --config.data.global_batch_size=4 --config.data.seq_len=512 \
         --config.train.compute_dtype=float32
 
@@ -49,14 +49,15 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from data_gen import quiet_logs
 from editseq import cli
 from editseq import config_validation
 from editseq import flops
 from editseq import model as model_lib
 from editseq import paths
-from editseq import profile_summary
 from editseq import sharding
 from editseq import trainer
+from editseq.perf import profile_summary
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.",
                                           lock_config=True)
@@ -69,7 +70,7 @@ _INTERLEAVE = flags.DEFINE_bool(
     "--nointerleave times one, frees it, then the other (half the memory, for 150M on CPU).")
 _PROFILE_DIR = flags.DEFINE_string(
     "profile_dir", "", "Also trace --profile_steps warm JAX steps with jax.profiler into this "
-    "folder (TensorBoard/Perfetto) and print where the device time went (editseq.profile_summary).")
+    "folder (TensorBoard/Perfetto) and print where the device time went (editseq.perf.profile_summary).")
 _PROFILE_STEPS = flags.DEFINE_integer("profile_steps", 3, "Steps in the --profile_dir trace.")
 _MATMUL_N = flags.DEFINE_integer("matmul_n", 0,
                                  "Size of the matmul that measures the device's rate "
@@ -402,9 +403,10 @@ def main(argv):
                        profile_steps=_PROFILE_STEPS.value)
   except (config_validation.ConfigError, paths.PathError) as e:
     cli.fail(str(e))
-  print(json.dumps({"command": " ".join(["python -m editseq.bench_train", *sys.argv[1:]]),
+  print(json.dumps({"command": " ".join(["python -m editseq.perf.bench_train", *sys.argv[1:]]),
                     **record}))
 
 
 if __name__ == "__main__":
+  quiet_logs.install()
   app.run(main, flags_parser=cli.parse_flags)

@@ -4,8 +4,8 @@ Importing Beam's I/O modules logs "apitools not found, and bigquery client libra
 available ..." at WARNING on the root logger wherever Beam's GCP extra is not installed: on every
 `data_gen` and `build_token_stores` run that does not target Dataflow, `--help` included. It
 says nothing about those runs, and a Dataflow run without the extra is already a one-line error
-(`data_gen.pipeline.make_pipeline`). `install()` (called by the `editseq` and `data_gen`
-packages) adds a filter to the root logger that drops that one record; every other passes.
+(`data_gen.pipeline.make_pipeline`). `install()` (from `data_gen.quiet_logs`, which
+every command line calls) adds a filter to the root logger that drops that one record; every other passes.
 
 Beam's local worker processes (`--direct_running_mode=multi_processing`) log their start and
 stop at INFO (some fifteen lines per worker), repeat the notice above, warn that a local job has
@@ -66,7 +66,8 @@ def log_level() -> int:
 def worker_environment():
   """Beam's environment for local worker processes, run through this module."""
   from apache_beam.transforms import environments  # pylint: disable=g-import-not-at-top
-  command = "from editseq import quiet_beam; quiet_beam.run_worker()"
+  command = ("from data_gen import quiet_beam, quiet_logs; quiet_logs.install(); "
+             "quiet_beam.run_worker()")
   return environments.SubprocessSDKEnvironment.from_command_string(
       f"{shlex.quote(sys.executable)} -c {shlex.quote(command)}")
 

@@ -1,0 +1,1 @@
+"""The LintSeq benchmark; no pipeline module imports it."""

@@ -1,0 +1,1 @@
+"""Benchmarks of sampling and sandboxed execution; no pipeline module imports them."""
