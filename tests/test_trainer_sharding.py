@@ -15,6 +15,7 @@ from jax.sharding import PartitionSpec
 from configs import test_tiny
 from editseq import sharding
 from editseq import trainer
+from tests import numerics
 
 SEQ_LEN = 64
 BATCH = 8
@@ -89,7 +90,11 @@ def _assert_same_run(got, want, keys=("loss", "grad_norm", "learning_rate", "los
   for got_step, want_step in zip(got[0], want[0]):
     for key in keys:
       np.testing.assert_allclose(got_step[key], want_step[key], rtol=2e-5, err_msg=key)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), got[1], want[1])
+  # Each weight's gradient sums over every token of the batch, in an order the mesh decides. The
+  # first step's learning rate is 0 (warmup) and AdamW's second step moves a weight by lr * g/|g|,
+  # which a reordered g changes only where g is within its rounding of zero: what is left is the
+  # rounding of sums of BATCH * SEQ_LEN terms at each tensor's scale.
+  numerics.assert_close_up_to_reordering(got[1], want[1], terms=BATCH * SEQ_LEN)
 
 
 @pytest.mark.parametrize("mesh", [(8, 1, 1), (2, 4, 1), (2, 2, 2)])
