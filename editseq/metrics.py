@@ -80,29 +80,39 @@ class MetricsLogger:
 
 
 class Throughput:
-  """Seconds per step and tokens/s over windows of steps, timed from the device's completion of
-  one step to its completion of the next.
+  """Seconds per step and tokens/s, timed from the device's completion of one step to its
+  completion of the next, over windows of at least `min_window_s`.
 
   A thread that does nothing but wait for each dispatched step's outputs (`dispatched`) notes
   when each one finishes; the host loop's own work (fetching metrics, writing records, the
   progress bar, a slow input pipeline) cannot move those moments. A step starts only after the
-  previous one ended, so every step of a window ran inside it and tokens/s cannot exceed what
-  the device did. Timing the host's calls instead does not have that property: when the host
-  falls behind, a step can finish before the host starts its window, which then lasts no time.
-  Host stalls that leave the device waiting stay in the window (they are lost throughput),
-  except from `pause()` (once every dispatched step finished) to `resume()`: eval and saves.
+  previous one ended, so every step of a window ran inside it. Timing the host's calls instead
+  does not have that property: when the host falls behind, a step can finish before the host
+  starts its window, which then lasts no time.
+
+  The watcher notes a completion late when the machine does not schedule it at once (a loaded
+  host; a busy interpreter). A late note lengthens one step's interval and shortens the next
+  one's by as much, so over a window the error is that lateness divided by the window's length:
+  a window of one short step could read many times the hardware's peak, one of `min_window_s`
+  cannot be off by more than lateness / min_window_s. A report that covers less time reaches
+  back over steps reported before; the clock's start (or `resume`) bounds every window, so the
+  first ones after it are timed from there. Host stalls that leave the device waiting stay in
+  the windows (they are lost throughput), except from `pause()` (once every dispatched step
+  finished) to `resume()`: eval and saves.
   """
 
   def __init__(self, tokens_per_step: int, *, clock: Callable[[], float] = time.perf_counter,
-               wait: Callable[[Any], Any] | None = None):
+               wait: Callable[[Any], Any] | None = None, min_window_s: float = 1.0):
     self._tokens_per_step = tokens_per_step
     self._clock = clock
     self._wait = wait or _block_until_ready
+    self._min_window_s = min_window_s
     self._changed = threading.Condition()
-    self._mark = clock()  # where the next completed step's interval starts
+    self._start = clock()  # no window reaches back past this moment
     self._dispatched: list[int] = []  # steps handed to the watcher, in order
-    self._intervals: dict[int, float] = {}  # completed, not yet reported: step -> seconds
-    self._tokens: dict[int, int] = {}  # dispatched, not yet reported: step -> tokens
+    self._tokens: dict[int, int] = {}  # dispatched, not yet finished: step -> tokens
+    self._done: list[tuple[int, float, int]] = []  # (step, finished at, tokens) since _start
+    self._reported = 0  # how many of _done were reported
     self._queue: queue.SimpleQueue = queue.SimpleQueue()
     self._watcher = threading.Thread(target=self._watch, name="step-completion", daemon=True)
     self._watcher.start()
@@ -127,8 +137,7 @@ class Throughput:
         pass
       now = self._clock()
       with self._changed:
-        self._intervals[step] = now - self._mark
-        self._mark = now
+        self._done.append((step, now, self._tokens.pop(step)))
         self._dispatched.remove(step)
         self._changed.notify_all()
 
@@ -136,7 +145,7 @@ class Throughput:
   def completed(self) -> int:
     """Steps seen finished and not yet reported."""
     with self._changed:
-      return len(self._intervals)
+      return len(self._done) - self._reported
 
   def pause(self) -> None:
     """Stops the clock once every dispatched step has finished (call before eval or a save)."""
@@ -144,19 +153,33 @@ class Throughput:
       self._changed.wait_for(lambda: not self._dispatched)
 
   def resume(self) -> None:
-    """Restarts the clock: the next step's interval starts now."""
+    """Restarts the clock: the next step's interval starts now, and no window reaches back
+    past it."""
     with self._changed:
-      self._mark = self._clock()
+      self._start = self._clock()
+      self._done, self._reported = self._done[self._reported:], 0
 
   def report(self, step: int) -> tuple[float, float]:
-    """(seconds per step, tokens per second) over the steps up to `step` not reported before
-    (waiting until `step` is seen finished)."""
+    """(seconds per step, tokens per second) up to `step` (waiting until it is seen finished):
+    over the steps not reported before, and as many earlier ones as it takes to span
+    `min_window_s`."""
     with self._changed:
-      self._changed.wait_for(lambda: step in self._intervals)
-      steps = [s for s in self._intervals if s <= step]
-      elapsed = max(sum(self._intervals.pop(s) for s in steps), 1e-9)
-      tokens = sum(self._tokens.pop(s) for s in steps)
-    return elapsed / len(steps), tokens / elapsed
+      self._changed.wait_for(lambda: any(s == step for s, _, _ in self._done[self._reported:]))
+      last = max(i for i, (s, _, _) in enumerate(self._done) if s <= step)
+      end = self._done[last][1]
+      first = self._reported
+      while first > 0 and end - self._done[first - 1][1] < self._min_window_s:
+        first -= 1
+      begin = self._done[first - 1][1] if first > 0 else self._start
+      window = self._done[first:last + 1]
+      self._reported = last + 1
+      keep = max(0, first - 1)  # the earliest finish a later window may still start from
+      self._done, self._reported = self._done[keep:], self._reported - keep
+      if keep:
+        self._start = self._done[0][1]
+        self._done, self._reported = self._done[1:], self._reported - 1
+    elapsed = max(end - begin, 1e-9)
+    return elapsed / len(window), sum(t for _, _, t in window) / elapsed
 
   def close(self) -> None:
     """Stops the watcher thread (after the steps it is waiting for)."""

@@ -74,6 +74,34 @@ def test_throughput_is_timed_between_device_completions_whatever_the_host_does(m
   assert meter.report(5) == (2.5, 400.0)  # two steps in one window
 
 
+def _steps_noted_late(min_window_s: float) -> list[float]:
+  """tokens/s reported after each of 30 steps of 0.1 s (10,000 tokens/s) whose completions
+  the watcher notes 0.09 s late every third step, as a loaded host does."""
+  clock = _Clock()
+  device = _Device(clock)
+  meter = metrics.Throughput(tokens_per_step=1000, clock=clock, wait=device.wait,
+                             min_window_s=min_window_s)
+  rates = []
+  try:
+    for step in range(1, 31):
+      meter.dispatched(step, step)
+      device.finish(meter, step, at=100.0 + 0.1 * step + (0.09 if step % 3 == 0 else 0.0))
+      rates.append(meter.report(step)[1])
+  finally:
+    meter.close()
+  return rates
+
+
+def test_completions_noted_late_cannot_make_a_window_faster_than_the_device():
+  true_rate, lateness, window = 10_000.0, 0.09, 1.0
+  per_step = _steps_noted_late(min_window_s=0.0)
+  assert max(per_step) > 9 * true_rate  # a step right after a late note: 0.01 s for 0.1 s
+  rates = _steps_noted_late(min_window_s=window)
+  assert max(rates) <= true_rate * window / (window - lateness) + 1e-6
+  # Once a window spans min_window_s, a late note moves it by lateness / window at most.
+  assert all(true_rate * (1 - lateness / window) - 1e-6 <= r for r in rates[10:])
+
+
 def test_pause_waits_for_the_dispatched_steps(meter):
   meter, device, clock = meter
   meter.dispatched(1, 1)
