@@ -3,7 +3,6 @@ bench_train, aot): a mistake in the flags, the config file or a --config.KEY ove
 `error: ...` line on stderr and exit status 2 (data_gen/usage.py), never a traceback."""
 from __future__ import annotations
 
-import importlib
 import pathlib
 import re
 import sys
@@ -85,9 +84,8 @@ def print_help(argv: list[str], known_only: bool = False) -> None:
   config = load_config(flags.FlagHolder(flags.FLAGS, flags.FLAGS["config"]))
   source = flags.FLAGS["config"].config_filename if config is not None else "configs/base.py"
   if config is None:
-    if str(CONFIGS_DIR.parent) not in sys.path:
-      sys.path.insert(0, str(CONFIGS_DIR.parent))
-    config = importlib.import_module("configs.base").get_config()
+    from editseq import config_sections  # pylint: disable=g-import-not-at-top
+    config = config_sections.default_config()
   print(f"\nkeys of {source} (override any with --config.KEY=VALUE):")
   for key, value in _flatten(config.to_dict()):
     print(f"  {key} = {value!r}")

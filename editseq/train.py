@@ -4,7 +4,7 @@
         [--config.train.steps=1000 --config.optimizer.learning_rate=1e-4 ...]
 
 `--config.train.epochs=E` (E > 0) trains E passes over the train split instead of
-`train.steps`, which is then derived from the data (configs/base.py says how).
+`train.steps`, which is then derived from the data (editseq/config_sections.py says how).
 
 With no data flags it trains on the embedded default data (built on first use). Exit status:
 0 done, 1 diverged (NaN/inf loss; the last good checkpoint is kept), 2 bad config or data,
