@@ -5,8 +5,9 @@
 
 Beam builds an sdist from this file and pip-installs it on every worker. The workers get
 `data_gen` (LintSeq) and `editseq` (the tokenizer, seqio tasks and token stores; its training
-modules come along but are never imported there; the `perf/` subpackages of benchmarks stay in
-the checkout) and what the jobs import at run time
+modules come along but are never imported there; the `perf/` subpackages of benchmarks and the
+config files of `configs/` stay in the checkout, the defaults every config starts from being
+editseq/config_sections.py) and what the jobs import at run time
 (pyflakes; TensorFlow and TFDS for the records; seqio, tokenizers and sentencepiece for the
 vocabularies; absl, ml-collections and tqdm), at the versions pinned in requirements.txt; Beam
 itself comes with the runner's SDK image. Training and evaluation run from a checkout.

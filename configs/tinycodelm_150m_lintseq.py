@@ -8,7 +8,7 @@ warmup of 0.1% of the steps, 512 examples per step, each padded to its own row o
 (no packing), bf16 compute, the loss summed over the batch's completion tokens, and 2 epochs over
 the LintSeq data (5 edit sequences per program). configs/tinycodelm_150m_baseline.py trains the
 baseline arm, 10 epochs over one example per program: the same number of optimizer steps.
-`train.steps` is derived from the epochs and the data (configs/base.py says how).
+`train.steps` is derived from the epochs and the data (editseq/config_sections.py says how).
 """
 import ml_collections
 

@@ -57,13 +57,13 @@ from apache_beam.options import pipeline_options
 
 from data_gen import dataset
 from data_gen import progress as progress_lib
+from data_gen import paths
 from data_gen import programs
 from data_gen import sources as sources_lib
+from data_gen import stages
 from data_gen import stats as stats_lib
 from data_gen import quiet_beam
-from editseq import cli
-from editseq import paths
-from editseq import stages
+from data_gen import usage
 
 
 class UsageError(ValueError):
@@ -438,7 +438,7 @@ def run(sources: list[sources_lib.Source] | None = None, output_dir: str = "",
 
 
 def _parse_args(argv):
-  parser = cli.ArgumentParser(
+  parser = usage.ArgumentParser(
       prog="python -m data_gen.pipeline", allow_abbrev=False,
       description="Generate LintSeq / baseline instruction data as sharded TFRecords (+ TFDS "
                   "metadata and stats). Unknown flags are passed to Beam as pipeline options.")

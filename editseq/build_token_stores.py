@@ -42,10 +42,11 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options import pipeline_options
 from ml_collections import config_flags
 
+from data_gen import paths
 from data_gen import pipeline as beam_pipeline
+from data_gen import usage
 from editseq import cli
 from editseq import default_data
-from editseq import paths
 from editseq import tasks
 from editseq import token_store
 from editseq.tasks import DataError
@@ -155,19 +156,19 @@ def _define_flags() -> flags.FlagHolder:
 def main(argv: list[str], config_flag: flags.FlagHolder) -> None:
   config = cli.load_config(config_flag)
   if config is None:
-    cli.fail("--config is required (see --help)")
+    usage.fail("--config is required (see --help)")
   splits = flags.FLAGS.splits or ["train", config.data.eval_split]
   remote = pipeline_options.PipelineOptions(argv[1:]).view_as(
       pipeline_options.StandardOptions).runner is not None
   if not flags.FLAGS["verbosity"].present:  # A remote runner logs its job's progress at INFO.
     logging.set_verbosity(logging.INFO if remote else logging.WARNING)
   try:
-    paths.absolute_config_paths(config)
+    cli.absolute_config_paths(config)
     cache_dir = paths.absolute(flags.FLAGS.cache_dir) or str(default_data.cache_dir())
     paths.check_writable_dir(cache_dir, "--cache_dir")
     build(config, splits, cache_dir, argv[1:])
   except (DataError, beam_pipeline.UsageError, paths.PathError) as e:
-    cli.fail(str(e))
+    usage.fail(str(e))
 
 
 if __name__ == "__main__":

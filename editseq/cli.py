@@ -1,38 +1,25 @@
-"""Command-line plumbing shared by the entry points: a mistake in the flags, the config file or a
---config.KEY override is one `error: ...` line on stderr and exit status 2, never a traceback
-(absl ones: train, bench_train, aot; argparse ones through `ArgumentParser`)."""
+"""absl flags and configs of the entry points (train, build_token_stores, experiment,
+bench_train, aot): a mistake in the flags, the config file or a --config.KEY override is one
+`error: ...` line on stderr and exit status 2 (data_gen/usage.py), never a traceback."""
 from __future__ import annotations
 
-import argparse
-import importlib
 import pathlib
 import re
 import sys
-from typing import NoReturn
 
+import ml_collections
 from absl import flags
 
-EXIT_USAGE = 2
+from data_gen import paths
+from data_gen import usage
+from editseq import default_data
+
 HELP_FLAGS = ("--help", "-h", "-?", "--helpshort", "--helpfull")
 CONFIGS_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
-
-def fail(message: str, status: int = EXIT_USAGE) -> NoReturn:
-  print(f"error: {message}", file=sys.stderr)
-  sys.exit(status)
-
-
-class ArgumentParser(argparse.ArgumentParser):
-  """argparse whose mistakes are one `error: ...` line and exit status 2 (argparse's own print
-  its usage first; `--help` shows that)."""
-
-  def error(self, message: str) -> NoReturn:
-    fail(message)
-
-
-def one_line(error: BaseException) -> str:
-  detail = str(error.args[0] if error.args else error)
-  return " ".join(detail.replace("\\n", " ").replace("\\'", "'").split()).strip("\"")
+# Config keys that hold a path ("" and default_data.SMALL name built-in defaults).
+CONFIG_PATH_KEYS = (("data", "data_dir"), ("data", "vocab_path"), ("train", "init_from"),
+                    ("model", "from_pretrained"))
 
 
 def parse_flags(argv: list[str], known_only: bool = False) -> list[str]:
@@ -45,17 +32,17 @@ def parse_flags(argv: list[str], known_only: bool = False) -> list[str]:
   try:
     return flags.FLAGS(argv, known_only=known_only)
   except flags.Error as e:
-    fail(f"{e} (see --help)")
+    usage.fail(f"{e} (see --help)")
   except Exception as e:  # pylint: disable=broad-except
     # config_flags raises whatever running get_config() or applying an override raised:
     # AttributeError/KeyError for an unknown key, anything for a broken config file.
     if isinstance(e, (AttributeError, KeyError)):
-      text = one_line(e)
+      text = usage.one_line(e)
       key = re.search(r"'([^'\s]+)'", text)
       hint = re.search(r'Did you mean "([^"]+)"', text)
-      fail(f"unknown config key {key.group(1) if key else text!r}"
-           + (f" (did you mean {hint.group(1)!r}?)" if hint else ""))
-    fail(f"cannot load --config: {type(e).__name__}: {one_line(e)}")
+      usage.fail(f"unknown config key {key.group(1) if key else text!r}"
+                 + (f" (did you mean {hint.group(1)!r}?)" if hint else ""))
+    usage.fail(f"cannot load --config: {type(e).__name__}: {usage.one_line(e)}")
 
 
 def load_config(config_flag: flags.FlagHolder):
@@ -69,8 +56,18 @@ def load_config(config_flag: flags.FlagHolder):
     return config
   except Exception as e:  # pylint: disable=broad-except
     cause = e.__cause__ or e
-    fail(f"cannot load --config={flags.FLAGS[config_flag.name].config_filename}: "
-         f"{type(cause).__name__}: {one_line(cause)}")
+    usage.fail(f"cannot load --config={flags.FLAGS[config_flag.name].config_filename}: "
+               f"{type(cause).__name__}: {usage.one_line(cause)}")
+
+
+def absolute_config_paths(config: ml_collections.ConfigDict) -> None:
+  """Makes the config's path-valued keys (CONFIG_PATH_KEYS) absolute (data_gen/paths.py), in
+  place; the built-in defaults ("" and "default:small") stay as they are."""
+  for section, key in CONFIG_PATH_KEYS:
+    if section in config and key in config[section]:
+      value = config[section][key]
+      if isinstance(value, str) and value != default_data.SMALL:
+        config[section][key] = paths.absolute(value)
 
 
 def print_help(argv: list[str], known_only: bool = False) -> None:
@@ -87,9 +84,8 @@ def print_help(argv: list[str], known_only: bool = False) -> None:
   config = load_config(flags.FlagHolder(flags.FLAGS, flags.FLAGS["config"]))
   source = flags.FLAGS["config"].config_filename if config is not None else "configs/base.py"
   if config is None:
-    if str(CONFIGS_DIR.parent) not in sys.path:
-      sys.path.insert(0, str(CONFIGS_DIR.parent))
-    config = importlib.import_module("configs.base").get_config()
+    from editseq import config_sections  # pylint: disable=g-import-not-at-top
+    config = config_sections.default_config()
   print(f"\nkeys of {source} (override any with --config.KEY=VALUE):")
   for key, value in _flatten(config.to_dict()):
     print(f"  {key} = {value!r}")

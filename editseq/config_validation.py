@@ -6,7 +6,6 @@ compile and a stack trace.
 """
 from __future__ import annotations
 
-import math
 import os
 
 import jax
@@ -14,14 +13,11 @@ import ml_collections
 from etils import epath
 from flax import nnx
 
-from configs import base
 from editseq import checkpointing
+from editseq import config_sections
 from editseq import model as model_lib
-from editseq import optimizer
 from editseq import packing
 from editseq import sharding
-
-LOSS_REDUCTIONS = ("sum", "mean")
 
 
 class ConfigError(ValueError):
@@ -30,25 +26,6 @@ class ConfigError(ValueError):
 
 def _fail(message: str):
   raise ConfigError(message)
-
-
-def check_known_keys(config: ml_collections.ConfigDict) -> None:
-  """Every key must exist in configs/base.py (the model section is checked by ModelConfig)."""
-  reference = base.get_config()
-
-  def walk(node, ref, prefix):
-    for key in node.keys():
-      path = f"{prefix}{key}"
-      if key not in ref:
-        _fail(f"unknown config key '{path}' (known in '{prefix.rstrip('.') or 'config'}': "
-              f"{', '.join(sorted(ref.keys()))})")
-      if path != "model" and isinstance(node[key], ml_collections.ConfigDict):
-        walk(node[key], ref[key], path + ".")
-
-  walk(config, reference, "")
-  for section in reference.keys():
-    if section not in config:
-      _fail(f"config has no '{section}' section (start from configs/base.py)")
 
 
 def model_config(config: ml_collections.ConfigDict) -> model_lib.ModelConfig:
@@ -90,44 +67,15 @@ def for_device(config: ml_collections.ConfigDict, device=None,
 
 
 def check_values(config: ml_collections.ConfigDict) -> None:
-  """Ranges and choices of the data/optimizer/train fields."""
-  data, opt, train = config.data, config.optimizer, config.train
-  positive = {"data.seq_len": data.seq_len, "data.global_batch_size": data.global_batch_size,
-              "train.steps": train.steps, "train.log_every": train.log_every,
-              "train.keep_checkpoints": train.keep_checkpoints,
-              "optimizer.grad_accum_steps": opt.grad_accum_steps}
-  if data.get("max_segments_per_row") is not None:
-    positive["data.max_segments_per_row"] = data.max_segments_per_row
-  for name, value in positive.items():
-    if value < 1:
-      _fail(f"{name} must be >= 1, got {value}")
-  if data.get("trim_to_multiple", 0) < 0:
-    _fail(f"data.trim_to_multiple must be >= 0, got {data.trim_to_multiple}")
-  for name in ("eval_every", "checkpoint_every"):
-    if train[name] < 0:
-      _fail(f"train.{name} must be >= 0 (0 = never), got {train[name]}")
-  if train.eval_every and train.eval_steps < 1:
-    _fail(f"train.eval_steps must be >= 1 when train.eval_every > 0, got {train.eval_steps}")
-  if train.loss_chunk_size < 0:
-    _fail(f"train.loss_chunk_size must be >= 0 (0 = whole sequence), got {train.loss_chunk_size}")
-  if train.loss_reduction not in LOSS_REDUCTIONS:
-    _fail(f"train.loss_reduction must be one of {LOSS_REDUCTIONS}, got {train.loss_reduction!r}")
-  if opt.schedule not in optimizer.SCHEDULES:
-    _fail(f"optimizer.schedule must be one of {optimizer.SCHEDULES}, got {opt.schedule!r}")
-  if not opt.learning_rate > 0:
-    _fail(f"optimizer.learning_rate must be > 0, got {opt.learning_rate}")
-  if not 0 <= opt.warmup_ratio <= 1:
-    _fail(f"optimizer.warmup_ratio must be in [0, 1], got {opt.warmup_ratio}")
-  if not (train.epochs >= 0 and math.isfinite(train.epochs)):
-    _fail(f"train.epochs must be >= 0 (0 = use train.steps), got {train.epochs}")
+  """Keys and value ranges of the data/optimizer/train/mesh sections
+  (editseq/config_sections.py), and the warmup against the steps."""
+  try:
+    config_sections.check(config)
+  except ValueError as e:
+    _fail(str(e))
+  opt, train = config.optimizer, config.train
   if opt.warmup_steps > train.steps and not train.epochs:  # else checked once derived
     _fail(f"optimizer.warmup_steps ({opt.warmup_steps}) exceeds train.steps ({train.steps})")
-  for name in ("b1", "b2"):
-    if not 0 <= opt[name] < 1:
-      _fail(f"optimizer.{name} must be in [0, 1), got {opt[name]}")
-  for name in ("weight_decay", "grad_clip_norm", "eps"):
-    if opt[name] < 0:
-      _fail(f"optimizer.{name} must be >= 0, got {opt[name]}")
 
 
 def check_layout(config: ml_collections.ConfigDict, model_cfg: model_lib.ModelConfig,
@@ -228,7 +176,6 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
 def validate_step(config: ml_collections.ConfigDict, devices=None) -> model_lib.ModelConfig:
   """The checks a train step needs (keys, values, model, mesh and batch layout on `devices`);
   returns the model config. Raises ConfigError on the first problem."""
-  check_known_keys(config)
   check_values(config)
   model_cfg = model_config(config)
   check_layout(config, model_cfg, devices)

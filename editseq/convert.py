@@ -21,11 +21,11 @@ import sys
 from collections.abc import Sequence
 
 from data_gen import quiet_logs
-from editseq import cli
+from data_gen import usage
 
 
 def _parse_args(argv):
-  parser = cli.ArgumentParser(prog="python -m editseq.convert",
+  parser = usage.ArgumentParser(prog="python -m editseq.convert",
                                    description=__doc__.split("\n\n")[0],
                                    formatter_class=argparse.RawDescriptionHelpFormatter,
                                    epilog=__doc__.split("\n\n", 1)[1])
@@ -46,19 +46,20 @@ def _parse_args(argv):
                        help="safetensors files are split past this size")
   args = parser.parse_args(argv)
   if os.path.exists(args.output) and (not os.path.isdir(args.output) or os.listdir(args.output)):
-    cli.fail(f"{args.output} exists and is not an empty folder")
+    usage.fail(f"{args.output} exists and is not an empty folder")
   if not os.path.exists(args.source):
-    cli.fail(f"{args.source} does not exist")
+    usage.fail(f"{args.source} does not exist")
   if args.command == "gguf-to-editseq" and not args.source.endswith(".gguf"):
-    cli.fail(f"{args.source} is not a .gguf file")
+    usage.fail(f"{args.source} is not a .gguf file")
   if args.command == "editseq-to-hf" and not args.max_shard_mb > 0:
-    cli.fail("--max_shard_mb must be positive")
+    usage.fail("--max_shard_mb must be positive")
   return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
   args = _parse_args(argv)
-  from editseq import gguf_import, paths, pretrained, tokenizer  # pylint: disable=import-outside-toplevel
+  from data_gen import paths  # pylint: disable=import-outside-toplevel
+  from editseq import gguf_import, pretrained, tokenizer  # pylint: disable=import-outside-toplevel
   args.source, args.output = paths.absolute(args.source), paths.absolute(args.output)
   created = not os.path.exists(args.output)
   try:
@@ -74,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           ValueError) as e:
     if created:  # No half-written folder is left behind.
       shutil.rmtree(args.output, ignore_errors=True)
-    cli.fail(cli.one_line(e))
+    usage.fail(usage.one_line(e))
   print(f"wrote {args.output}: {cfg.num_layers} layers, d_model {cfg.d_model}, vocabulary "
         f"{cfg.vocab_size} (finetune with --config.model.from_pretrained={args.output})",
         file=sys.stderr)

@@ -140,8 +140,8 @@ def default_vocabulary():
 
 def main(argv=None) -> int:
   """`python -m editseq.default_data [--small]`: builds the defaults now and prints the paths."""
-  from editseq import cli  # pylint: disable=g-import-not-at-top
-  parser = cli.ArgumentParser(prog="python -m editseq.default_data", description=main.__doc__)
+  from data_gen import usage  # pylint: disable=g-import-not-at-top
+  parser = usage.ArgumentParser(prog="python -m editseq.default_data", description=main.__doc__)
   parser.add_argument("--small", action="store_true", help="only the small dataset")
   args = parser.parse_args(argv)
   print(f"data:      {default_data_dir(small=args.small)}")

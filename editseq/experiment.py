@@ -39,10 +39,11 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from data_gen import paths
 from data_gen import quiet_logs
+from data_gen import stages
+from data_gen import usage
 from editseq import cli
-from editseq import paths
-from editseq import stages
 
 VARIANTS = ("lintseq", "baseline")
 STAGES = ("data", "model", "finetune", "eval", "report")
@@ -369,28 +370,28 @@ def define_flags() -> tuple[flags.FlagHolder, flags.FlagHolder, flags.FlagHolder
 def main(argv: list[str], config_flag: flags.FlagHolder, workdir_flag: flags.FlagHolder,
          stages_flag: flags.FlagHolder) -> None:
   if len(argv) > 1:
-    cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
+    usage.fail(f"unexpected arguments: {' '.join(argv[1:])}")
   config = cli.load_config(config_flag)
   if config is None:
-    cli.fail("--config is required (see --help)")
+    usage.fail("--config is required (see --help)")
   config_file = flags.FLAGS["config"].config_filename
   if ":" in config_file:
-    cli.fail("--config takes an experiment config file, without ':'")
+    usage.fail("--config takes an experiment config file, without ':'")
   workdir = pathlib.Path(paths.absolute(workdir_flag.value or f"experiments/{config.name}"))
   try:
     paths.check_writable_dir(str(workdir), "--workdir")
   except paths.PathError as e:
-    cli.fail(str(e))
+    usage.fail(str(e))
   only = stages_flag.value or list(STAGES)
   unknown = sorted(set(only) - set(STAGES))
   if unknown:
-    cli.fail(f"--stages: unknown stage(s) {', '.join(unknown)} (known: {', '.join(STAGES)})")
+    usage.fail(f"--stages: unknown stage(s) {', '.join(unknown)} (known: {', '.join(STAGES)})")
   if config.eval.num_samples < 1 or config.finetune.data.global_batch_size < 1:
-    cli.fail("config.eval.num_samples and config.finetune.data.global_batch_size must be >= 1")
+    usage.fail("config.eval.num_samples and config.finetune.data.global_batch_size must be >= 1")
   try:
     pretrained_source(config.pretrained)
   except ConfigError as e:
-    cli.fail(str(e))
+    usage.fail(str(e))
   workdir.mkdir(parents=True, exist_ok=True)
   experiment = Experiment(config, workdir, str(paths.absolute(config_file)),
                           forwarded_finetune_overrides(sys.argv))
@@ -399,9 +400,9 @@ def main(argv: list[str], config_flag: flags.FlagHolder, workdir_flag: flags.Fla
     for stage in [s for s in STAGES if s in only]:
       getattr(experiment, stage)()
   except ExperimentError as e:
-    cli.fail(str(e), status=1)
+    usage.fail(str(e), status=1)
   except (OSError, KeyError, ValueError) as e:  # e.g. a missing data stats file with --stages
-    cli.fail(f"{type(e).__name__}: {cli.one_line(e)}")
+    usage.fail(f"{type(e).__name__}: {usage.one_line(e)}")
   where = workdir / "report" / "report.md" if "report" in only else workdir
   print(f"\nexperiment {config.name}: {', '.join(s for s in STAGES if s in only)} done in "
         f"{time.time() - started:.0f} s: {where}", file=sys.stderr)

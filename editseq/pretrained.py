@@ -34,6 +34,7 @@ import numpy as np
 from flax import nnx
 
 from editseq import checkpointing
+from editseq import config_sections
 from editseq import hf_convert
 from editseq import model as model_lib
 
@@ -130,8 +131,7 @@ def write_checkpoint(out: str, cfg: model_lib.ModelConfig,
                      convert: Callable[[model_lib.ModelConfig], dict]) -> None:
   """An imported checkpoint in `out` (config.json and step 0) of the parameters
   `convert(cfg)` gives; the tokenizer files must be in `out` already."""
-  from configs import base  # pylint: disable=import-outside-toplevel
-  config = base.get_config()
+  config = config_sections.default_config()
   config.model.update(_model_fields(cfg))
   config.data.vocab_path = str((pathlib.Path(out) / TOKENIZER_FILE).resolve())
   config.data.task = ""
@@ -236,10 +236,9 @@ def export_hf(checkpoint: str, out: str, *, max_shard_bytes: int = 2 << 30) -> s
 
 def inference_config(path: str) -> ml_collections.ConfigDict:
   """The config of what `load_for_inference` loads from `path`: a run's config.json, or for a
-  Hugging Face folder configs/base.py with the folder's model and tokenizer (data.task "")."""
+  Hugging Face folder the default config with the folder's model and tokenizer (data.task "")."""
   if checkpointing.is_hf_model_dir(path):
-    from configs import base  # pylint: disable=import-outside-toplevel
-    config = base.get_config()
+    config = config_sections.default_config()
     config.data.task = ""
     config.train.compute_dtype = "float32"
     config.model.from_pretrained = str(pathlib.Path(path).resolve())

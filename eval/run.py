@@ -34,8 +34,11 @@ from collections.abc import Sequence
 import jax
 
 from data_gen import edit_format
+from data_gen import paths
 from data_gen import quiet_logs
-from editseq import checkpointing, cli, paths, pretrained, sharding, stages
+from data_gen import stages
+from data_gen import usage
+from editseq import checkpointing, pretrained, sharding
 from eval import benchmarks, chat, execute, measures, passk, plots
 from eval.sampler import Sampler, SamplingConfig
 from eval.sandbox import SandboxPool, SandboxUnavailableError
@@ -85,7 +88,7 @@ def build_parser(prog: str = "python -m eval.run", description: str = __doc__.sp
                  sweep: bool = False) -> argparse.ArgumentParser:
   """eval.run's flags; with `sweep`, eval.sweep's: comma-separated lists `--temperatures` and
   `--top_p` instead of one `--temperature` and `--top_p`, every other flag the same."""
-  parser = cli.ArgumentParser(prog=prog, description=description,
+  parser = usage.ArgumentParser(prog=prog, description=description,
                                    formatter_class=_HelpFormatter)
   parser.add_argument("--checkpoint", required=True,
                       help="a training run's workdir (its latest step), a step folder, a "

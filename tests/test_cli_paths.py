@@ -11,7 +11,8 @@ import sys
 import ml_collections
 import pytest
 
-from editseq import default_data, paths
+from data_gen import paths
+from editseq import cli, default_data
 from eval import sandbox
 from tests.conftest import REPO_ROOT
 
@@ -46,13 +47,13 @@ def test_config_paths_resolve_but_defaults_stay(tmp_path, monkeypatch):
       "train": {"init_from": "gs://b/run", "steps": 1},
       "model": {"from_pretrained": "models/smollm2"}})
   config.lock()
-  paths.absolute_config_paths(config)
+  cli.absolute_config_paths(config)
   assert config.data.data_dir == str(tmp_path / "data")
   assert config.model.from_pretrained == str(tmp_path / "models" / "smollm2")
   assert config.data.vocab_path == "" and config.train.init_from == "gs://b/run"
   config.data.data_dir = default_data.SMALL
   config.data.vocab_path = "tok/tokenizer.json"
-  paths.absolute_config_paths(config)
+  cli.absolute_config_paths(config)
   assert config.data.data_dir == default_data.SMALL
   assert config.data.vocab_path == str(tmp_path / "tok" / "tokenizer.json")
 

@@ -1,19 +1,26 @@
 """Bad configs fail before any compile with one line that names the problem."""
+import dataclasses
 import importlib
+import os
 import pathlib
+import subprocess
+import sys
 
 import jax
 import numpy as np
 import pytest
 
 import configs
+from configs import base
 from configs import test_tiny
 from editseq import checkpointing
+from editseq import config_sections
 from editseq import config_validation
 from editseq import model as model_lib
 from editseq import packing
 from editseq import sharding
 from editseq import trainer
+from tests.conftest import REPO_ROOT
 from tests.test_model import _Device  # pylint: disable=protected-access
 
 
@@ -198,3 +205,47 @@ def test_each_attention_runs_where_it_can():
                             ("splash", _Device("tpu", "TPU v5 lite")), ("xla", None)):
     config = _config(**{"model.attention_impl": attention, "train.compute_dtype": "bfloat16"})
     assert config_validation.for_device(config, device).model.attention_impl == attention
+
+
+def test_a_missing_key_or_section_and_an_unknown_section_are_reported(tmp_path):
+  config = _config()
+  del config.train["steps"]
+  assert "missing config.train keys: steps" in _error(config, tmp_path)
+  config = _config()
+  del config["mesh"]
+  assert "config has no 'mesh' section (start from configs/base.py)" in _error(config, tmp_path)
+  config = _config()
+  config.trian = {"steps": 3}
+  assert ("unknown config key 'trian' (known in 'config': data, mesh, model, optimizer, train)"
+          in _error(config, tmp_path))
+
+
+@pytest.mark.parametrize("section", config_sections.SECTIONS, ids=lambda s: s.NAME)
+def test_the_default_config_is_each_sections_fields_at_their_defaults(section):
+  """configs/base.py is the typed sections' defaults, key for key, with their types (a
+  --config.KEY=VALUE of another type is refused by ml_collections)."""
+  default = base.get_config()[section.NAME]
+  fields = dataclasses.fields(section)
+  assert sorted(default.keys()) == sorted(f.name for f in fields)
+  for field in fields:
+    assert default[field.name] == field.default
+    if field.default is None:
+      assert default.get_ref(field.name).get_type() is int
+    else:
+      assert type(default[field.name]) is type(field.default)
+  section(**default.to_dict())
+
+
+def test_a_typo_in_a_config_file_is_one_line_and_exit_2(tmp_path):
+  (tmp_path / "typo.py").write_text(
+      "from configs import test_tiny\n\n\ndef get_config():\n  config = test_tiny.get_config()\n"
+      "  config.optimizer.warmup_ratoi = 0.1\n  return config\n")
+  result = subprocess.run(
+      [sys.executable, "-m", "editseq.train", f"--config={tmp_path / 'typo.py'}",
+       f"--workdir={tmp_path / 'run'}"], cwd=REPO_ROOT, capture_output=True, text=True,
+      timeout=300, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+  assert result.returncode == 2, result.stderr[-3000:]
+  errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+  assert len(errors) == 1 and "unknown config key 'optimizer.warmup_ratoi'" in errors[0]
+  assert "Traceback" not in result.stderr
+  assert not (tmp_path / "run" / "checkpoints").exists()

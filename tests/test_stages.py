@@ -1,7 +1,7 @@
-"""editseq.stages: a stage is reused only while its key and every output file are unchanged."""
+"""data_gen.stages: a stage is reused only while its key and every output file are unchanged."""
 import json
 
-from editseq import stages
+from data_gen import stages
 
 
 def _make(folder, key, text="out"):

@@ -36,10 +36,23 @@ def _variants(text):
   yield "\f\n  \n\n\t \n" + text + "\n\n   "
 
 
-def test_stdlib_is_large_and_has_unicode():
-  texts = [t for _, t in STDLIB]
-  assert len(texts) > 1000
-  assert sum(not t.isascii() for t in texts) > 50
+def test_python_sources_are_each_file_decoded_as_python_reads_it(tmp_path):
+  """What the default tokenizer is trained on: every .py file below the root in path order,
+  decoded by its PEP 263 line with line ends kept; site-packages, other files and undecodable
+  ones left out."""
+  files = {"a.py": "s = 'h\u00e9llo \u2713'\n".encode(),
+           "b/c.py": "# -*- coding: latin-1 -*-\r\ns = 'caf\u00e9'\r\n".encode("latin-1"),
+           "b/site-packages/d.py": b"x = 1\n", "site-packages/e.py": b"x = 1\n",
+           "bad.py": b"s = '\xff\xfe'\n", "unknown.py": b"# coding: no-such-codec\nx = 1\n",
+           "notes.txt": b"x = 1\n"}
+  for name, data in files.items():
+    (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / name).write_bytes(data)
+  (tmp_path / "folder.py").mkdir()
+  found = [(p.relative_to(tmp_path).as_posix(), text)
+           for p, text in tok_lib.iter_python_sources(tmp_path)]
+  assert found == [("a.py", "s = 'h\u00e9llo \u2713'\n"),
+                   ("b/c.py", "# -*- coding: latin-1 -*-\r\ns = 'caf\u00e9'\r\n")]
 
 
 def test_round_trip_stdlib_subset(vocab):
@@ -48,6 +61,7 @@ def test_round_trip_stdlib_subset(vocab):
   texts = [t for i, (_, t) in enumerate(STDLIB)
            if i % 25 == 0 or (not t.isascii() and len(t) < 40_000)]
   texts += [v for _, t in STDLIB[7::80] for v in _variants(t)]
+  assert sum(not t.isascii() for t in texts) > 50  # the round trip covers non-ASCII text
   assert _round_trip_failures(vocab, texts) == []
 
 

@@ -31,9 +31,10 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from data_gen import paths
 from data_gen import quiet_logs
+from data_gen import usage
 from editseq import cli
-from editseq import paths
 
 # The host compiles; the target's devices are descriptions. Set before anything starts JAX's
 # backends: loading --config imports the model (configs/base.py), during flag parsing.
@@ -171,7 +172,7 @@ def make_target(text: str) -> Target:
   except RuntimeError as e:
     if "not installed" in str(e):
       raise AotError(f"TPU targets need libtpu ({e}): {_INSTALL}") from e
-    raise AotError(f"--target={text}: {cli.one_line(e)}") from e
+    raise AotError(f"--target={text}: {usage.one_line(e)}") from e
   devices = list(topology.devices)
   kind = devices[0].device_kind
   memory = TPU_MEMORY_BYTES.get(flops.device_key(kind) or "")
@@ -222,8 +223,8 @@ def report(config, target: Target, log=print, hlo_out: str | None = None) -> dic
   except jax.errors.JaxRuntimeError as e:
     if "RESOURCE_EXHAUSTED" not in str(e):
       raise
-    log(f"does not fit: {cli.one_line(e)}; {program.smaller_step_hint(None)}")
-    return {"fits": False, "compile_error": cli.one_line(e)}
+    log(f"does not fit: {usage.one_line(e)}; {program.smaller_step_hint(None)}")
+    return {"fits": False, "compile_error": usage.one_line(e)}
   if hlo_out:
     os.makedirs(os.path.dirname(hlo_out), exist_ok=True)
     with open(hlo_out, "w") as f:
@@ -281,7 +282,7 @@ def main(argv):
       raise AotError("--config is required, e.g. --config=configs/tinycodelm_150m.py")
     record = report(config, make_target(_TARGET.value), hlo_out=hlo_out)
   except (AotError, config_validation.ConfigError, paths.PathError) as e:
-    cli.fail(str(e))
+    usage.fail(str(e))
   print(json.dumps({"command": " ".join(["python -m editseq.perf.aot", *sys.argv[1:]]), **record}))
   if not record["fits"]:
     sys.exit(EXIT_DOES_NOT_FIT)

@@ -57,9 +57,9 @@ def main(argv=None) -> int:
   if args.max_segments_per_row is not None and args.max_segments_per_row < 1:
     parser.error("--max_segments_per_row must be >= 1")
 
-  from configs import base  # pylint: disable=g-import-not-at-top
+  from editseq import config_sections  # pylint: disable=g-import-not-at-top
   from editseq import default_data, input_pipeline, tokenizer  # pylint: disable=g-import-not-at-top
-  config = base.get_config()
+  config = config_sections.default_config()
   config.data.update(task=args.task, data_dir=args.data_dir, seq_len=args.seq_len,
                      global_batch_size=args.batch, max_segments_per_row=args.max_segments_per_row)
   try:

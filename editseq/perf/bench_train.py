@@ -49,12 +49,13 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from data_gen import paths
 from data_gen import quiet_logs
+from data_gen import usage
 from editseq import cli
 from editseq import config_validation
 from editseq import flops
 from editseq import model as model_lib
-from editseq import paths
 from editseq import sharding
 from editseq import trainer
 from editseq.perf import profile_summary
@@ -402,7 +403,7 @@ def main(argv):
                        interleave=_INTERLEAVE.value, profile_dir=profile_dir,
                        profile_steps=_PROFILE_STEPS.value)
   except (config_validation.ConfigError, paths.PathError) as e:
-    cli.fail(str(e))
+    usage.fail(str(e))
   print(json.dumps({"command": " ".join(["python -m editseq.perf.bench_train", *sys.argv[1:]]),
                     **record}))
 

@@ -28,7 +28,7 @@ import time
 
 from tqdm import tqdm
 
-from editseq import cli, paths
+from data_gen import paths, usage
 from eval import benchmarks
 from eval.sandbox import Limits, SandboxPool
 
@@ -178,7 +178,7 @@ def canonical_scores(pool: SandboxPool, cache_dir: str | None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = cli.ArgumentParser(prog="python -m eval.perf.bench_execute",
+    parser = usage.ArgumentParser(prog="python -m eval.perf.bench_execute",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--agreement_problems", type=int, default=164,
