@@ -2,13 +2,14 @@
 
 `import tensorflow` prints some eight lines to stderr from native code before Python's logging
 exists (absl's "All log messages before absl::InitializeLog()", oneDNN and CUDA-driver notices,
-twice: two of its libraries log on load), and `TF_CPP_MIN_LOG_LEVEL` does not reach them. Every
+twice: two of its libraries log on load), and `TF_CPP_MIN_LOG_LEVEL` does not reach them; its
+first tf.data or eager op then looks for GPUs and, on a machine without one, logs a failed cuInit. Every
 CLI here imports TensorFlow (tf.data, TFRecords, seqio), so each run began with that noise.
 
 `install()` (from `data_gen.quiet_logs`, which every command line calls; `eval`'s sandbox
 stays free of it) adds an import hook that runs TensorFlow's first import with
-file descriptor 2 sent to a temporary file, then writes back every line that is not one of
-those notices. If the import fails, everything is written back.
+file descriptor 2 sent to a temporary file, looks for GPUs at once, then writes back every line
+that is not one of those notices. If the import fails, everything is written back.
 Nothing is imported until someone imports TensorFlow.
 """
 from __future__ import annotations
@@ -56,6 +57,9 @@ class _QuietLoader(importlib.abc.Loader):
       try:
         self._loader.exec_module(module)
         failed = False
+        # TensorFlow looks for GPUs (cuInit, and its error line on a machine without one) at
+        # its first tf.data or eager op, after the import: look now, while stderr is captured.
+        module.config.list_physical_devices("GPU")
       finally:
         sys.stderr.flush()
         os.dup2(saved, 2)
@@ -85,7 +89,10 @@ class _QuietTensorFlowFinder(importlib.abc.MetaPathFinder):
 
 
 def install() -> None:
-  """Quiets TensorFlow's first import in this process (no-op if it is imported already)."""
+  """Quiets TensorFlow's first import in this process (no-op if it is imported already), and
+  its C++ INFO and WARNING lines after it (tf.data's notes about buffer sizes and caches) unless
+  TF_CPP_MIN_LOG_LEVEL says otherwise."""
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   if "tensorflow" in sys.modules or any(isinstance(f, _QuietTensorFlowFinder)
                                         for f in sys.meta_path):
     return

@@ -34,11 +34,15 @@ def test_only_the_load_notices_are_dropped():
   assert quiet_tensorflow.filter_notices(text) == "\n".join(kept) + "\n"
 
 
-class _NoisyLoader:
-  """A loader that writes to file descriptor 2 as native code does, then maybe fails."""
+class _NoisyTensorFlow:
+  """A loader that writes to file descriptor 2 as native code does, then maybe fails; the
+  module it loads logs a failed cuInit when asked for its GPUs, as TensorFlow's first tf.data
+  op does on a machine without one."""
 
   def __init__(self, lines, fail):
     self.lines, self.fail = lines, fail
+    self.config = self  # module.config.list_physical_devices
+    self.asked_for_gpus = False
 
   def create_module(self, spec):
     return None
@@ -48,19 +52,27 @@ class _NoisyLoader:
     if self.fail:
       raise ImportError("libtensorflow_framework.so.2: cannot open shared object file")
 
+  def list_physical_devices(self, kind):
+    assert kind == "GPU"
+    self.asked_for_gpus = True
+    os.write(2, (NOTICES[3] + "\n").encode())
+    return []
+
 
 @pytest.mark.parametrize("fail", [False, True])
 def test_the_loader_writes_back_what_matters(capfd, fail):
-  noisy = _NoisyLoader([*NOTICES, "a real problem"], fail)
+  noisy = _NoisyTensorFlow([*NOTICES, "a real problem"], fail)
   loader = quiet_tensorflow._QuietLoader(noisy)  # pylint: disable=protected-access
   if fail:
     with pytest.raises(ImportError, match="cannot open"):
-      loader.exec_module(None)
+      loader.exec_module(noisy)
   else:
-    loader.exec_module(None)
+    loader.exec_module(noisy)
   err = capfd.readouterr().err
   # A failed import keeps every line: the notices may be what explains it.
   assert err.splitlines() == ([*NOTICES, "a real problem"] if fail else ["a real problem"])
+  # The GPU probe runs (and its cuInit line is dropped) inside the import, not at the first op.
+  assert noisy.asked_for_gpus != fail
 
 
 def _import_stderr(code: str) -> str:
