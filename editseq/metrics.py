@@ -172,12 +172,9 @@ class Throughput:
         first -= 1
       begin = self._done[first - 1][1] if first > 0 else self._start
       window = self._done[first:last + 1]
-      self._reported = last + 1
-      keep = max(0, first - 1)  # the earliest finish a later window may still start from
-      self._done, self._reported = self._done[keep:], self._reported - keep
-      if keep:
-        self._start = self._done[0][1]
-        self._done, self._reported = self._done[1:], self._reported - 1
+      # A later window reaches back no further than this one's begin: it becomes the start.
+      self._start = begin
+      self._done, self._reported = self._done[first:], last + 1 - first
     elapsed = max(end - begin, 1e-9)
     return elapsed / len(window), sum(t for _, _, t in window) / elapsed
 
