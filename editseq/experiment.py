@@ -50,8 +50,8 @@ from editseq import stages
 
 VARIANTS = ("lintseq", "baseline")
 STAGES = ("data", "pretrain", "model", "finetune", "eval", "report")
-# The parts of a pretraining mix: config.pretrain_data key -> (folder under PRETRAIN_DATA_DIR,
-# the seqio task that reads it; editseq/tasks.py).
+# The parts of a pretraining mix: config.pretrain_data key (also its folder under
+# PRETRAIN_DATA_DIR) -> the seqio task that reads that folder (editseq/tasks.py).
 PRETRAIN_PARTS = {"web": "editseq_pretrain_web", "code": "editseq_pretrain_code"}
 PRETRAIN_DATA_DIR, PRETRAIN_RUN = "pretrain_data", "pretrain"
 PACKAGED_MODELS = {  # config.pretrained names of model files that PyPI packages ship.
@@ -393,11 +393,11 @@ class Experiment:
                          "run_dir": str(self.run_dir(v).relative_to(self.workdir))}
                      for v in VARIANTS},
         "steps": steps, "global_batch_size": batch, "machine": machine(),
-        "pretrain": ({"mixture": pretrain_mixture(self.config),
-                      "run_dir": str(self.run_dir(PRETRAIN_RUN).relative_to(self.workdir))}
-                     if self.pretraining else None),
         "git_commit": _git_commit(),
     }
+    if self.pretraining:
+      summary["pretrain"] = {"mixture": pretrain_mixture(self.config),
+                             "run_dir": str(self.run_dir(PRETRAIN_RUN).relative_to(self.workdir))}
     text = json.dumps(summary, indent=1) + "\n"
     path = self.workdir / "experiment.json"
     if not path.is_file() or path.read_text() != text:  # A rerun leaves it as it was.
