@@ -13,6 +13,10 @@ import os
 from typing import Iterator
 
 VARIANTS = ("lintseq", "baseline", "lintseq_nolint")
+# Documents as they are (web text, source files), for pretraining: no parse, no LintSeq. Not a
+# default variant: only `--variants text` writes it.
+TEXT_VARIANT = "text"
+ALL_VARIANTS = VARIANTS + (TEXT_VARIANT,)
 SPLITS = ("train", "validation")
 VERSION = "1.0.0"
 TEXT_FEATURES = ("instruction", "program", "prompt", "completion", "source_id", "variant")

@@ -191,6 +191,8 @@ class _Generate(beam.DoFn):
   def _sequences(self, instruction: str, program: str) -> list[tuple[str, str, list[int]]]:
     """(prompt, completion, added lines per diff) per sample; raises BadProgram."""
     ef = self._edit_format
+    if self.variant == dataset.TEXT_VARIANT:  # a document: its text, checked but not parsed
+      return [("", program, [len(program.splitlines())])]
     programs.parse(program)   # cached: the variants after this one reuse the parse
     if self.variant == "baseline":
       return [(ef.baseline_prompt(instruction), ef.baseline_completion(program),
@@ -384,8 +386,8 @@ def run(sources: list[sources_lib.Source] | None = None, output_dir: str = "",
   if not output_dir:
     raise UsageError("output_dir is required")
   if (not variants or len(set(variants)) != len(variants) or
-      any(v not in dataset.VARIANTS for v in variants)):
-    raise UsageError(f"variants must be a non-empty subset of {dataset.VARIANTS} without "
+      any(v not in dataset.ALL_VARIANTS for v in variants)):
+    raise UsageError(f"variants must be a non-empty subset of {dataset.ALL_VARIANTS} without "
                      f"repeats, got {variants}")
   unknown = unknown_beam_flags(list(pipeline_args))
   if unknown:
@@ -465,8 +467,18 @@ def _parse_args(argv):
                            "(needs `pip install datasets`)")
   parser.add_argument("--hf_config", default=None, help="--source hf: the dataset's config name")
   parser.add_argument("--hf_split", default="train", help="--source hf: the split to read")
+  parser.add_argument("--hf_data_dir", default=None,
+                      help="--source hf: a folder of the dataset (e.g. data/python)")
+  parser.add_argument("--hf_data_files", nargs="+", default=[],
+                      help="--source hf: data files (local paths or the dataset's patterns), "
+                           "one Beam shard each; e.g. --hf_dataset parquet --hf_data_files F...")
+  parser.add_argument("--raw_responses", action="store_true",
+                      help="jsonl/hf/tfds: take the response field as it is (documents such as "
+                           "web text or source files), without extracting ```python blocks")
   parser.add_argument("--variants", default=",".join(dataset.VARIANTS),
-                      help="comma-separated subset of " + ",".join(dataset.VARIANTS))
+                      help="comma-separated subset of " + ",".join(dataset.ALL_VARIANTS)
+                           + f" ({dataset.TEXT_VARIANT}: each document as it is, for "
+                           "pretraining; no parse, no LintSeq)")
   parser.add_argument("--num_samples", type=int, default=Settings.num_samples,
                       help="edit sequences per program")
   parser.add_argument("--seed", type=int, default=Settings.seed)
@@ -501,14 +513,16 @@ def _sources_from_args(args) -> list[sources_lib.Source]:
       raise sources_lib.SourceError("--source pytree needs --input FOLDER")
     return [sources_lib.PyTreeSource(root) for root in args.input]
   if args.source == "jsonl":
-    return [sources_lib.JsonlSource(args.input, args.instruction_key, args.response_key)]
+    return [sources_lib.JsonlSource(args.input, args.instruction_key, args.response_key,
+                                    args.raw_responses)]
   if args.source == "hf":
     if not args.hf_dataset:
       raise sources_lib.SourceError("--source hf needs --hf_dataset NAME")
-    return [sources_lib.HuggingFaceSource(args.hf_dataset, args.hf_split, args.hf_config,
-                                          args.instruction_key, args.response_key)]
+    return [sources_lib.HuggingFaceSource(
+        args.hf_dataset, args.hf_split, args.hf_config, args.instruction_key, args.response_key,
+        args.hf_data_dir, args.hf_data_files, args.raw_responses)]
   return [sources_lib.TfdsSource(args.tfds_name, args.tfds_split, args.tfds_data_dir,
-                                 args.instruction_key, args.response_key)]
+                                 args.instruction_key, args.response_key, args.raw_responses)]
 
 
 def output_stage(args, sources: list[sources_lib.Source]) -> stages.Stage | None:
@@ -532,6 +546,8 @@ def main(argv=None) -> int:
   args.output_dir = paths.absolute(args.output_dir)
   args.input = [paths.absolute(p) for p in args.input]
   args.tfds_data_dir = paths.absolute(args.tfds_data_dir)
+  args.hf_data_files = [paths.absolute(f) if os.path.exists(f) else f  # local files; else the
+                        for f in args.hf_data_files]                     # dataset's patterns
   variants = tuple(v for v in args.variants.split(",") if v)
   try:
     paths.check_writable_dir(args.output_dir, "--output_dir")

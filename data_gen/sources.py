@@ -151,12 +151,16 @@ def response_program(response: str) -> str:
   return program
 
 
-def _example_record(source_id: str, row: dict, instruction_key: str, response_key: str):
-  """A Record from one dataset row, or a Skip (`missing_key`, `no_python_block`)."""
+def _example_record(source_id: str, row: dict, instruction_key: str, response_key: str,
+                    raw: bool = False):
+  """A Record from one dataset row, or a Skip (`missing_key`, `no_python_block`). `raw`: the
+  response is taken as it is (a document: web text, a source file), never as markdown."""
   instruction = row.get(instruction_key, "") if instruction_key else ""
   response = row.get(response_key)
   if not isinstance(instruction, str) or not isinstance(response, str):
     return Skip(source_id, "missing_key")
+  if raw:
+    return Record(source_id, instruction, response)
   try:
     return Record(source_id, instruction, response_program(response))
   except BadProgram as e:
@@ -168,10 +172,11 @@ class JsonlSource(Source):
 
   Each line is an object; `instruction_key` ("" for none) and `response_key` name its fields.
   Ids are `<file name>:<line number>` (1-based). Undecodable lines are skipped as `bad_json`.
+  `raw`: responses are documents taken as they are (no markdown code-block extraction).
   """
 
   def __init__(self, paths: list[str], instruction_key: str = "instruction",
-               response_key: str = "response"):
+               response_key: str = "response", raw: bool = False):
     if not paths:
       raise SourceError("the jsonl source needs --input FILE.jsonl")
     for path in paths:
@@ -182,6 +187,7 @@ class JsonlSource(Source):
     self.paths = list(paths)
     self.instruction_key = instruction_key
     self.response_key = response_key
+    self.raw = raw
 
   def shards(self) -> list[str]:
     return list(self.paths)
@@ -204,14 +210,24 @@ class JsonlSource(Source):
         if not isinstance(row, dict):
           yield Skip(source_id, "bad_json")
           continue
-        yield _example_record(source_id, row, self.instruction_key, self.response_key)
+        yield _example_record(source_id, row, self.instruction_key, self.response_key,
+                              self.raw)
 
 
 class HuggingFaceSource(Source):
-  """A Hugging Face dataset split (needs the optional `datasets` package). Ids `hf:<name>:<split>:<row>`."""
+  """A Hugging Face dataset split (needs the optional `datasets` package). Ids
+  `hf:<name>:<split>:<row>`, or `hf:<name>:<data file>:<row>` with `data_files`.
+
+  `data_dir` selects a folder of the dataset (e.g. The Stack's `data/python`); `data_files`
+  (paths or patterns as `datasets.load_dataset` takes them) are read one file per shard, so
+  Beam's workers share a large dataset; when they are local files, their content keys the
+  output (a rerun on the same files reuses it). `raw` as for `JsonlSource`.
+  """
 
   def __init__(self, dataset: str, split: str = "train", config: str | None = None,
-               instruction_key: str = "instruction", response_key: str = "response"):
+               instruction_key: str = "instruction", response_key: str = "response",
+               data_dir: str | None = None, data_files: list[str] | None = None,
+               raw: bool = False):
     try:
       import datasets  # noqa: F401  (optional dependency, checked before the job starts)
     except ImportError:
@@ -219,16 +235,24 @@ class HuggingFaceSource(Source):
           "the hf source needs the Hugging Face `datasets` package: pip install datasets") from None
     self.dataset, self.split, self.config = dataset, split, config
     self.instruction_key, self.response_key = instruction_key, response_key
+    self.data_dir, self.data_files, self.raw = data_dir, list(data_files or []), raw
 
   def shards(self) -> list[str]:
-    return [self.split]
+    return list(self.data_files) or [self.split]
+
+  def fingerprint(self) -> str | None:
+    if not self.data_files or not all(os.path.isfile(f) for f in self.data_files):
+      return None
+    return _files_fingerprint("", self.shards())
 
   def read(self, shard: str) -> Iterator[Record | Skip]:
     import datasets
-    rows = datasets.load_dataset(self.dataset, self.config, split=shard)
+    files = {"data_files": {self.split: shard}} if self.data_files else {}
+    rows = datasets.load_dataset(self.dataset, self.config, data_dir=self.data_dir,
+                                 split=self.split, **files)
     for index, row in enumerate(rows):
       yield _example_record(f"hf:{self.dataset}:{shard}:{index}", row,
-                            self.instruction_key, self.response_key)
+                            self.instruction_key, self.response_key, self.raw)
 
 
 class TfdsSource(Source):
@@ -238,11 +262,12 @@ class TfdsSource(Source):
   """
 
   def __init__(self, name: str, split: str = "train", data_dir: str | None = None,
-               instruction_key: str = "instruction", response_key: str = "response"):
+               instruction_key: str = "instruction", response_key: str = "response",
+               raw: bool = False):
     if not name:
       raise SourceError("the tfds source needs --tfds_name")
     self.name, self.split, self.data_dir = name, split, data_dir
-    self.instruction_key, self.response_key = instruction_key, response_key
+    self.instruction_key, self.response_key, self.raw = instruction_key, response_key, raw
 
   def shards(self) -> list[str]:
     import tensorflow_datasets as tfds
@@ -266,4 +291,5 @@ class TfdsSource(Source):
       except UnicodeDecodeError:
         yield Skip(source_id, "not_utf8")
         continue
-      yield _example_record(source_id, row, self.instruction_key, self.response_key)
+      yield _example_record(source_id, row, self.instruction_key, self.response_key,
+                            self.raw)

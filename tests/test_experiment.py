@@ -176,7 +176,7 @@ def test_model_stage_converts_once_and_reuses(tmp_path, monkeypatch):
 def test_finetune_overrides_reach_the_training_config_of_both_variants():
   argv = ["--config=x.py", "--config.finetune.optimizer.learning_rate=1e-4",
           "--config.eval.num_samples=3", "--config.finetune.data.seq_len=256"]
-  assert experiment.forwarded_finetune_overrides(argv) == [
+  assert experiment.forwarded_overrides(argv) == [
       "--config.optimizer.learning_rate=1e-4", "--config.data.seq_len=256"]
 
 

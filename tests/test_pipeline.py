@@ -351,3 +351,49 @@ def test_cli_tfds_source_end_to_end(tmp_path):
   assert all(lintseq.apply_diffs(edit_format.split_diffs(r["completion"])) == r["program"]
              for r in got)
   assert got[0]["instruction"] == "Return 0 plus x."
+
+
+def test_text_variant_keeps_documents_as_they_are(tmp_path):
+  """`--variants text` (pretraining documents): web text and code go through as read, markdown
+  fences and all, never parsed; the text checks still skip what cannot be a record."""
+  web = tmp_path / "web.jsonl"
+  documents = ["A page about soup.\n\nStir well, then:\n```python\nprint('not extracted')\n```\n",
+               "def broken(:\n  not python at all",
+               "plain text, no newline at the end"]
+  rows = [json.dumps({"text": d}) for d in documents]
+  rows += [json.dumps({"text": "uses <|diff|> inside"}), json.dumps({"other": 1}), "{oops"]
+  web.write_text("\n".join(rows) + "\n")
+  tree = tmp_path / "code"
+  tree.mkdir()
+  shutil.copy(os.path.join(STDLIB, "colorsys.py"), tree / "colorsys.py")
+  out = tmp_path / "out"
+  reports = pipeline.run(
+      sources=[sources.JsonlSource([str(web)], "", "text", raw=True), sources.PyTreeSource(
+          str(tree))], output_dir=str(out), variants=("text", "baseline"),
+      validation_fraction=0.0, examples_per_shard=10)
+  records = list(dataset.read_examples(str(out), "text", "train"))
+  with open(os.path.join(STDLIB, "colorsys.py")) as f:
+    colorsys_text = f.read()
+  assert sorted(r["program"] for r in records) == sorted(documents + [colorsys_text])
+  assert all(r["completion"] == r["program"] and r["prompt"] == "" and r["num_edits"] == 1
+             and r["variant"] == "text" for r in records)
+  assert reports["text"]["skipped"] == {"contains_diff_token": 1, "missing_key": 1,
+                                        "bad_json": 1}
+  # The same documents as programs: only the Python file parses (the first page would have
+  # been cut to its code block without raw=True).
+  assert reports["baseline"]["skipped"]["syntax_error"] == 3
+  assert [r["source_id"] for r in dataset.read_examples(str(out), "baseline")] == [
+      "code:colorsys.py"]
+
+
+def test_cli_raw_responses_and_text_variant(tmp_path):
+  data = tmp_path / "docs.jsonl"
+  data.write_text(json.dumps({"text": "Some ```python\nx = 1\n``` text.\n"}) + "\n")
+  result = subprocess.run(
+      [sys.executable, "-m", "data_gen.pipeline", "--output_dir", str(tmp_path / "out"),
+       "--source", "jsonl", "--input", str(data), "--instruction_key", "", "--response_key",
+       "text", "--raw_responses", "--variants", "text", "--validation_fraction", "0",
+       "--no_progress"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  [record] = dataset.read_examples(str(tmp_path / "out"), "text")
+  assert record["program"] == "Some ```python\nx = 1\n``` text.\n"

@@ -171,6 +171,27 @@ def test_hf_source_without_datasets_is_a_clear_error():
     pytest.skip("`datasets` is installed; the missing-package error cannot be shown")
 
 
+def test_hf_source_reads_local_data_files_one_shard_each(tmp_path):
+  """The hf source over local files (`datasets`' json builder): one shard per file, raw
+  documents kept as they are, and the files' content keys the output."""
+  pytest.importorskip("datasets")
+  files = [tmp_path / "a.jsonl", tmp_path / "b.jsonl"]
+  files[0].write_text(json.dumps({"text": "Intro ```python\nx = 1\n```"}) + "\n"
+                      + json.dumps({"text": "second"}) + "\n")
+  files[1].write_text(json.dumps({"text": "third"}) + "\n")
+  source = sources.HuggingFaceSource("json", instruction_key="", response_key="text",
+                                     data_files=[str(f) for f in files], raw=True)
+  assert source.shards() == [str(f) for f in files]
+  records = [r for shard in source.shards() for r in source.read(shard)]
+  assert [(r.source_id, r.program) for r in records] == [
+      (f"hf:json:{files[0]}:0", "Intro ```python\nx = 1\n```"), (f"hf:json:{files[0]}:1", "second"),
+      (f"hf:json:{files[1]}:0", "third")]
+  before = source.fingerprint()
+  files[1].write_text(json.dumps({"text": "changed"}) + "\n")
+  assert before is not None and source.fingerprint() != before
+  assert sources.HuggingFaceSource("some/dataset").fingerprint() is None
+
+
 def _store_tfds_dataset(data_dir, name, rows):
   """A prepared TFDS dataset from rows: TFDS-serialized records + `write_metadata` (a builder over
   files; TFDS's `store_as_tfds_dataset` needs `importlib_resources`, which is not installed)."""

@@ -107,3 +107,38 @@ def test_register_points_tasks_at_another_dir(registered, data_dir, vocab, tmp_p
 def test_unknown_task(registered):
   with pytest.raises(tasks.DataError, match="unknown task 'editseq_nope'"):
     tasks.task_components("editseq_nope")
+
+
+def test_a_mixture_written_inline(registered):
+  """`task:rate,task:rate` in data.task: a seqio mixture registered on first use."""
+  assert tasks.task_components("editseq_lintseq_instruct:3, editseq_pretrain:0.5") == [
+      ("editseq_lintseq_instruct", 3.0), ("editseq_pretrain", 0.5)]
+  assert "editseq_lintseq_instruct:3#editseq_pretrain:0.5" in seqio.MixtureRegistry.names()
+  for bad, message in [("editseq_pretrain:x", "expected task:rate"),
+                       ("editseq_pretrain,editseq_lintseq_instruct:1", "expected task:rate"),
+                       ("editseq_pretrain:1,editseq_pretrain:2", "each task once"),
+                       ("editseq_pretrain:0,editseq_lintseq_instruct:1", "rates must be positive"),
+                       ("editseq_nope:1", "not registered editseq tasks")]:
+    with pytest.raises(tasks.DataError, match=message):
+      tasks.task_components(bad)
+
+
+def test_pretraining_parts_read_their_folders(registered, data_dir, vocab, tmp_path):
+  """editseq_pretrain_web/_code read `--variants text` outputs in DATA_DIR/web and /code."""
+  tasks.register_tasks(str(tmp_path), vocab)
+  try:
+    for name, part in (("editseq_pretrain_web", "web"), ("editseq_pretrain_code", "code")):
+      folder = tmp_path / part / "text" / data_lib.VERSION
+      folder.mkdir(parents=True)
+      shard = folder / data_lib.shard_filename("text", "train", 0, 1)
+      with tf.io.TFRecordWriter(str(shard)) as writer:
+        writer.write(data_lib.serialize_example({
+            "instruction": "", "program": f"{part} document", "prompt": "",
+            "completion": f"{part} document", "source_id": f"{part}:1", "sample_index": 0,
+            "num_edits": 1, "variant": "text"}))
+      assert tasks.task_files(name, "train") == [str(shard)]
+      [example] = _task_examples(name, "train")
+      assert vocab.decode(example["targets"][:-1].tolist()) == f"{part} document"
+      assert example["targets"][-1] == vocab.eos_id and len(example["inputs"]) == 0
+  finally:
+    tasks.register_tasks(data_dir, vocab)

@@ -67,9 +67,11 @@ def get_config() -> ml_collections.ConfigDict:
 
 
 def select(config: ml_collections.ConfigDict, section: str | None):
-  """The experiment config (section None) or its training config (section "finetune")."""
+  """The experiment config (section None) or one of its training configs: "finetune" (both
+  variants'), or "pretrain" in a config that pretrains (configs/experiments/paper.py)."""
   if section in (None, ""):
     return config
-  if section != "finetune":
-    raise ValueError(f"unknown config section {section!r} (only 'finetune')")
-  return config.finetune
+  sections = [s for s in ("finetune", "pretrain") if s in config]
+  if section not in sections:
+    raise ValueError(f"unknown config section {section!r} (known: {', '.join(sections)})")
+  return config[section]
