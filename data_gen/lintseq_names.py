@@ -35,9 +35,11 @@ state (`lint_every_state=True`).
 
 Errors are the pyflakes messages in `ERROR_MESSAGES`: names that do not resolve and constructs
 that cannot run. Warnings (unused imports/variables, redefinitions, format string slips, `is`
-with a literal) are not errors: an import whose use was deleted may stay. Errors of the
-original program are tolerated, compared by message class and its non-numeric arguments (line
-numbers shift between states).
+with a literal) are not errors: an import whose use was deleted may stay (the reference's
+pylint run skips its warnings too). The original program's errors (e.g. names a snippet uses but
+does not define) are the checker's like any other, so they go with the first deletion; with
+`tolerate_original` (LintSeq's `keep_original_errors`) they stay, compared by message class and
+its non-numeric arguments (line numbers shift between states).
 """
 from __future__ import annotations
 
@@ -428,15 +430,18 @@ class Checker:
     """The real checker on states (sets of units), cached per state."""
 
     def __init__(self, tree: ast.Module, unit_text: list[str], unit_size: list[int],
-                 desc: list[int], blame: list[int], needs_symtable: bool):
+                 desc: list[int], blame: list[int], needs_symtable: bool,
+                 tolerate_original: bool):
         self.tree, self.unit_text, self.unit_size, self.desc = tree, unit_text, unit_size, desc
         self.blame = blame   # the unit that goes for an error on a line of this one
         self.needs_symtable = needs_symtable
-        self._original_errors: frozenset | None = None
+        # Tolerated: the original program's errors, by key; otherwise none (they are deleted).
+        self._original_errors: frozenset | None = None if tolerate_original else frozenset()
         self._lint_cache: dict[int, int] = {}
 
     def lint(self, state: int) -> int:
-        """Units (with their blocks) that have errors in `state` beyond the original's."""
+        """Units (with their blocks) that have errors in `state` (beyond the original's, when
+        those are tolerated)."""
         if not state:
             return 0
         if state in self._lint_cache:
