@@ -413,6 +413,8 @@ EDGE_CASES = {
     "string_annotations": (
         "from typing import List\n\n\ndef f(x: 'List[int]') -> 'List':\n    return x\n"),
     "original_errors": "def f(x):\n    y = helper(x)\n    return y + CONSTANT\n",
+    "undefined_decorator": (
+        "@abstractmethod\n@property\ndef f(self):\n    x = self.y\n    return x\n"),
     "class_scope": (
         "class A:\n    x = 1\n    y = x + 1\n\n    def m(self):\n        return self.y\n"
         "    z = [y for _ in range(3)]\n"),
@@ -439,11 +441,22 @@ def _inserted_together(diffs: list[str], *texts: str) -> bool:
     return any(all(f"+{t}" in diff.split("\n") for t in texts) for diff in diffs)
 
 
-def test_units_keep_comments_decorators_and_statements_together():
+def test_units_keep_comments_and_statements_together_decorators_go_alone():
+    """A comment goes with the unit below it; a decorator is a unit of its own (as a line of
+    the reference), which its definition's deletion takes along."""
     program = EDGE_CASES["decorators"]
-    for diffs in lintseq(program, num_samples=10):
-        assert _inserted_together(diffs, "@functools.cache", "# between decorators",
-                                  "@staticmethod", "def f(n):")
+    decorator_after_def = 0
+    for diffs in lintseq(program, num_samples=20):
+        assert _inserted_together(diffs, "# between decorators", "@staticmethod")
+        steps = _steps_by_line(diffs)
+        lines = program.split("\n")
+        for decorator, definition in [("@functools.cache", "def f(n):"),
+                                      ("@staticmethod", "def f(n):"),
+                                      ("    @property", "    def p(self):")]:
+            step, def_step = steps[lines.index(decorator)], steps[lines.index(definition)]
+            assert step >= def_step
+            decorator_after_def += step > def_step
+    assert decorator_after_def > 10
     program = "x = 1\n# about y\ny = (x,\n     2)\n"
     for diffs in lintseq(program, num_samples=10):
         assert _inserted_together(diffs, "# about y", "y = (x,", "     2)")
@@ -486,6 +499,10 @@ def test_original_errors_go_with_the_first_deletion():
         kept_earlier += "+b = missing" not in diffs[-1].split("\n")
     assert last_hunks == {1, 2}
     assert kept_earlier > 5
+    program = EDGE_CASES["undefined_decorator"]   # the decorator alone, not the function
+    sequences = lintseq(program, num_samples=10)
+    assert all("+@abstractmethod" in diffs[-1].split("\n") for diffs in sequences)
+    assert sum("+def f(self):" not in diffs[-1].split("\n") for diffs in sequences) >= 3
 
 
 # --- bad input --------------------------------------------------------------------------
