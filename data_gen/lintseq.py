@@ -166,8 +166,24 @@ class _Program:
         self.verdicts = Verdicts(analysis, units.piece_unit, units.num_units)
         self.checker = Checker(tree, units.text, units.size, units.desc, units.blame,
                                self.verdicts.needs_symtable, keep_original_errors)
-        # Units the checker flags in the whole program: part of every first deletion.
-        self.originally_broken = 0 if keep_original_errors else self.checker.lint(units.full)
+        self.keep_original_errors = keep_original_errors
+        self._bases: dict[bool, int] = {}
+
+    def _base(self, lint_every_state: bool) -> int:
+        """The units with the program's own errors, grown until the rest is clean: part of
+        every first deletion. The name analysis may grow it only when pyflakes reported every
+        erroneous place (undefined names); otherwise removing one place can reveal another
+        (a local read before its assignment is reported at its last read only), so the
+        checker decides."""
+        if lint_every_state not in self._bases:
+            base = 0
+            if not self.keep_original_errors:
+                broken, every_place = self.checker.own_errors()
+                if broken:
+                    base = self._repair(self.units.full, broken,
+                                        lint_every_state or not every_place)
+            self._bases[lint_every_state] = base
+        return self._bases[lint_every_state]
 
     def __call__(self, rng: _SplitMix64, lint_every_state: bool, deadline: float | None
                  ) -> list[str]:
@@ -183,8 +199,12 @@ class _Program:
                 pick -= weight[unit]
                 if pick < 0:
                     break
-            deletion = units.desc[unit] | (0 if steps else self.originally_broken)
-            deletion = self._repair(remaining, deletion & remaining, lint_every_state)
+            if steps:
+                deletion = self._repair(remaining, units.desc[unit] & remaining, lint_every_state)
+            else:   # from the clean state without the program's own errors
+                base = self._base(lint_every_state)
+                clean = remaining & ~base
+                deletion = base | self._repair(clean, units.desc[unit] & clean, lint_every_state)
             steps.append(deletion)
             remaining &= ~deletion
             alive = [u for u in alive if not deletion >> u & 1]

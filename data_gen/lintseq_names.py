@@ -448,9 +448,6 @@ class Checker:
             return self._lint_cache[state]
         kept = list(bits(state))
         text = "\n".join([self.unit_text[u] for u in kept])
-        first_lines = list(itertools.accumulate([1] + [self.unit_size[u] for u in kept[:-1]]))
-        num_lines = first_lines[-1] + self.unit_size[kept[-1]] - 1
-        broken = 0
         try:
             tree = ast.parse(text, FILENAME)
             if self.needs_symtable:
@@ -458,10 +455,29 @@ class Checker:
         except SyntaxError as error:
             lines = [error.lineno] if error.lineno else []
         else:
-            messages = pyflakes_checker.Checker(tree, filename=FILENAME).messages
-            original = self._original()
-            lines = [m.lineno for m in messages
-                     if type(m) in ERROR_MESSAGES and _message_key(m) not in original]
+            lines = [m.lineno for m in self._errors(tree)]
+        broken = self._lint_cache[state] = self._units_at(lines, state, kept)
+        return broken
+
+    def own_errors(self) -> tuple[int, bool]:
+        """Units (with their blocks) with errors in the whole program, and whether all are
+        undefined names, which pyflakes reports at every use; others may hide further places
+        (a local read before its assignment is reported at its last read only)."""
+        errors = self._errors(self.tree)
+        full = (1 << len(self.unit_text)) - 1
+        every_place = all(type(m) is pyflakes_messages.UndefinedName for m in errors)
+        return self._units_at([m.lineno for m in errors], full, list(bits(full))), every_place
+
+    def _errors(self, tree: ast.Module) -> list[pyflakes_messages.Message]:
+        original = self._original()
+        return [m for m in pyflakes_checker.Checker(tree, filename=FILENAME).messages
+                if type(m) in ERROR_MESSAGES and _message_key(m) not in original]
+
+    def _units_at(self, lines: list[int], state: int, kept: list[int]) -> int:
+        """The units of `state` (whose units are `kept`) that go for errors on `lines`."""
+        first_lines = list(itertools.accumulate([1] + [self.unit_size[u] for u in kept[:-1]]))
+        num_lines = first_lines[-1] + self.unit_size[kept[-1]] - 1
+        broken = 0
         for line in lines:
             if 1 <= line <= num_lines:
                 broken |= self.desc[self.blame[kept[bisect.bisect_right(first_lines, line) - 1]]]
@@ -470,7 +486,6 @@ class Checker:
         broken &= state
         if lines and not broken:
             broken = state
-        self._lint_cache[state] = broken
         return broken
 
     def _original(self) -> frozenset:

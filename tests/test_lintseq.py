@@ -413,6 +413,8 @@ EDGE_CASES = {
     "string_annotations": (
         "from typing import List\n\n\ndef f(x: 'List[int]') -> 'List':\n    return x\n"),
     "original_errors": "def f(x):\n    y = helper(x)\n    return y + CONSTANT\n",
+    # pyflakes reports only the last read before the assignment; deleting it reveals the first.
+    "masked_undefined_local": "x = 1\n\n\ndef f():\n    print(x)\n    y = x\n    x = 2\n    return y\n",
     "undefined_decorator": (
         "@abstractmethod\n@property\ndef f(self):\n    x = self.y\n    return x\n"),
     "class_scope": (
