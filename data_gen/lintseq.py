@@ -26,11 +26,12 @@ Where this differs from the reference implementation (upiterbarg/lintseq, pylint
 pyflakes instead of pylint, whose messages differ; a deletion that would not parse grows to
 the whole statement at once instead of the checker's syntax errors deleting line after line
 (so every intermediate program parses); lines of a multi-line statement go alone only inside
-strings pyflakes never reads (docstrings and other multi-line strings); blank and comment
-lines travel with the next statement, so the round trip is exact and no diff is empty. On the
-standard-library benchmark the checker runs for <1% of the sequences, and the sequences are
-identical to those of `lint_every_state=True`, which lints every candidate state as the paper
-does (slow; kept to check exactly that).
+strings pyflakes never reads (docstrings and other multi-line strings), and decorators go
+alone; blank and comment lines travel with the next statement, so the round trip is exact and
+no diff is empty. On the standard-library benchmark the checker runs once per program (for its
+own errors) and besides for <1% of the sequences, and the sequences are identical to those of
+`lint_every_state=True`, which lints every candidate state as the paper does (slow; kept to
+check exactly that).
 
 Linter-free ablation (`use_linter=False`), the reference's procedure: while lines remain,
 delete a random chunk of them, of a size uniform in 1..n-1 (all of them when one is left),
