@@ -18,15 +18,20 @@ states need no checker run, and the checker itself in `data_gen.lintseq_names`. 
 program is, and the reasons for skipping one, is `data_gen.programs`' (LintSeqError is its
 BadProgram).
 
+As in the reference, the checker's errors in the program itself (say, names a snippet uses but
+does not define) are broken like any other, so their lines go with the first deletion and every
+earlier state is error-free; `keep_original_errors=True` tolerates them instead.
+
 Where this differs from the reference implementation (upiterbarg/lintseq, pylint), on purpose:
 pyflakes instead of pylint, whose messages differ; a deletion that would not parse grows to
 the whole statement at once instead of the checker's syntax errors deleting line after line
 (so every intermediate program parses); lines of a multi-line statement go alone only inside
-strings pyflakes never reads (docstrings and other multi-line strings); blank and comment
-lines travel with the next statement, so the round trip is exact and no diff is empty. On the
-standard-library benchmark the checker runs for <1% of the sequences, and the sequences are
-identical to those of `lint_every_state=True`, which lints every candidate state as the paper
-does (slow; kept to check exactly that).
+strings pyflakes never reads (docstrings and other multi-line strings), and decorators go
+alone; blank and comment lines travel with the next statement, so the round trip is exact and
+no diff is empty. On the standard-library benchmark the checker runs once per program (for its
+own errors) and besides for <1% of the sequences, and the sequences are identical to those of
+`lint_every_state=True`, which lints every candidate state as the paper does (slow; kept to
+check exactly that).
 
 Linter-free ablation (`use_linter=False`), the reference's procedure: while lines remain,
 delete a random chunk of them, of a size uniform in 1..n-1 (all of them when one is left),
@@ -60,18 +65,21 @@ LintSeqError = programs.BadProgram   # reasons: data_gen.programs, and `timeout`
 def lintseq(program: str | bytes, *, num_samples: int = 5, seed: int = 0, use_linter: bool = True,
             max_lines: int | None = DEFAULT_MAX_LINES, max_bytes: int | None = DEFAULT_MAX_BYTES,
             time_limit_s: float | None = DEFAULT_TIME_LIMIT_S,
-            lint_every_state: bool = False) -> list[list[str]]:
+            lint_every_state: bool = False, keep_original_errors: bool = False
+            ) -> list[list[str]]:
     """`num_samples` insertion edit sequences of `program`, each a list of diff strings.
 
     Sample i equals `lintseq_sample(program, seed=seed, sample_index=i, ...)`. Raises
     LintSeqError (with a `reason`) for programs that cannot be processed. `time_limit_s`
     bounds the whole call (None: no limit); `max_lines` and `max_bytes` the program's size.
+    Lines with the program's own checker errors go with the first deletion, as in the reference;
+    `keep_original_errors` tolerates them instead (they stay until the last diff's state).
     """
     if num_samples < 0:
         raise ValueError(f"num_samples must be >= 0, got {num_samples}")
     deadline = None if time_limit_s is None else time.monotonic() + time_limit_s
     with _input_errors():
-        sampler = _prepare(program, max_lines, max_bytes, use_linter)
+        sampler = _prepare(program, max_lines, max_bytes, use_linter, keep_original_errors)
         return [sampler(_rng(sampler.text, seed, i), lint_every_state, deadline)
                 for i in range(num_samples)]
 
@@ -80,11 +88,12 @@ def lintseq_sample(program: str | bytes, *, seed: int, sample_index: int, use_li
                    max_lines: int | None = DEFAULT_MAX_LINES,
                    max_bytes: int | None = DEFAULT_MAX_BYTES,
                    time_limit_s: float | None = DEFAULT_TIME_LIMIT_S,
-                   lint_every_state: bool = False) -> list[str]:
+                   lint_every_state: bool = False, keep_original_errors: bool = False
+                   ) -> list[str]:
     """Edit sequence number `sample_index` of `program` for `seed` (see `lintseq`)."""
     deadline = None if time_limit_s is None else time.monotonic() + time_limit_s
     with _input_errors():
-        sampler = _prepare(program, max_lines, max_bytes, use_linter)
+        sampler = _prepare(program, max_lines, max_bytes, use_linter, keep_original_errors)
         return sampler(_rng(sampler.text, seed, sample_index), lint_every_state, deadline)
 
 
@@ -137,9 +146,9 @@ def _input_errors() -> Iterator[None]:
 
 
 def _prepare(program: str | bytes, max_lines: int | None, max_bytes: int | None,
-             use_linter: bool):
+             use_linter: bool, keep_original_errors: bool):
     text, tree = programs.check(program, max_bytes=max_bytes, max_lines=max_lines)
-    return _Program(text, tree) if use_linter else _Ablation(text)
+    return _Program(text, tree, keep_original_errors) if use_linter else _Ablation(text)
 
 
 def _check_deadline(deadline: float | None) -> None:
@@ -150,14 +159,32 @@ def _check_deadline(deadline: float | None) -> None:
 class _Program:
     """Per-program tables (units, name verdicts, checker), built once, and the sampler."""
 
-    def __init__(self, text: str, tree):
+    def __init__(self, text: str, tree, keep_original_errors: bool):
         self.text = text
         lines = text.split("\n")
         analysis = Analysis(tree, lines)
         self.units = units = Units(lines, analysis)
         self.verdicts = Verdicts(analysis, units.piece_unit, units.num_units)
         self.checker = Checker(tree, units.text, units.size, units.desc, units.blame,
-                               self.verdicts.needs_symtable)
+                               self.verdicts.needs_symtable, keep_original_errors)
+        self.keep_original_errors = keep_original_errors
+        self._bases: dict[bool, int] = {}
+
+    def _base(self, lint_every_state: bool) -> int:
+        """The units with the program's own errors, grown until the rest is clean: part of
+        every first deletion. The name analysis may grow it only when pyflakes reported every
+        erroneous place (undefined names); otherwise removing one place can reveal another
+        (a local read before its assignment is reported at its last read only), so the
+        checker decides."""
+        if lint_every_state not in self._bases:
+            base = 0
+            if not self.keep_original_errors:
+                broken, every_place = self.checker.own_errors()
+                if broken:
+                    base = self._repair(self.units.full, broken,
+                                        lint_every_state or not every_place)
+            self._bases[lint_every_state] = base
+        return self._bases[lint_every_state]
 
     def __call__(self, rng: _SplitMix64, lint_every_state: bool, deadline: float | None
                  ) -> list[str]:
@@ -173,7 +200,12 @@ class _Program:
                 pick -= weight[unit]
                 if pick < 0:
                     break
-            deletion = self._repair(remaining, units.desc[unit] & remaining, lint_every_state)
+            if steps:
+                deletion = self._repair(remaining, units.desc[unit] & remaining, lint_every_state)
+            else:   # from the clean state without the program's own errors
+                base = self._base(lint_every_state)
+                clean = remaining & ~base
+                deletion = base | self._repair(clean, units.desc[unit] & clean, lint_every_state)
             steps.append(deletion)
             remaining &= ~deletion
             alive = [u for u in alive if not deletion >> u & 1]

@@ -35,9 +35,11 @@ state (`lint_every_state=True`).
 
 Errors are the pyflakes messages in `ERROR_MESSAGES`: names that do not resolve and constructs
 that cannot run. Warnings (unused imports/variables, redefinitions, format string slips, `is`
-with a literal) are not errors: an import whose use was deleted may stay. Errors of the
-original program are tolerated, compared by message class and its non-numeric arguments (line
-numbers shift between states).
+with a literal) are not errors: an import whose use was deleted may stay (the reference's
+pylint run skips its warnings too). The original program's errors (e.g. names a snippet uses but
+does not define) are the checker's like any other, so they go with the first deletion; with
+`tolerate_original` (LintSeq's `keep_original_errors`) they stay, compared by message class and
+its non-numeric arguments (line numbers shift between states).
 """
 from __future__ import annotations
 
@@ -428,24 +430,24 @@ class Checker:
     """The real checker on states (sets of units), cached per state."""
 
     def __init__(self, tree: ast.Module, unit_text: list[str], unit_size: list[int],
-                 desc: list[int], blame: list[int], needs_symtable: bool):
+                 desc: list[int], blame: list[int], needs_symtable: bool,
+                 tolerate_original: bool):
         self.tree, self.unit_text, self.unit_size, self.desc = tree, unit_text, unit_size, desc
         self.blame = blame   # the unit that goes for an error on a line of this one
         self.needs_symtable = needs_symtable
-        self._original_errors: frozenset | None = None
+        # Tolerated: the original program's errors, by key; otherwise none (they are deleted).
+        self._original_errors: frozenset | None = None if tolerate_original else frozenset()
         self._lint_cache: dict[int, int] = {}
 
     def lint(self, state: int) -> int:
-        """Units (with their blocks) that have errors in `state` beyond the original's."""
+        """Units (with their blocks) that have errors in `state` (beyond the original's, when
+        those are tolerated)."""
         if not state:
             return 0
         if state in self._lint_cache:
             return self._lint_cache[state]
         kept = list(bits(state))
         text = "\n".join([self.unit_text[u] for u in kept])
-        first_lines = list(itertools.accumulate([1] + [self.unit_size[u] for u in kept[:-1]]))
-        num_lines = first_lines[-1] + self.unit_size[kept[-1]] - 1
-        broken = 0
         try:
             tree = ast.parse(text, FILENAME)
             if self.needs_symtable:
@@ -453,10 +455,29 @@ class Checker:
         except SyntaxError as error:
             lines = [error.lineno] if error.lineno else []
         else:
-            messages = pyflakes_checker.Checker(tree, filename=FILENAME).messages
-            original = self._original()
-            lines = [m.lineno for m in messages
-                     if type(m) in ERROR_MESSAGES and _message_key(m) not in original]
+            lines = [m.lineno for m in self._errors(tree)]
+        broken = self._lint_cache[state] = self._units_at(lines, state, kept)
+        return broken
+
+    def own_errors(self) -> tuple[int, bool]:
+        """Units (with their blocks) with errors in the whole program, and whether all are
+        undefined names, which pyflakes reports at every use; others may hide further places
+        (a local read before its assignment is reported at its last read only)."""
+        errors = self._errors(self.tree)
+        full = (1 << len(self.unit_text)) - 1
+        every_place = all(type(m) is pyflakes_messages.UndefinedName for m in errors)
+        return self._units_at([m.lineno for m in errors], full, list(bits(full))), every_place
+
+    def _errors(self, tree: ast.Module) -> list[pyflakes_messages.Message]:
+        original = self._original()
+        return [m for m in pyflakes_checker.Checker(tree, filename=FILENAME).messages
+                if type(m) in ERROR_MESSAGES and _message_key(m) not in original]
+
+    def _units_at(self, lines: list[int], state: int, kept: list[int]) -> int:
+        """The units of `state` (whose units are `kept`) that go for errors on `lines`."""
+        first_lines = list(itertools.accumulate([1] + [self.unit_size[u] for u in kept[:-1]]))
+        num_lines = first_lines[-1] + self.unit_size[kept[-1]] - 1
+        broken = 0
         for line in lines:
             if 1 <= line <= num_lines:
                 broken |= self.desc[self.blame[kept[bisect.bisect_right(first_lines, line) - 1]]]
@@ -465,7 +486,6 @@ class Checker:
         broken &= state
         if lines and not broken:
             broken = state
-        self._lint_cache[state] = broken
         return broken
 
     def _original(self) -> frozenset:

@@ -9,8 +9,10 @@ from the syntax tree:
   implementation, which deletes lines. Its children are the string's following lines indented
   deeper (the reference's rule). The statement's lines after a string's last line are a *glue*
   unit that goes only with the statement;
-- a compound statement's header lines (decorators, `def`/`class`/`if`/`for`/`while`/`with`/
-  `try`/`match` up to the colon) are one unit whose *block* is the whole statement;
+- a compound statement's header lines (`def`/`class`/`if`/`for`/`while`/`with`/`try`/`match`
+  up to the colon) are one unit whose *block* is the whole statement, decorators included;
+  each decorator is a unit of its own in that block, so it can go alone, as a line can in the
+  reference (where a decorator is a line with no deeper lines after it);
 - every `elif`/`else`/`except`/`finally`/`case` clause header is a unit whose block is its body,
   and it belongs to the header's block;
 - units that share a line (`a = 1; b = 2`, `if x: return y`, a line ending in `\\`) are merged.
@@ -79,16 +81,18 @@ class Analysis(NameRecorder):
             self.simple.add(index)
             self._simple(stmt, self.pieces[index], scope)
             return index
-        start = min([stmt.lineno, *(d.lineno for d in getattr(stmt, "decorator_list", ()))])
-        header = self._new_piece(start, -1, depth, parent)
+        header = self._new_piece(stmt.lineno, -1, depth, parent)
         piece = self.pieces[header]
+        for decorator in getattr(stmt, "decorator_list", ()):
+            index = self._new_piece(decorator.lineno, decorator.end_lineno, depth + 1, header)
+            self._uses_in(self.pieces[index], scope, [decorator])
         piece.pending = ("header", stmt.body[0]) if not isinstance(stmt, ast.Match) else None
         body_scope = scope
         clauses: list[tuple[int, list[int], str]] = []
         kind = type(stmt).__name__
         if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
             args = stmt.args
-            self._uses_in(piece, scope, [*stmt.decorator_list, *args.defaults,
+            self._uses_in(piece, scope, [*args.defaults,
                                          *(d for d in args.kw_defaults if d is not None)])
             self._uses_in(piece, scope, [stmt.returns], annotation=True)
             for arg in [*args.posonlyargs, *args.args, args.vararg, *args.kwonlyargs, args.kwarg]:
@@ -100,8 +104,7 @@ class Analysis(NameRecorder):
                     piece.binds.append((arg.arg, body_scope, True))
             piece.binds.append((stmt.name, scope, True))
         elif isinstance(stmt, ast.ClassDef):
-            self._uses_in(piece, scope, [*stmt.decorator_list, *stmt.bases,
-                                         *(k.value for k in stmt.keywords)])
+            self._uses_in(piece, scope, [*stmt.bases, *(k.value for k in stmt.keywords)])
             body_scope = self._new_scope(scope, False)
             piece.binds.append((stmt.name, scope, True))
         elif isinstance(stmt, (ast.For, ast.AsyncFor)):
@@ -355,8 +358,19 @@ class Units:
         for unit, index in outer.items():
             if pieces[index].parent != -1:
                 parent[unit] = piece_unit[pieces[index].parent]
+        # Blocks, deepest units first (a decorator is its definition's child but comes first).
+        depth = [-1] * num_units
+        for unit in range(num_units):
+            chain = []
+            while unit != -1 and depth[unit] == -1:
+                chain.append(unit)
+                unit = parent[unit]
+            level = -1 if unit == -1 else depth[unit]
+            for member in reversed(chain):
+                level += 1
+                depth[member] = level
         desc = [1 << u for u in range(num_units)]
-        for unit in range(num_units - 1, -1, -1):
+        for unit in sorted(range(num_units), key=depth.__getitem__, reverse=True):
             if parent[unit] != -1:
                 desc[parent[unit]] |= desc[unit]
 

@@ -81,6 +81,7 @@ class Settings:
   max_program_lines: int = 1_000
   time_limit_s: float = 10.0
   max_programs: int | None = None
+  keep_original_errors: bool = False
 
   def validate(self) -> None:
     if self.num_samples < 1:
@@ -200,7 +201,8 @@ class _Generate(beam.DoFn):
     sequences = self._lintseq.lintseq(
         program, num_samples=self.settings.num_samples, seed=self.settings.seed,
         use_linter=self.variant == "lintseq", max_lines=self.settings.max_program_lines,
-        max_bytes=self.settings.max_program_bytes, time_limit_s=self.settings.time_limit_s)
+        max_bytes=self.settings.max_program_bytes, time_limit_s=self.settings.time_limit_s,
+        keep_original_errors=self.settings.keep_original_errors)
     return [(*ef.lintseq_example(instruction, diffs),
              [sum(line.startswith("+") for line in d.split("\n")) for d in diffs])
             for diffs in sequences]
@@ -375,7 +377,7 @@ def run(sources: list[sources_lib.Source] | None = None, output_dir: str = "",
 
   `sources` defaults to `default_sources()`; `settings` are `Settings` fields (num_samples,
   seed, validation_fraction, examples_per_shard, max_program_bytes, max_program_lines,
-  time_limit_s, max_programs); `pipeline_args` are Beam pipeline options.
+  time_limit_s, max_programs, keep_original_errors); `pipeline_args` are Beam pipeline options.
   Raises UsageError (bad settings) or SourceError (bad source) before anything runs.
   """
   try:
@@ -491,6 +493,9 @@ def _parse_args(argv):
                       help="LintSeq time cap per program; slower programs are skipped")
   parser.add_argument("--max_programs", type=int, default=Settings.max_programs,
                       help="keep a deterministic sample of at most this many programs")
+  parser.add_argument("--keep_original_errors", action="store_true",
+                      help="LintSeq tolerates a program's own pyflakes errors (default: their "
+                           "lines go with the first deletion, as in the reference)")
   parser.add_argument("--no_progress", action="store_true", help="no progress bars")
   parser.add_argument("--force", action="store_true",
                       help="regenerate even when OUTPUT_DIR was made from the same input, "

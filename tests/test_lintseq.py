@@ -81,9 +81,12 @@ def apply_by_old_ranges(old: list[str], diff: str) -> list[str]:
     return new + old[previous:]
 
 
-def assert_valid_sequence(program: str, diffs: list[str], linted: bool = True) -> None:
-    """Round trip, insertion-only non-empty diffs, and (linted) every state as clean as P."""
+def assert_valid_sequence(program: str, diffs: list[str], linted: bool = True,
+                          keep_original_errors: bool = False) -> None:
+    """Round trip, insertion-only non-empty diffs, and (linted) every state before the last
+    free of errors (with `keep_original_errors`: none but the original program's)."""
     original = checker_errors(program) if linted else None
+    tolerated = original if keep_original_errors else set()
     assert diffs, "no diffs"
     lines: list[str] = []
     for i, diff in enumerate(diffs):
@@ -97,7 +100,8 @@ def assert_valid_sequence(program: str, diffs: list[str], linted: bool = True) -
                 errors = checker_errors(state)
             except SyntaxError as error:
                 pytest.fail(f"state {i} does not compile ({error}):\n{state}")
-            assert errors <= original, f"state {i} has new errors {errors - original}:\n{state}"
+            allowed = original if i == len(diffs) - 1 else tolerated
+            assert errors <= allowed, f"state {i} has new errors {errors - allowed}:\n{state}"
     assert "\n".join(lines) == program
     assert apply_diffs(diffs) == program
 
@@ -187,6 +191,12 @@ def test_lint_every_state_agrees_with_fast_path():
         assert fast == slow, source_id
         for diffs in slow:
             assert_valid_sequence(program, diffs)
+    for source_id, program in FAST_FUNCTIONS[1::6]:
+        fast = lintseq(program, num_samples=2, keep_original_errors=True)
+        slow = lintseq(program, num_samples=2, lint_every_state=True, keep_original_errors=True)
+        assert fast == slow, source_id
+        for diffs in slow:
+            assert_valid_sequence(program, diffs, keep_original_errors=True)
 
 
 def _steps_by_line(diffs: list[str]) -> list[int]:
@@ -256,7 +266,7 @@ def test_docstring_lines_go_alone_other_statements_whole():
 
 
 def test_docstring_children_and_strings_pyflakes_reads():
-    program = ('def f(x: """\n    int\n    """) -> int:\n    """Doc.\n\n    Args:\n'
+    program = ('def f(x: """\nint\n""") -> int:\n    """Doc.\n\n    Args:\n'
                '        x: a number.\n    """\n    return x\n')
     seen_alone = set()
     for diffs in lintseq(program, num_samples=40):
@@ -267,7 +277,7 @@ def test_docstring_children_and_strings_pyflakes_reads():
             added = [line[1:] for line in diff.split("\n") if line.startswith("+")]
             if "        x: a number." in lines:   # deleting a line deletes its deeper lines
                 assert "    Args:" in lines
-            if "    int" in added:   # an annotation string: pyflakes reads it, never split
+            if "int" in added:   # an annotation string: pyflakes reads it, never split
                 assert 'def f(x: """' in added
             if len(added) == 1:
                 seen_alone.add(added[0])
@@ -301,13 +311,18 @@ def test_deterministic_and_sample_api_consistent():
 
 
 def test_seeds_and_samples_differ():
-    distinct = differs_by_seed = 0
+    """Programs with a choice differ by seed (some have none: one deletion takes everything,
+    e.g. when the `def` line itself uses a name the snippet does not define)."""
+    distinct = differs_by_seed = one_step = 0
     for source_id, program in FAST_FUNCTIONS[:30]:
         sequences = lintseq(program, num_samples=5, seed=0)
         distinct += len({tuple(s) for s in sequences})
+        if all(len(s) == 1 for s in sequences):
+            one_step += 1
+            continue
         differs_by_seed += lintseq(program, num_samples=5, seed=1) != sequences
     assert distinct / (30 * 5) > 0.6
-    assert differs_by_seed >= 27
+    assert one_step <= 6 and differs_by_seed >= 0.9 * (30 - one_step)
 
 
 def test_order_and_worker_independence():
@@ -398,6 +413,10 @@ EDGE_CASES = {
     "string_annotations": (
         "from typing import List\n\n\ndef f(x: 'List[int]') -> 'List':\n    return x\n"),
     "original_errors": "def f(x):\n    y = helper(x)\n    return y + CONSTANT\n",
+    # pyflakes reports only the last read before the assignment; deleting it reveals the first.
+    "masked_undefined_local": "x = 1\n\n\ndef f():\n    print(x)\n    y = x\n    x = 2\n    return y\n",
+    "undefined_decorator": (
+        "@abstractmethod\n@property\ndef f(self):\n    x = self.y\n    return x\n"),
     "class_scope": (
         "class A:\n    x = 1\n    y = x + 1\n\n    def m(self):\n        return self.y\n"
         "    z = [y for _ in range(3)]\n"),
@@ -424,11 +443,22 @@ def _inserted_together(diffs: list[str], *texts: str) -> bool:
     return any(all(f"+{t}" in diff.split("\n") for t in texts) for diff in diffs)
 
 
-def test_units_keep_comments_decorators_and_statements_together():
+def test_units_keep_comments_and_statements_together_decorators_go_alone():
+    """A comment goes with the unit below it; a decorator is a unit of its own (as a line of
+    the reference), which its definition's deletion takes along."""
     program = EDGE_CASES["decorators"]
-    for diffs in lintseq(program, num_samples=10):
-        assert _inserted_together(diffs, "@functools.cache", "# between decorators",
-                                  "@staticmethod", "def f(n):")
+    decorator_after_def = 0
+    for diffs in lintseq(program, num_samples=20):
+        assert _inserted_together(diffs, "# between decorators", "@staticmethod")
+        steps = _steps_by_line(diffs)
+        lines = program.split("\n")
+        for decorator, definition in [("@functools.cache", "def f(n):"),
+                                      ("@staticmethod", "def f(n):"),
+                                      ("    @property", "    def p(self):")]:
+            step, def_step = steps[lines.index(decorator)], steps[lines.index(definition)]
+            assert step >= def_step
+            decorator_after_def += step > def_step
+    assert decorator_after_def > 10
     program = "x = 1\n# about y\ny = (x,\n     2)\n"
     for diffs in lintseq(program, num_samples=10):
         assert _inserted_together(diffs, "# about y", "y = (x,", "     2)")
@@ -449,6 +479,32 @@ def test_original_errors_are_tolerated_not_rejected():
     program = EDGE_CASES["original_errors"]
     assert checker_errors(program) == {("UndefinedName", "helper"), ("UndefinedName", "CONSTANT")}
     assert len(lintseq(program, num_samples=3)) == 3
+    for diffs in lintseq(program, num_samples=5, keep_original_errors=True):
+        assert_valid_sequence(program, diffs, keep_original_errors=True)
+
+
+def test_original_errors_go_with_the_first_deletion():
+    """As in the reference, whose linter flags a program's own errors like any other: the
+    lines with them are deleted in the first step, wherever the sampled line is, so the last
+    diff inserts them too (often as a second hunk); every earlier state is error-free. With
+    `keep_original_errors` such a line is sampled like any other and may come earlier."""
+    program = "a = 1\nb = missing\nc = 2\nd = a + c\ne = 3\n"
+    last_hunks = set()
+    kept_earlier = 0
+    for fast in (True, False):
+        for diffs in lintseq(program, num_samples=30, lint_every_state=not fast):
+            assert_valid_sequence(program, diffs)
+            assert "+b = missing" in diffs[-1].split("\n")
+            last_hunks.add(diffs[-1].count("@@ -"))
+    for diffs in lintseq(program, num_samples=30, keep_original_errors=True):
+        assert_valid_sequence(program, diffs, keep_original_errors=True)
+        kept_earlier += "+b = missing" not in diffs[-1].split("\n")
+    assert last_hunks == {1, 2}
+    assert kept_earlier > 5
+    program = EDGE_CASES["undefined_decorator"]   # the decorator alone, not the function
+    sequences = lintseq(program, num_samples=10)
+    assert all("+@abstractmethod" in diffs[-1].split("\n") for diffs in sequences)
+    assert sum("+def f(self):" not in diffs[-1].split("\n") for diffs in sequences) >= 3
 
 
 # --- bad input --------------------------------------------------------------------------

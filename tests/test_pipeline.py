@@ -153,6 +153,28 @@ def test_sequences_match_lintseq_called_directly(generated):
     assert edit_format.split_diffs(row["completion"]) == direct
 
 
+def test_keep_original_errors_reaches_lintseq(tmp_path):
+  """A program with an undefined name: its line goes with the first deletion by default (the
+  last diff), anywhere with `--keep_original_errors`; the setting is recorded in the stats."""
+  data = tmp_path / "undefined.jsonl"
+  program = "a = 1\nb = missing\nc = 2\nd = a + c\ne = 3\n"
+  data.write_text(json.dumps({"instruction": "Use missing.", "response": program}) + "\n")
+  out = tmp_path / "out"
+  code = pipeline.main(["--output_dir", str(out), "--source", "jsonl", "--input", str(data),
+                        "--no_progress", "--variants", "lintseq", "--num_samples", "12",
+                        "--validation_fraction", "0", "--keep_original_errors"])
+  assert code == 0
+  rows = list(dataset.read_examples(str(out), "lintseq", "train"))
+  assert len(rows) == 12
+  for row in rows:
+    assert edit_format.split_diffs(row["completion"]) == lintseq.lintseq_sample(
+        program, seed=0, sample_index=row["sample_index"], keep_original_errors=True)
+  assert any("+b = missing" not in edit_format.split_diffs(row["completion"])[-1].split("\n")
+             for row in rows)
+  stats = json.loads((out / "lintseq" / "stats.json").read_text())
+  assert '"keep_original_errors": true' in json.dumps(stats)
+
+
 def test_shards_are_sorted_and_named_like_tfds(generated):
   import tensorflow as tf
   _, out, reports = generated

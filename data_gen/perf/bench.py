@@ -19,7 +19,8 @@ shape of the edits, the figures README.md compares with the reference implementa
 some but not all lines of a multi-line simple statement of the final program),
 `docstring_splits_per_sequence` (such steps inside a bare string, e.g. a docstring) and
 `parsing_state_share` (intermediate programs, after each diff but the last, that `ast.parse`
-accepts). The shape is computed outside the timed LintSeq calls.
+accepts). The shape is computed outside the timed LintSeq calls. `--keep_original_errors` runs
+LintSeq with the programs' own checker errors tolerated (`data_gen.lintseq.lintseq`).
 
 `--make_stdlib_input FILE` writes the standard input: 200 functions and methods of the running
 Python's standard library, 10-44 lines each, dedented, chosen deterministically (sorted by a
@@ -156,14 +157,15 @@ def _run_chunk(task):
     """Worker: LintSeq over a chunk; returns counts only (sequences stay in the worker)."""
     from data_gen import lintseq
 
-    programs, num_samples, seed, use_linter = task
+    programs, num_samples, seed, use_linter, keep_original_errors = task
     result = {"programs": 0, "sequences": 0, "diffs": 0, "distinct": 0.0, "skipped": {},
               "cpu_s": 0.0, **dict.fromkeys(SHAPE_COUNTS, 0)}
     for program in programs:
         cpu_start = time.process_time()
         try:
             sequences = lintseq.lintseq(program, num_samples=num_samples, seed=seed,
-                                        use_linter=use_linter)
+                                        use_linter=use_linter,
+                                        keep_original_errors=keep_original_errors)
         except lintseq.LintSeqError as error:
             result["skipped"][error.reason] = result["skipped"].get(error.reason, 0) + 1
             continue
@@ -208,11 +210,11 @@ def _read_programs(path: str, key: str) -> list[str]:
 
 
 def run(programs: list[str], *, num_samples: int, workers: int, use_linter: bool, repeat: int,
-        chunk_size: int, progress: bool = True) -> dict:
+        chunk_size: int, progress: bool = True, keep_original_errors: bool = False) -> dict:
     """Runs the benchmark and returns the summary dict (see module docstring)."""
     import tqdm
 
-    tasks = [(programs[i:i + chunk_size], num_samples, seed, use_linter)
+    tasks = [(programs[i:i + chunk_size], num_samples, seed, use_linter, keep_original_errors)
              for seed in range(repeat) for i in range(0, len(programs), chunk_size)]
     start = time.perf_counter()
     pool = None
@@ -252,6 +254,7 @@ def run(programs: list[str], *, num_samples: int, workers: int, use_linter: bool
         "skipped": skipped,
         "num_samples": num_samples,
         "use_linter": use_linter,
+        "keep_original_errors": keep_original_errors,
         "workers": workers,
         "repeat": repeat,
         "sequences_per_s": round(sequences / (end - work_start), 1),
@@ -283,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="worker processes (0: run in this process)")
     parser.add_argument("--no_linter", action="store_true",
                         help="the linter-free ablation (uniformly random deletions)")
+    parser.add_argument("--keep_original_errors", action="store_true",
+                        help="tolerate the programs' own checker errors (default: their "
+                             "lines go with the first deletion, as in the reference)")
     parser.add_argument("--repeat", type=int, default=1,
                         help="passes over the input, with seeds 0..repeat-1 (long runs show RSS growth)")
     parser.add_argument("--chunk_size", type=int, default=8, help="programs per task")
@@ -308,7 +314,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
     summary = run(programs, num_samples=args.num_samples, workers=args.workers,
                   use_linter=not args.no_linter, repeat=args.repeat, chunk_size=args.chunk_size,
-                  progress=not args.no_progress)
+                  progress=not args.no_progress,
+                  keep_original_errors=args.keep_original_errors)
     print(json.dumps(summary))
     return 0
 
