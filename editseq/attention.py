@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from editseq import sharding
 from editseq import splash_attention
 
 if TYPE_CHECKING:
@@ -47,13 +48,18 @@ def attend(q: Array, k: Array, v: Array, mask, cfg: ModelConfig, *,
            kv_major: bool = False) -> Array:
   """Attention of roped q [B, T, H, Dh] over k, v [B, S, KV, Dh] ([B, KV, S, Dh] when
   `kv_major`, the cache) under a layer's `mask` (`sequence_masks`): the configured kernel for a
-  `KernelMask`, else XLA attention."""
+  `KernelMask`, else XLA attention. The output [B, T, H, Dh] is constrained to the heads'
+  sharding."""
   scale = cfg.query_scale or cfg.head_dim ** -0.5
   if isinstance(mask, KernelMask):
     if cfg.attention_impl == "cudnn":
-      return _cudnn_attention(q, k, v, scale, cfg.sliding_window, mask.segments)
-    return _splash_attention(q, k, v, scale, cfg, mask)
+      return _sharded_like_q(_cudnn_attention(q, k, v, scale, cfg.sliding_window, mask.segments))
+    return _sharded_like_q(_splash_attention(q, k, v, scale, cfg, mask))
   return _xla_attention(q, k, v, mask, scale, cfg.attn_logit_softcap, kv_major=kv_major)
+
+
+def _sharded_like_q(out: Array) -> Array:
+  return sharding.constrain(out, ("act_batch", "act_length", "act_heads", None))
 
 
 def _xla_attention(q, k, v, mask, scale, softcap, *, kv_major=False):
@@ -106,7 +112,10 @@ def _softmax_parts(scores):
 
 def _attention_core_fwd(kv_dims, scale, softcap, q, k, v, mask):
   probs, row_max, row_sum = _softmax_parts(_masked_scores(kv_dims, scale, softcap, q, k, mask))
-  out = jnp.einsum(f"bkgts,{kv_dims}->btkgd", probs.astype(v.dtype), v).reshape(q.shape)
+  # Constrained here, so that the output the backward keeps is the array the layer's output
+  # projection keeps too (constrained after, it would be a second copy per layer).
+  out = _sharded_like_q(
+      jnp.einsum(f"bkgts,{kv_dims}->btkgd", probs.astype(v.dtype), v).reshape(q.shape))
   return out, (q, k, v, mask, out, row_max, row_sum)
 
 

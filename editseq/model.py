@@ -271,6 +271,23 @@ class Norm(nnx.Module):
     scale = None if self.scale is None else self.scale[...]
     return _normalize(self.kind, self.eps, x, scale)
 
+  def project(self, x: Array, *projections: tuple[str, Array]) -> tuple[Array, ...]:
+    """`weight_einsum(spec, self(x), w)` for each (spec, w) of `projections`, the normalised x
+    rematerialised with them: the backward keeps x (the layer's input, kept anyway) instead of
+    a normalised copy per norm and layer (docs/MEASUREMENTS.md). The projections themselves
+    are not run again: their backward needs only the normalised x and the weights."""
+    scale = None if self.scale is None else self.scale[...]
+    specs = tuple(spec for spec, _ in projections)
+    return _normed_projections(self.kind, self.eps, specs, x, scale,
+                               *(w for _, w in projections))
+
+
+@functools.partial(jax.checkpoint, static_argnums=(0, 1, 2))
+def _normed_projections(kind: str, eps: float, specs: tuple[str, ...], x: Array,
+                        scale: Array | None, *weights: Array) -> tuple[Array, ...]:
+  y = _normalize(kind, eps, x, scale)
+  return tuple(weight_einsum(spec, y, w) for spec, w in zip(specs, weights))
+
 
 @functools.partial(jax.checkpoint, static_argnums=(0, 1))
 def _normalize(kind: str, eps: float, x: Array, scale: Array | None) -> Array:
@@ -391,17 +408,17 @@ class Attention(nnx.Module):
     self.v = _param(rngs, cfg, (d, kv, hd), ("embed", "kv_heads", "head_dim"), cfg.init_std)
     self.o = _param(rngs, cfg, (h, hd, d), ("heads", "head_dim", "embed"), out_std)
 
-  def __call__(self, x, sin, cos, mask, kv_cache=None):
-    """x [B, T, d]; kv_cache = (k [B, KV, S, Dh], v, index): this layer's cache, written at index.
+  def __call__(self, norm: Norm, x, sin, cos, mask, kv_cache=None):
+    """Attention of `norm`(x), x [B, T, d]; kv_cache = (k [B, KV, S, Dh], v, index): this
+    layer's cache, written at index.
 
     `mask`: an explicit [B, T, S] bool array (S = T, or the cache's slots) for XLA attention, or
     a `KernelMask` for the configured kernel (cuDNN or splash).
     """
     cfg = self.cfg
     dt = x.dtype
-    q = weight_einsum("btd,dhk->bthk", x, self.q[...].astype(dt))
-    k = weight_einsum("btd,dhk->bthk", x, self.k[...].astype(dt))
-    v = weight_einsum("btd,dhk->bthk", x, self.v[...].astype(dt))
+    q, k, v = norm.project(x, *(("btd,dhk->bthk", w[...].astype(dt))
+                                for w in (self.q, self.k, self.v)))
     q = sharding.constrain(apply_rope(q, sin, cos), ("act_batch", "act_length", "act_heads", None))
     k = sharding.constrain(apply_rope(k, sin, cos), ("act_batch", "act_length", "act_kv_heads", None))
     v = sharding.constrain(v, ("act_batch", "act_length", "act_kv_heads", None))
@@ -413,8 +430,7 @@ class Attention(nnx.Module):
       v = cache_write(v_cache, v.transpose(0, 2, 1, 3).astype(v_cache.dtype), index, 2)
       new_cache = (k, v)
       k, v = k.astype(dt), v.astype(dt)
-    out = sharding.constrain(attention.attend(q, k, v, mask, cfg, kv_major=kv_major),
-                             ("act_batch", "act_length", "act_heads", None))
+    out = attention.attend(q, k, v, mask, cfg, kv_major=kv_major)
     return weight_einsum("bthk,hkd->btd", out, self.o[...].astype(dt)), new_cache
 
 
@@ -429,13 +445,23 @@ class GatedMLP(nnx.Module):
     self.down = _param(rngs, cfg, (m, d), ("mlp", "embed"),
                        cfg.init_std / math.sqrt(2 * cfg.num_layers))
 
-  def __call__(self, x: Array) -> Array:
+  def __call__(self, norm: Norm, x: Array) -> Array:
+    """The MLP of `norm`(x)."""
     dt = x.dtype
-    gate = weight_einsum("btd,dm->btm", x, self.gate[...].astype(dt))
-    up = weight_einsum("btd,dm->btm", x, self.up[...].astype(dt))
-    act = jax.nn.silu(gate) if self.activation == "silu" else jax.nn.gelu(gate, approximate=True)
-    hidden = sharding.constrain(act * up, ("act_batch", "act_length", "act_mlp"))
-    return weight_einsum("btm,md->btd", hidden, self.down[...].astype(dt))
+    gate, up = norm.project(x, ("btd,dm->btm", self.gate[...].astype(dt)),
+                            ("btd,dm->btm", self.up[...].astype(dt)))
+    return _gated_down(self.activation, gate, up, self.down[...].astype(dt))
+
+
+@functools.partial(jax.checkpoint, static_argnums=(0,))
+def _gated_down(activation: str, gate: Array, up: Array, down: Array) -> Array:
+  """down(act(gate) * up), rematerialised: its backward keeps only gate, up and the weight and
+  recomputes the elementwise rest, where autodiff kept four more [B, T, mlp] arrays per layer
+  (the activation's intermediates and the product): 1.4 GB of a 30-layer, 135M-parameter step
+  at 4 x 512 (docs/MEASUREMENTS.md). The down projection itself is not run again."""
+  act = jax.nn.silu(gate) if activation == "silu" else jax.nn.gelu(gate, approximate=True)
+  hidden = sharding.constrain(act * up, ("act_batch", "act_length", "act_mlp"))
+  return weight_einsum("btm,md->btd", hidden, down)
 
 
 class Block(nnx.Module):
@@ -450,11 +476,11 @@ class Block(nnx.Module):
     self.post_mlp_norm = Norm(cfg, rngs=rngs) if cfg.post_norms else None
 
   def __call__(self, x, sin, cos, mask, kv_cache=None):
-    h, new_cache = self.attn(self.attn_norm(x), sin, cos, mask, kv_cache)
+    h, new_cache = self.attn(self.attn_norm, x, sin, cos, mask, kv_cache)
     if self.post_attn_norm is not None:
       h = self.post_attn_norm(h)
     x = x + h
-    h = self.mlp(self.mlp_norm(x))
+    h = self.mlp(self.mlp_norm, x)
     if self.post_mlp_norm is not None:
       h = self.post_mlp_norm(h)
     x = sharding.constrain(x + h, ("act_batch", "act_length", "act_embed"))

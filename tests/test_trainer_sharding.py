@@ -5,7 +5,10 @@ to a row with a masked prompt and trailing padding, as the input pipeline lays t
 """
 import functools
 import json.decoder
+import os
 import pathlib
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -131,3 +134,43 @@ def test_summed_loss_gradient_is_token_count_times_mean_gradient():
   got, want = _run(reduction="sum")[0][0], _run()[0][0]
   np.testing.assert_allclose(got["loss"], want["loss"], rtol=1e-6)
   np.testing.assert_allclose(got["grad_norm"], want["grad_norm"] * want["loss_tokens"], rtol=1e-4)
+
+
+
+def smollm2_step_memory_ratio() -> float:
+  """(Arguments + temporaries) / (parameter + AdamW bytes) of the compiled train step at the
+  SmolLM2-135M shape of README.md's performance table, on one device."""
+  from configs import llama31_8b  # pylint: disable=import-outside-toplevel
+  config = llama31_8b.get_config()
+  config.model.update(vocab_size=49152, num_layers=30, d_model=576, num_heads=9, num_kv_heads=3,
+                      mlp_dim=1536, tie_embeddings=True, rope_base=100000.0,
+                      rope_scaling_factor=1.0, max_seq_len=2048)
+  config.train.remat = "none"
+  config.train.compute_dtype = "float32"
+  config.mesh.fsdp, config.mesh.data = 1, -1
+  config.data.global_batch_size, config.data.seq_len = 4, 512
+  program = trainer.TrainProgram(config, sharding.make_mesh(config.mesh, jax.devices()[:1]))
+  memory = program.lower_train_step().compile().memory_analysis()
+  state_bytes = sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(
+      (program.abstract_state["params"], program.abstract_state["opt_state"])))
+  return (memory.argument_size_in_bytes + memory.temp_size_in_bytes) / state_bytes
+
+
+@pytest.mark.slow
+def test_train_step_memory_at_the_smollm2_135m_shape_is_bounded_by_its_state():
+  """Compile only, in a process with one CPU device as `editseq.perf.bench_train` runs it
+  (not the tests' 8 simulated ones): arguments and temporaries
+  of the SmolLM2-135M-shaped step (30 layers, d 576, 9/3 heads, vocab 49,152, tied, fp32,
+  4 x 512, no remat) need at most 2.6x its parameter + AdamW bytes (3.75x when the norms'
+  outputs, the MLP's elementwise intermediates and a second copy of each layer's attention
+  output were kept, the latter where the output was constrained to its sharding after the
+  attention; 2.63x with only that copy), so that the process's peak stays under 3x with
+  the runtime's own memory."""
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  result = subprocess.run(
+      [sys.executable, "-c", "from tests import test_trainer_sharding as t; "
+       "print(t.smollm2_step_memory_ratio())"],
+      cwd=pathlib.Path(__file__).parent.parent, env=env, capture_output=True, text=True,
+      check=True)
+  ratio = float(result.stdout.split()[-1])
+  assert ratio <= 2.6, ratio
