@@ -55,9 +55,13 @@ def _config(data_dir):
 
 
 def _load(data_dir, vocab, cache, monkeypatch, split="train"):
-  monkeypatch.setenv("EDITSEQ_CACHE", str(cache))
-  tasks.register_tasks(data_dir, vocab)
-  return token_store.load(TASK, split, vocab)
+  """The store a trainer whose cache is `cache` loads. The cache is set for this call only: the
+  default tokenizer lives in the cache too, and a fresh one is trained on the current default
+  data, which differs from an older cache's (tokenizers are keyed by version, not by code)."""
+  with monkeypatch.context() as m:
+    m.setenv("EDITSEQ_CACHE", str(cache))
+    tasks.register_tasks(data_dir, vocab)
+    return token_store.load(TASK, split, vocab)
 
 
 def _files(folder) -> dict[str, bytes]:
