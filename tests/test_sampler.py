@@ -15,6 +15,7 @@ from flax import nnx
 from editseq import sharding
 from editseq import tokenizer
 from editseq.model import ModelConfig, Transformer
+from eval import sampler as sampler_lib
 from eval.sampler import (Sampler, SamplingConfig, choose_tokens, first_argmax, inverse_cdf,
                           nucleus_mask, stop_sequence_table)
 
@@ -174,6 +175,24 @@ def test_samples_do_not_depend_on_slots_or_when_they_free_up(
   got = Sampler(model, eos_id=eos, batch_size=batch_size, chunk_size=chunk_size).sample(
       prompts, SAMPLED, **kwargs)
   assert got == reference
+
+
+def test_chunks_attend_over_the_live_part_of_a_long_cache(model, prompts, monkeypatch):
+  """A 200-token budget (a 224-slot cache) with rows of mixed lengths: chunks attend over the
+  first 128 slots until a running row reaches them, again after it ends (its slot refilled),
+  and every sample equals the one drawn attending over the whole cache."""
+  eos, _ = frequent_tokens(model, prompts)
+  config = dataclasses.replace(SAMPLED, max_new_tokens=200)
+  draw = lambda: Sampler(model, eos_id=eos, batch_size=2, chunk_size=8).sample(
+      prompts, config, num_samples=3, seed=5)
+  views, real = [], sampler_lib._view
+  monkeypatch.setattr(sampler_lib, "_view", lambda *a: views.append(real(*a)) or views[-1])
+  got = draw()
+  lengths = [len(c.tokens) for row in got for c in row]
+  assert min(lengths) < 20 and max(lengths) == 200
+  assert set(views) == {128, 224} and 128 in views[views.index(224):]
+  monkeypatch.setattr(sampler_lib, "_view", lambda reach, cache_len: cache_len)
+  assert draw() == got
 
 
 def test_a_stopped_row_takes_the_next_sample_instead_of_waiting(model, prompts, greedy_reference):
