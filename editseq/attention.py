@@ -79,11 +79,30 @@ def _grouped(x: Array, kv: int) -> Array:
 
 def _masked_scores(kv_dims, scale, softcap, q, k, mask):
   """fp32 scores [B, KV, G, T, S] of q [B, T, H, Dh], soft-capped and masked."""
-  q = _grouped(q, k.shape[kv_dims.index("k")])
-  scores = jnp.einsum(f"btkgd,{kv_dims}->bkgts", q * jnp.asarray(scale, q.dtype), k,
-                      preferred_element_type=jnp.float32)
+  q = _grouped(q, k.shape[kv_dims.index("k")]) * jnp.asarray(scale, q.dtype)
+  if kv_dims == "bksd":
+    b, t, kv, g, hd = q.shape
+    rows = q.transpose(0, 2, 3, 1, 4).reshape(b, kv, g * t, hd)
+    scores = jnp.einsum("bkqd,bksd->bkqs", rows, k, preferred_element_type=jnp.float32)
+    scores = scores.reshape(b, kv, g, t, -1)
+  else:
+    scores = jnp.einsum(f"btkgd,{kv_dims}->bkgts", q, k, preferred_element_type=jnp.float32)
   scores = apply_softcap(scores, softcap)
   return jnp.where(mask[:, None, None], scores, _MASK_VALUE)
+
+
+def _weighted_values(kv_dims, probs, v):
+  """probs [B, KV, G, T, S] @ v -> [B, T, KV, G, Dh].
+
+  With the cache's kv-major layout both products run as matmuls batched over (B, KV) alone,
+  the query heads and positions of a kv-head as one dimension: XLA:CPU ran the five-dimensional
+  einsums 2.3x slower (30 layers of 16 rows over 512 cached slots at the SmolLM2-135M shape:
+  83 vs 35 ms), most of a decode step."""
+  if kv_dims != "bksd":
+    return jnp.einsum(f"bkgts,{kv_dims}->btkgd", probs, v)
+  b, kv, g, t, s = probs.shape
+  out = jnp.einsum("bkqs,bksd->bkqd", probs.reshape(b, kv, g * t, s), v)
+  return out.reshape(b, kv, g, t, -1).transpose(0, 3, 1, 2, 4)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
@@ -115,7 +134,7 @@ def _attention_core_fwd(kv_dims, scale, softcap, q, k, v, mask):
   # Constrained here, so that the output the backward keeps is the array the layer's output
   # projection keeps too (constrained after, it would be a second copy per layer).
   out = _sharded_like_q(
-      jnp.einsum(f"bkgts,{kv_dims}->btkgd", probs.astype(v.dtype), v).reshape(q.shape))
+      _weighted_values(kv_dims, probs.astype(v.dtype), v).reshape(q.shape))
   return out, (q, k, v, mask, out, row_max, row_sum)
 
 
