@@ -600,6 +600,12 @@ def cache_write(buffer: Array, new: Array, index: Array, axis: int) -> Array:
   """
   if jnp.ndim(index) == 0:
     return jax.lax.dynamic_update_slice_in_dim(buffer, new, index, axis)
+  if buffer.dtype == jnp.bfloat16:
+    # XLA:CPU scatters bf16 by converting the whole buffer to f32 and back (twice its bytes
+    # copied per write: most of a bf16 decode step); the same bits as uint16 are written in place.
+    bits = lambda x: jax.lax.bitcast_convert_type(x, jnp.uint16)
+    return jax.lax.bitcast_convert_type(cache_write(bits(buffer), bits(new), index, axis),
+                                        jnp.bfloat16)
   return jax.vmap(lambda b, n, i: jax.lax.dynamic_update_slice_in_dim(b, n, i, axis - 1))(
       buffer, new, index)
 

@@ -92,6 +92,26 @@ def test_kv_cache_decoding_matches_full_forward(cfg):
   assert (cache["slot_pos"][:, 11:] == -1).all()
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_per_row_cache_writes_land_at_each_rows_index(dtype):
+  """The sampler's write (`[B]` index, one slot per row) puts each row's entries at its own
+  slot and nowhere else; in bf16 the buffer is written in place, never converted whole
+  (XLA:CPU converted a bf16 cache to f32 and back for every write)."""
+  rng = np.random.default_rng(0)
+  buffer = jnp.asarray(rng.standard_normal((4, 3, 10, 8)), dtype)
+  new = jnp.asarray(rng.standard_normal((4, 3, 1, 8)), dtype)
+  index = jnp.asarray([0, 9, 4, 4], jnp.int32)
+  got = np.asarray(model_lib.cache_write(buffer, new, index, 2).astype(jnp.float32))
+  want = np.asarray(buffer.astype(jnp.float32)).copy()
+  for row, slot in enumerate(index.tolist()):
+    want[row, :, slot] = np.asarray(new[row, :, 0].astype(jnp.float32))
+  np.testing.assert_array_equal(got, want)
+  if dtype == "bfloat16":
+    hlo = jax.jit(model_lib.cache_write, static_argnums=3).lower(
+        buffer, new, index, 2).compile().as_text()
+    assert "f32[4,3,10,8]" not in hlo
+
+
 @CONFIGS
 def test_unstacked_layers_compute_the_same_function(cfg):
   model = make(cfg)
