@@ -14,12 +14,14 @@ ids), and refills free slots. A chunk attends over the cache's first `view` slot
 shortest power of two (or the whole cache) that holds every running row's positions through the
 chunk. The cache is sized for the longest prompt plus the whole token budget, while most rows
 are far shorter, and reading the unused slots dominated the decode step (bf16 SmolLM2-135M
-shape, 16 slots: 0.16 s per step over 128 slots vs 0.76 s over 1,536). Every sample draws its randomness from a key derived from
-(seed, prompt index, sample index, token index) alone, so its tokens do not depend on the batch
-size, on which slot it ran in, or on when that slot freed up (tested; only float rounding can
-differ: of the prompt prefill between prompt-length buckets, and of attention between views). Top-p, min-p and sampling avoid sorting
-the vocabulary (XLA's CPU sort costs more than a 150M model's decode step); see `nucleus_mask`
-and `choose_tokens`.
+shape, 16 slots: 0.16 s per step over 128 slots vs 0.76 s over 1,536).
+
+Every sample draws its randomness from a key derived from (seed, prompt index, sample index,
+token index) alone, so its tokens do not depend on the batch size, on which slot it ran in, or
+on when that slot freed up (tested; only float rounding can differ: of the prompt prefill
+between prompt-length buckets, and of attention between views). Top-p, min-p and sampling avoid
+sorting the vocabulary (XLA's CPU sort costs more than a 150M model's decode step); see
+`nucleus_mask` and `choose_tokens`.
 """
 from __future__ import annotations
 
