@@ -506,25 +506,11 @@ def _decode(graphdef, params, state, halt, temperature, top_p, min_p, max_new, m
   """Decodes `steps` steps, or fewer if every slot is done; rows in `halt` stop first. Attends
   over the cache's first `view` slots, which must hold every running row's writes (an idle row
   may write past them: its write is clamped into its own row, which `_start` replaces)."""
-  cache = state["cache"]
-  state = dict(state, cache=dict(cache, k=tuple(k[:, :, :view] for k in cache["k"]),
-                                 v=tuple(v[:, :, :view] for v in cache["v"]),
-                                 slot_pos=cache["slot_pos"][:, :view]))
-  state = _decode_loop(graphdef, params, state, halt, temperature, top_p, min_p, max_new, min_new,
-                       table, steps, eos_id, pad_id=pad_id, valid_vocab_size=valid_vocab_size,
-                       greedy=greedy, use_top_p=use_top_p, use_min_p=use_min_p)
-  put_back = lambda full, part: jax.lax.dynamic_update_slice(full, part, (0,) * full.ndim)
-  viewed = state["cache"]
-  return dict(state, cache=dict(
-      viewed, k=tuple(map(put_back, cache["k"], viewed["k"])),
-      v=tuple(map(put_back, cache["v"], viewed["v"])),
-      slot_pos=put_back(cache["slot_pos"], viewed["slot_pos"])))
-
-
-def _decode_loop(graphdef, params, state, halt, temperature, top_p, min_p, max_new, min_new,
-                 table, steps, eos_id, *, pad_id, valid_vocab_size, greedy, use_top_p, use_min_p):
-  """`_decode`'s while loop, on whatever cache it is given."""
   model = nnx.merge(graphdef, params)
+  full = state["cache"]
+  state = dict(state, cache=dict(full, k=tuple(k[:, :, :view] for k in full["k"]),
+                                 v=tuple(v[:, :, :view] for v in full["v"]),
+                                 slot_pos=full["slot_pos"][:, :view]))
   end = state["step"] + steps
   pattern_len = jnp.sum(table != _WILDCARD, axis=1)  # 0 for the placeholder row
 
@@ -567,7 +553,13 @@ def _decode_loop(graphdef, params, state, halt, temperature, top_p, min_p, max_n
         step=s["step"] + 1,
     )
 
-  return jax.lax.while_loop(cond, body, dict(state, done=state["done"] | halt))
+  state = jax.lax.while_loop(cond, body, dict(state, done=state["done"] | halt))
+  put_back = lambda whole, part: jax.lax.dynamic_update_slice(whole, part, (0,) * whole.ndim)
+  viewed = state["cache"]
+  return dict(state, cache=dict(
+      viewed, k=tuple(map(put_back, full["k"], viewed["k"])),
+      v=tuple(map(put_back, full["v"], viewed["v"])),
+      slot_pos=put_back(full["slot_pos"], viewed["slot_pos"])))
 
 
 def _mask_vocab(logits: jax.Array, valid_vocab_size: int | None) -> jax.Array:
