@@ -386,7 +386,7 @@ class Experiment:
     rows = {v: train_rows(self.data_dir, v) for v in VARIANTS}
     batch = self.config.finetune.data.global_batch_size
     summary = {
-        "name": self.config.name, "config_file": self.config_file,
+        "name": self.config.name, "config_file": display([self.config_file]),
         "command": display([sys.executable, "-m", "editseq.experiment", *sys.argv[1:]]),
         "overrides": self.overrides, "config": self.config.to_dict(),
         "variants": {v: {"task": task_name(v), "train_examples": rows[v],
