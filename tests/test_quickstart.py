@@ -53,6 +53,9 @@ def test_quickstart_runs_in_a_fresh_clone_and_reruns_from_its_outputs(tmp_path):
   assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-5000:]
   out = clone / "artifacts" / "smoke"
   check_smoke_artefacts(out, first.stderr)
+  # The report names the config as a user typed it, not by this machine's absolute path.
+  report = (out / "report" / "report.md").read_text()
+  assert "(`configs/experiments/smoke.py`, section" in report and str(clone) not in report
   # What the user sees: Beam's own log lines stay out of the way (data_gen --beam_log_level).
   assert "INFO:" not in first.stderr and "apitools" not in first.stderr, first.stderr[-3000:]
   assert "semi_persistent_directory" not in first.stderr
