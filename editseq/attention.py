@@ -46,8 +46,8 @@ class KernelMask(NamedTuple):
 
 def attend(q: Array, k: Array, v: Array, mask, cfg: ModelConfig, *,
            kv_major: bool = False) -> Array:
-  """Attention of roped q [B, T, H, Dh] over k, v [B, S, KV, Dh] ([B, KV, S, Dh] when
-  `kv_major`, the cache) under a layer's `mask` (`sequence_masks`): the configured kernel for a
+  """Attention of roped q [B, T, H, Dh] over k, v [B, S, KV, Dh] (when `kv_major`, the cache's
+  layout: k [B, KV, Dh, S], v [B, KV, S, Dh]) under a layer's `mask` (`sequence_masks`): the configured kernel for a
   `KernelMask`, else XLA attention. The output [B, T, H, Dh] is constrained to the heads'
   sharding."""
   scale = cfg.query_scale or cfg.head_dim ** -0.5
@@ -65,7 +65,8 @@ def _sharded_like_q(out: Array) -> Array:
 def _xla_attention(q, k, v, mask, scale, softcap, *, kv_major=False):
   """Grouped-query attention with an explicit [B, T, S] mask; fp32 scores and softmax.
 
-  q is [B, T, H, Dh]; k and v are [B, S, KV, Dh], or [B, KV, S, Dh] when `kv_major` (the cache).
+  q is [B, T, H, Dh]; k and v are [B, S, KV, Dh], or when `kv_major` (the cache) k [B, KV, Dh, S]
+  and v [B, KV, S, Dh]: `kv_dims` "bksd" names that layout by v's axes.
   """
   kv_dims = "bksd" if kv_major else "bskd"
   return _attention_core(kv_dims, scale, softcap, q, k, v, mask)
@@ -83,7 +84,10 @@ def _masked_scores(kv_dims, scale, softcap, q, k, mask):
   if kv_dims == "bksd":
     b, t, kv, g, hd = q.shape
     rows = q.transpose(0, 2, 3, 1, 4).reshape(b, kv, g * t, hd)
-    scores = jnp.einsum("bkqd,bksd->bkqs", rows, k, preferred_element_type=jnp.float32)
+    # Keys stored transposed: a plain [q, Dh] @ [Dh, S] matmul per (B, KV). With keys as
+    # [S, Dh], XLA:CPU ran this product 6-7x slower than the values' (64 rows, 256-1024
+    # cached slots at the SmolLM2-135M shape: 3.7 vs 0.6 ms and 34 vs 4.6 ms per layer).
+    scores = jnp.einsum("bkqd,bkds->bkqs", rows, k, preferred_element_type=jnp.float32)
     scores = scores.reshape(b, kv, g, t, -1)
   else:
     scores = jnp.einsum(f"btkgd,{kv_dims}->bkgts", q, k, preferred_element_type=jnp.float32)
@@ -94,7 +98,7 @@ def _masked_scores(kv_dims, scale, softcap, q, k, mask):
 def _weighted_values(kv_dims, probs, v):
   """probs [B, KV, G, T, S] @ v -> [B, T, KV, G, Dh].
 
-  With the cache's kv-major layout both products run as matmuls batched over (B, KV) alone,
+  With the cache's kv-major layout (keys transposed, see `_masked_scores`) both products run as matmuls batched over (B, KV) alone,
   the query heads and positions of a kv-head as one dimension: XLA:CPU ran the five-dimensional
   einsums 2.3x slower (30 layers of 16 rows over 512 cached slots at the SmolLM2-135M shape:
   83 vs 35 ms), most of a decode step."""

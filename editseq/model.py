@@ -17,12 +17,12 @@ trainer places parameters with `jax.jit(..., out_shardings=...)`.
 RoPE uses the "rotate half" layout (the two halves of each head are the real and imaginary parts),
 the layout of Hugging Face's Llama/OLMo/Gemma/Phi-3 weights, so they load without a permutation.
 
-KV cache (`init_cache`): `{"k", "v": tuples of one [batch, kv_heads, slots, head_dim] array per
-layer, "slot_pos": [batch, slots] int32, "index": int32 scalar, or [batch] for one write slot
+KV cache (`init_cache`): `{"k": tuple of one [batch, kv_heads, head_dim, slots] array per layer,
+"v": one [batch, kv_heads, slots, head_dim] array per layer, "slot_pos": [batch, slots] int32, "index": int32 scalar, or [batch] for one write slot
 per row (`cache_write`)}`. Decoding runs the layers
 unrolled, so each layer's cache is its own buffer: XLA writes the new token in place and the
-attention reads it with no copy (kv-heads before slots makes each (batch, head) a contiguous
-matrix). `unstack_layers(model)` gives each layer its own weight arrays for the same reason, and
+attention reads it with no copy (kv-heads first makes each (batch, head) a contiguous matrix;
+keys are stored transposed, so that both of attention's products are plain matmuls). `unstack_layers(model)` gives each layer its own weight arrays for the same reason, and
 the sampler decodes with such a model (`for_decoding`: on the CPU, slicing the stacked weights
 costs more than the matmuls they feed).
 """
@@ -409,8 +409,8 @@ class Attention(nnx.Module):
     self.o = _param(rngs, cfg, (h, hd, d), ("heads", "head_dim", "embed"), out_std)
 
   def __call__(self, norm: Norm, x, sin, cos, mask, kv_cache=None):
-    """Attention of `norm`(x), x [B, T, d]; kv_cache = (k [B, KV, S, Dh], v, index): this
-    layer's cache, written at index.
+    """Attention of `norm`(x), x [B, T, d]; kv_cache = (k [B, KV, Dh, S], v [B, KV, S, Dh],
+    index): this layer's cache, written at index.
 
     `mask`: an explicit [B, T, S] bool array (S = T, or the cache's slots) for XLA attention, or
     a `KernelMask` for the configured kernel (cuDNN or splash).
@@ -425,8 +425,8 @@ class Attention(nnx.Module):
     new_cache = None
     kv_major = kv_cache is not None
     if kv_major:
-      k_cache, v_cache, index = kv_cache  # [B, KV, S, Dh]
-      k = cache_write(k_cache, k.transpose(0, 2, 1, 3).astype(k_cache.dtype), index, 2)
+      k_cache, v_cache, index = kv_cache  # [B, KV, Dh, S], [B, KV, S, Dh]
+      k = cache_write(k_cache, k.transpose(0, 2, 3, 1).astype(k_cache.dtype), index, 3)
       v = cache_write(v_cache, v.transpose(0, 2, 1, 3).astype(v_cache.dtype), index, 2)
       new_cache = (k, v)
       k, v = k.astype(dt), v.astype(dt)
@@ -611,22 +611,24 @@ def cache_write(buffer: Array, new: Array, index: Array, axis: int) -> Array:
 
 
 def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype: Any = None) -> Cache:
-  shape = (batch, cfg.num_kv_heads, max_len, cfg.head_dim)
+  k_shape = (batch, cfg.num_kv_heads, cfg.head_dim, max_len)
+  v_shape = (batch, cfg.num_kv_heads, max_len, cfg.head_dim)
   dtype = jnp.dtype(dtype or cfg.dtype)
   return {
-      "k": tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)),
-      "v": tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)),
+      "k": tuple(jnp.zeros(k_shape, dtype) for _ in range(cfg.num_layers)),
+      "v": tuple(jnp.zeros(v_shape, dtype) for _ in range(cfg.num_layers)),
       "slot_pos": jnp.full((batch, max_len), -1, jnp.int32),
       "index": jnp.zeros((), jnp.int32),
   }
 
 
-_KV_CACHE_AXES = ("cache_batch", "cache_kv_heads", "cache_length", "head_dim")
+_K_CACHE_AXES = ("cache_batch", "cache_kv_heads", "head_dim", "cache_length")
+_V_CACHE_AXES = ("cache_batch", "cache_kv_heads", "cache_length", "head_dim")
 
 
 def cache_logical_axes(num_layers: int) -> dict[str, Any]:
   """Logical axis names of each array of a cache of `num_layers` layers (same tree as the cache)."""
-  return {"k": (_KV_CACHE_AXES,) * num_layers, "v": (_KV_CACHE_AXES,) * num_layers,
+  return {"k": (_K_CACHE_AXES,) * num_layers, "v": (_V_CACHE_AXES,) * num_layers,
           "slot_pos": ("cache_batch", "cache_length"), "index": ()}
 
 

@@ -10,11 +10,13 @@ prefilled once per prompt (all n samples of a prompt copy that prefix) and writt
 
 An on-device `lax.while_loop` decodes `chunk_size` steps at a time; between chunks the host
 collects stopped rows, checks stop *strings* on the decoded text (they do not map to fixed token
-ids), and refills free slots. A chunk attends over the cache's first `view` slots only: the
-shortest power of two (or the whole cache) that holds every running row's positions through the
-chunk. The cache is sized for the longest prompt plus the whole token budget, while most rows
-are far shorter, and reading the unused slots dominated the decode step (bf16 SmolLM2-135M
-shape, 16 slots: 0.16 s per step over 128 slots vs 0.76 s over 1,536).
+ids), and refills free slots. The cache holds only a `view` of slots: the shortest power of two
+(at least 128, at most the longest prompt plus the whole budget) that holds every running row's
+positions through the next chunk. It is resized between chunks when that changes (one copy),
+since most rows are far shorter than the budget and reading unused slots dominated the decode
+step (bf16 SmolLM2-135M shape, 16 slots: 0.16 s per step over 128 slots vs 0.76 s over 1,536).
+Slicing a full-size cache for each chunk instead cost two copies of it per chunk (12% of a
+64-slot fp32 decode at that shape).
 
 Every sample draws its randomness from a key derived from (seed, prompt index, sample index,
 token index) alone, so its tokens do not depend on the batch size, on which slot it ran in, or
@@ -333,10 +335,12 @@ class Sampler:
     self.stats = dict(decode_steps=0, slot_steps=0, new_tokens=0, prefills=0)
     bar = _progress_bar(len(queue), progress)
     with jax.set_mesh(self.mesh):  # lets the model's sharding constraints see the mesh
-      state = _empty_state(self._graphdef, self._params, slots=slots, cache_len=cache_len,
-                           new_len=config.max_new_tokens, stop_width=table.shape[1],
-                           cache_dtype=self.cache_dtype, pad_id=self.pad_id)
+      state = _empty_state(self._graphdef, self._params, slots=slots,
+                           cache_len=_view(0, cache_len), new_len=config.max_new_tokens,
+                           stop_width=table.shape[1], cache_dtype=self.cache_dtype,
+                           pad_id=self.pad_id)
       while queue or running:
+        starts = []
         while free and queue:
           i, j = queue.popleft()
           if i not in prefixes:
@@ -344,14 +348,19 @@ class Sampler:
           left[i] -= 1
           slot = free.pop(0)
           halt[slot] = False  # the slot's previous sample is replaced instead
-          state = _start(state, prefixes[i] if left[i] else prefixes.pop(i), np.int32(slot),
-                         np.int32(prompts[i][-1]), np.int32(len(prompts[i]) - 1),
-                         np.uint32(seed), np.int32(i), np.int32(j))
+          starts.append((slot, i, j, prefixes[i] if left[i] else prefixes.pop(i)))
           running[slot] = (i, j)
           position[slot] = len(prompts[i]) - 1
         reach = int(max(position[slot] for slot in running)) + self.chunk_size
+        view = _view(reach, cache_len)  # holds every prefix too: a power of two >= its width
+        if view != state["cache"]["slot_pos"].shape[1]:
+          state = _resize(state, view=view)
+        for slot, i, j, prefix in starts:
+          state = _start(state, prefix, np.int32(slot), np.int32(prompts[i][-1]),
+                         np.int32(len(prompts[i]) - 1), np.uint32(seed), np.int32(i),
+                         np.int32(j))
         state = _decode(self._graphdef, self._params, state, *self._put(halt), *scalars,
-                        view=_view(reach, cache_len), **options)
+                        **options)
         done, count, length, reason, out = (np.asarray(state[k]) for k in (
             "done", "count", "length", "reason", "out"))
         halt[:] = False
@@ -417,8 +426,9 @@ class Sampler:
 
 
 def _view(reach: int, cache_len: int) -> int:
-  """Cache slots a decode chunk attends over: the next power of two >= `reach` (>= 128), or the
-  whole cache; few distinct values, so few compiled decode loops."""
+  """Cache slots for a decode chunk whose rows reach position `reach`: the next power of two
+  >= `reach` (>= 128), or `cache_len` (the longest prompt plus the budget); few distinct values,
+  so few compiled decode loops."""
   return min(cache_len, _bucket(reach, 128))
 
 
@@ -440,12 +450,10 @@ def _empty_state(graphdef, params, *, slots, cache_len, new_len, stop_width, cac
   model = nnx.merge(graphdef, params)
   cache = model.init_cache(slots, cache_len, cache_dtype)
   cache["index"] = jnp.zeros((slots,), jnp.int32)  # one write slot per row
-  axes = model_lib.cache_logical_axes(len(cache["k"]))
-  axes["index"] = ("cache_batch",)
   rows = lambda shape, value, dtype=jnp.int32: sharding.constrain(
       jnp.full(shape, value, dtype), ("cache_batch",) + (None,) * (len(shape) - 1))
   return dict(
-      cache=jax.tree.map(sharding.constrain, cache, axes),
+      cache=_constrain_cache(cache),
       token=rows((slots,), pad_id),
       position=rows((slots,), 0),
       count=rows((slots,), 0),
@@ -457,6 +465,27 @@ def _empty_state(graphdef, params, *, slots, cache_len, new_len, stop_width, cac
       keys=jax.random.split(jax.random.key(0), slots),
       step=jnp.zeros((), jnp.int32),
   )
+
+
+def _constrain_cache(cache):
+  """The decode state's cache placed by its logical axes (rows over the mesh's batch axes)."""
+  axes = model_lib.cache_logical_axes(len(cache["k"]))
+  axes["index"] = ("cache_batch",)
+  return jax.tree.map(sharding.constrain, cache, axes)
+
+
+@functools.partial(jax.jit, static_argnames="view", donate_argnames="state")
+def _resize(state, *, view):
+  """The decode state with its cache cut or grown (empty slots: zeros, position -1) to `view`
+  slots; `_view` makes sure every running row's positions are below both sizes."""
+  cache = state["cache"]
+  fit = lambda x, axis, fill: (
+      jax.lax.slice_in_dim(x, 0, view, axis=axis) if x.shape[axis] >= view else
+      jnp.pad(x, [(0, view - x.shape[axis]) if a == axis else (0, 0) for a in range(x.ndim)],
+              constant_values=fill))
+  return dict(state, cache=_constrain_cache(dict(
+      cache, k=tuple(fit(k, 3, 0) for k in cache["k"]), v=tuple(fit(v, 2, 0) for v in cache["v"]),
+      slot_pos=fit(cache["slot_pos"], 1, -1))))
 
 
 @functools.partial(jax.jit, static_argnums=0, static_argnames=("cache_dtype",))
@@ -500,17 +529,13 @@ def _start(state, prefix, slot, token, position, seed, prompt_index, sample_inde
 
 
 @functools.partial(jax.jit, static_argnums=0, donate_argnames="state", static_argnames=(
-    "view", "pad_id", "valid_vocab_size", "greedy", "use_top_p", "use_min_p"))
+    "pad_id", "valid_vocab_size", "greedy", "use_top_p", "use_min_p"))
 def _decode(graphdef, params, state, halt, temperature, top_p, min_p, max_new, min_new, table,
-            steps, eos_id, *, view, pad_id, valid_vocab_size, greedy, use_top_p, use_min_p):
-  """Decodes `steps` steps, or fewer if every slot is done; rows in `halt` stop first. Attends
-  over the cache's first `view` slots, which must hold every running row's writes (an idle row
-  may write past them: its write is clamped into its own row, which `_start` replaces)."""
+            steps, eos_id, *, pad_id, valid_vocab_size, greedy, use_top_p, use_min_p):
+  """Decodes `steps` steps, or fewer if every slot is done; rows in `halt` stop first. The
+  cache must hold every running row's writes (an idle row may write past its end: the write is
+  clamped into its own row, which `_start` replaces)."""
   model = nnx.merge(graphdef, params)
-  full = state["cache"]
-  state = dict(state, cache=dict(full, k=tuple(k[:, :, :view] for k in full["k"]),
-                                 v=tuple(v[:, :, :view] for v in full["v"]),
-                                 slot_pos=full["slot_pos"][:, :view]))
   end = state["step"] + steps
   pattern_len = jnp.sum(table != _WILDCARD, axis=1)  # 0 for the placeholder row
 
@@ -553,13 +578,7 @@ def _decode(graphdef, params, state, halt, temperature, top_p, min_p, max_new, m
         step=s["step"] + 1,
     )
 
-  state = jax.lax.while_loop(cond, body, dict(state, done=state["done"] | halt))
-  put_back = lambda whole, part: jax.lax.dynamic_update_slice(whole, part, (0,) * whole.ndim)
-  viewed = state["cache"]
-  return dict(state, cache=dict(
-      viewed, k=tuple(map(put_back, full["k"], viewed["k"])),
-      v=tuple(map(put_back, full["v"], viewed["v"])),
-      slot_pos=put_back(full["slot_pos"], viewed["slot_pos"])))
+  return jax.lax.while_loop(cond, body, dict(state, done=state["done"] | halt))
 
 
 def _mask_vocab(logits: jax.Array, valid_vocab_size: int | None) -> jax.Array:

@@ -453,14 +453,17 @@ def test_attention_gradients_equal_autodiff_of_plain_softmax(dtype, kv_major):
   rng = np.random.default_rng(0)
   b, t, h, kv, hd = 2, 6, 4, 2, 8
   q = jnp.asarray(rng.standard_normal((b, t, h, hd)), dtype)
-  kv_shape = (b, kv, t, hd) if kv_major else (b, t, kv, hd)
-  k = jnp.asarray(rng.standard_normal(kv_shape), dtype)
-  v = jnp.asarray(rng.standard_normal(kv_shape), dtype)
+  # The cache's layout when kv_major: keys [B, KV, Dh, S], values [B, KV, S, Dh].
+  k_shape, v_shape = ((b, kv, hd, t), (b, kv, t, hd)) if kv_major else ((b, t, kv, hd),) * 2
+  k = jnp.asarray(rng.standard_normal(k_shape), dtype)
+  v = jnp.asarray(rng.standard_normal(v_shape), dtype)
   mask = jnp.tril(jnp.ones((t, t), bool))[None].repeat(b, 0).at[1, 2].set(False)
   probe = jnp.asarray(rng.standard_normal((b, t, h, hd)), jnp.float32)
 
   def plain(q, k, v, mask, scale, softcap, *, kv_major):
     kv_dims = "bksd" if kv_major else "bskd"
+    if kv_major:  # back to [B, KV, S, Dh], the layout the reference's einsums take
+      k = k.swapaxes(2, 3)
     qg = q.reshape(b, t, kv, h // kv, hd)
     scores = jnp.einsum(f"btkgd,{kv_dims}->bkgts", qg * jnp.asarray(scale, q.dtype), k,
                         preferred_element_type=jnp.float32)
