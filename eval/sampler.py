@@ -474,10 +474,11 @@ def _constrain_cache(cache):
   return jax.tree.map(sharding.constrain, cache, axes)
 
 
-@functools.partial(jax.jit, static_argnames="view", donate_argnames="state")
+@functools.partial(jax.jit, static_argnames="view")
 def _resize(state, *, view):
   """The decode state with its cache cut or grown (empty slots: zeros, position -1) to `view`
-  slots; `_view` makes sure every running row's positions are below both sizes."""
+  slots; `_view` makes sure every running row's positions are below both sizes. (Not donated:
+  no buffer of the old cache has the new one's shape.)"""
   cache = state["cache"]
   fit = lambda x, axis, fill: (
       jax.lax.slice_in_dim(x, 0, view, axis=axis) if x.shape[axis] >= view else
