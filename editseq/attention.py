@@ -47,8 +47,8 @@ class KernelMask(NamedTuple):
 def attend(q: Array, k: Array, v: Array, mask, cfg: ModelConfig, *,
            kv_major: bool = False) -> Array:
   """Attention of roped q [B, T, H, Dh] over k, v [B, S, KV, Dh] (when `kv_major`, the cache's
-  layout: k [B, KV, Dh, S], v [B, KV, S, Dh]) under a layer's `mask` (`sequence_masks`): the configured kernel for a
-  `KernelMask`, else XLA attention. The output [B, T, H, Dh] is constrained to the heads'
+  layout: k [B, KV, Dh, S], v [B, KV, S, Dh]) under a layer's `mask` (`sequence_masks`): the
+  configured kernel for a `KernelMask`, else XLA attention. The output [B, T, H, Dh] is constrained to the heads'
   sharding."""
   scale = cfg.query_scale or cfg.head_dim ** -0.5
   if isinstance(mask, KernelMask):
@@ -98,8 +98,8 @@ def _masked_scores(kv_dims, scale, softcap, q, k, mask):
 def _weighted_values(kv_dims, probs, v):
   """probs [B, KV, G, T, S] @ v -> [B, T, KV, G, Dh].
 
-  With the cache's kv-major layout (keys transposed, see `_masked_scores`) both products run as matmuls batched over (B, KV) alone,
-  the query heads and positions of a kv-head as one dimension: XLA:CPU ran the five-dimensional
+  With the cache's kv-major layout (keys transposed, see `_masked_scores`) both products run as
+  matmuls batched over (B, KV) alone, the query heads and positions of a kv-head as one dimension: XLA:CPU ran the five-dimensional
   einsums 2.3x slower (30 layers of 16 rows over 512 cached slots at the SmolLM2-135M shape:
   83 vs 35 ms), most of a decode step."""
   if kv_dims != "bksd":

@@ -18,12 +18,13 @@ RoPE uses the "rotate half" layout (the two halves of each head are the real and
 the layout of Hugging Face's Llama/OLMo/Gemma/Phi-3 weights, so they load without a permutation.
 
 KV cache (`init_cache`): `{"k": tuple of one [batch, kv_heads, head_dim, slots] array per layer,
-"v": one [batch, kv_heads, slots, head_dim] array per layer, "slot_pos": [batch, slots] int32, "index": int32 scalar, or [batch] for one write slot
-per row (`cache_write`)}`. Decoding runs the layers
-unrolled, so each layer's cache is its own buffer: XLA writes the new token in place and the
-attention reads it with no copy (kv-heads first makes each (batch, head) a contiguous matrix;
-keys are stored transposed, so that both of attention's products are plain matmuls). `unstack_layers(model)` gives each layer its own weight arrays for the same reason, and
-the sampler decodes with such a model (`for_decoding`: on the CPU, slicing the stacked weights
+"v": one [batch, kv_heads, slots, head_dim] array per layer, "slot_pos": [batch, slots] int32,
+"index": int32 scalar, or [batch] for one write slot per row (`cache_write`)}`. Decoding runs the
+layers unrolled, so each layer's cache is its own buffer: XLA writes the new token in place and
+the attention reads it with no copy (kv-heads first makes each (batch, head) a contiguous matrix;
+keys are stored transposed, so that both of attention's products are plain matmuls).
+`unstack_layers(model)` gives each layer its own weight arrays for the same reason, and the
+sampler decodes with such a model (`for_decoding`: on the CPU, slicing the stacked weights
 costs more than the matmuls they feed).
 """
 from __future__ import annotations
